@@ -1,0 +1,135 @@
+"""The frame model: a dict of named numpy arrays in ASE's vocabulary.
+
+Keys: ``numbers`` (N,) integer, ``positions`` (N, 3) float, ``cell`` (3, 3),
+``pbc`` (3,) bool, per-atom ``arrays.<name>`` (N, ...), per-frame ``info.<name>``
+(any shape) and calculator results ``calc.<name>``; the calc results that ASE
+defines per atom (forces, charges, ...) have N rows. Validation is pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from trajhub.shared.names import InvalidName, check_key_name
+
+Array = npt.NDArray[Any]
+Frame = dict[str, Array]
+
+PER_ATOM_CALC = frozenset(
+    {"forces", "stresses", "charges", "magmoms", "energies", "born_effective_charges"}
+)
+
+# Numeric and boolean dtypes are stored as padded arrays; unicode strings are allowed
+# for per-frame metadata (e.g. info.name).
+ALLOWED_KINDS = frozenset("biufcU")
+ALLOWED_ITEMSIZES = {
+    "b": {1},
+    "i": {1, 2, 4, 8},
+    "u": {1, 2, 4, 8},
+    "f": {2, 4, 8},
+    "c": {8, 16},
+}
+MAX_NDIM = 8
+
+
+class FrameError(ValueError):
+    """A frame that breaks the model; the message names the key and the reason."""
+
+
+def is_per_atom(key: str) -> bool:
+    """True for keys whose first axis runs over atoms (padded in storage)."""
+    if key in ("numbers", "positions") or key.startswith("arrays."):
+        return True
+    return key.startswith("calc.") and key[5:] in PER_ATOM_CALC
+
+
+def check_dtype(dtype: np.dtype[Any], key: str = "?") -> np.dtype[Any]:
+    """Return the little-endian form of an allowed dtype, or raise FrameError."""
+    kind = dtype.kind
+    if kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise FrameError(f"{key}: dtype {dtype.str!r} is not supported")
+    if kind == "U":
+        if dtype.itemsize == 0:
+            raise FrameError(f"{key}: zero-length string dtype")
+    elif dtype.itemsize not in ALLOWED_ITEMSIZES[kind]:
+        raise FrameError(f"{key}: dtype {dtype.str!r} is not supported")
+    return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+
+
+def canonical_array(value: Any, key: str = "?") -> Array:
+    """A C-contiguous, little-endian array with an allowed dtype."""
+    arr = np.asarray(value)
+    dtype = check_dtype(arr.dtype, key)
+    if arr.ndim > MAX_NDIM:
+        raise FrameError(f"{key}: {arr.ndim} dimensions; at most {MAX_NDIM}")
+    # np.ascontiguousarray would turn 0-d arrays into 1-d ones.
+    return np.asarray(arr, dtype=dtype, order="C")
+
+
+def n_atoms(frame: Mapping[str, Array]) -> int:
+    for key in ("numbers", "positions"):
+        if key in frame:
+            return int(frame[key].shape[0]) if frame[key].ndim else 0
+    return 0
+
+
+def validate_frame(frame: Mapping[str, Any]) -> Frame:
+    """Check a whole frame for writing and return its canonical form.
+
+    A written frame needs ``numbers`` (N,) integers and ``positions`` (N, 3) floats;
+    every per-atom key must have N rows; ``cell`` is (3, 3) and ``pbc`` (3,) bool.
+    """
+    if not isinstance(frame, Mapping):
+        raise FrameError("a frame must be a mapping of key -> array")
+    out: Frame = {}
+    for key, value in frame.items():
+        if not isinstance(key, str):
+            raise FrameError(f"frame key {key!r} is not a string")
+        try:
+            check_key_name(key)
+        except InvalidName as exc:
+            raise FrameError(str(exc)) from None
+        out[key] = canonical_array(value, key)
+    for required in ("numbers", "positions"):
+        if required not in out:
+            raise FrameError(f"frame has no {required!r}")
+    numbers, positions = out["numbers"], out["positions"]
+    if numbers.ndim != 1 or numbers.dtype.kind not in "iu":
+        raise FrameError(f"numbers must be a 1-d integer array, got {numbers.dtype.str} "
+                         f"of shape {numbers.shape}")
+    natoms = numbers.shape[0]
+    if positions.ndim != 2 or positions.shape[1] != 3 or positions.dtype.kind != "f":
+        raise FrameError(f"positions must be a float array of shape (N, 3), got "
+                         f"{positions.dtype.str} of shape {positions.shape}")
+    if np.any(numbers < 0) or np.any(numbers > 200):
+        raise FrameError("numbers must be atomic numbers between 0 and 200")
+    for key, arr in out.items():
+        if is_per_atom(key):
+            if arr.dtype.kind == "U":
+                raise FrameError(f"{key}: per-atom arrays must be numeric or boolean")
+            if arr.ndim == 0 or arr.shape[0] != natoms:
+                raise FrameError(f"{key} has shape {arr.shape}, but the frame has "
+                                 f"{natoms} atoms (numbers has {natoms})")
+    if "cell" in out and (out["cell"].shape != (3, 3) or out["cell"].dtype.kind not in "iuf"):
+        raise FrameError(f"cell must be a (3, 3) number array, got shape {out['cell'].shape}")
+    if "pbc" in out and (out["pbc"].shape != (3,) or out["pbc"].dtype.kind != "b"):
+        raise FrameError(f"pbc must be a (3,) bool array, got {out['pbc'].dtype.str} "
+                         f"of shape {out['pbc'].shape}")
+    return out
+
+
+def frames_equal(a: Mapping[str, Array], b: Mapping[str, Array]) -> bool:
+    """Exact equality: same keys, dtypes, shapes and values (NaN equals NaN)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return False
+        if x.tobytes() != y.tobytes():
+            return False
+    return True

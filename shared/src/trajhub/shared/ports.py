@@ -1,0 +1,55 @@
+"""Ports: the interfaces between the pure core and its adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from trajhub.shared.events import Command, CommitResult
+from trajhub.shared.frames import Frame
+
+
+class FrameStore(Protocol):
+    """Frame data of every room, in write-once slots (the storage projection).
+
+    Only storage writes, and only one storage replica writes a given room at a time.
+    Methods are synchronous (Zarr's own I/O loop runs underneath); async callers
+    wrap them in ``asyncio.to_thread``.
+    """
+
+    def write_slots(self, room: str, start: int, frames: Sequence[Frame],
+                    hashes: Sequence[str]) -> None:
+        """Write ``frames`` to slots ``start .. start+len-1``, one call per key.
+
+        Slots below ``n_slots(room)`` are already written and are skipped (write-once),
+        so repeating a write is harmless. ``start`` must not exceed ``n_slots(room)``.
+        """
+        ...
+
+    def read_slots(self, room: str, slots: Sequence[int],
+                   keys: Sequence[str] | None = None) -> list[Frame]:
+        """Frames at ``slots`` (any order, repeats allowed), restricted to ``keys``."""
+        ...
+
+    def n_slots(self, room: str) -> int:
+        """How many slots of the room are fully written (readable)."""
+        ...
+
+    def commit_projection(self, room: str, seq: int, order: Sequence[int],
+                          frame_ids: Sequence[int], versions: Sequence[int]) -> None:
+        """Record the room's logical order (slot per index) as of ``seq``; the commit point."""
+        ...
+
+    def applied_seq(self, room: str) -> int:
+        """The last seq whose projection was committed (0 for a new room)."""
+        ...
+
+    def rooms(self) -> list[str]:
+        ...
+
+
+class ControlPort(Protocol):
+    """How a gateway reaches control: in-process, or over HTTP to control replicas."""
+
+    async def commit(self, command: Command) -> CommitResult:
+        ...

@@ -1,0 +1,48 @@
+"""Settings, read from ``TRAJHUB_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="TRAJHUB_REDIS_URL")
+    storage_url: str = Field(str(Path("data") / "zarr"), description=(
+        "TRAJHUB_STORAGE_URL: a directory, file://DIR, memory:// or an fsspec URL"))
+    control_url: str = Field("", description=(
+        "TRAJHUB_CONTROL_URL: control's HTTP address; empty runs control in-process"))
+    host: str = Field("127.0.0.1", description="TRAJHUB_HOST")
+    port: int = Field(5000, description="TRAJHUB_PORT")
+    max_upload_mb: float = Field(512.0, description="TRAJHUB_MAX_UPLOAD_MB: largest request body")
+    staging_ttl_s: int = Field(
+        3600, description="TRAJHUB_STAGING_TTL_S: life of an uncommitted upload")
+    staging_budget_mb: float = Field(2048.0, description=(
+        "TRAJHUB_STAGING_BUDGET_MB: refuse uploads (503) when Redis uses more than this"))
+    consumer_name: str = Field(default_factory=_default_consumer,
+                               description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
+    log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            key = f"TRAJHUB_{name.upper()}"
+            if key in env:
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
