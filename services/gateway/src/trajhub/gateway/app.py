@@ -1,0 +1,29 @@
+"""The gateway ASGI app: FastAPI (HTTP) wrapped by python-socketio (``/socket.io``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+from fastapi import FastAPI
+
+from trajhub.control import ControlUnavailable
+from trajhub.gateway.errors import install_error_handlers
+from trajhub.gateway.routes import router
+from trajhub.gateway.runtime import Gateway, NotStarted
+from trajhub.shared.ports import ControlPort, FrameStore
+from trajhub.shared.settings import Settings
+
+
+def create_app(settings: Settings, *, control: ControlPort | None = None,
+               store: FrameStore | None = None) -> Any:
+    """A new, independent gateway app (its state lives on ``app.gateway``)."""
+    gw = Gateway(settings, control=control, store=store)
+    api = FastAPI(title="trajhub gateway", version="1", lifespan=gw.lifespan)
+    api.state.gateway = gw
+    install_error_handlers(api, unavailable=(ControlUnavailable, NotStarted))
+    api.include_router(router)
+    app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")
+    app.gateway = gw
+    app.api = api
+    return app

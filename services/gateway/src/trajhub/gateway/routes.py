@@ -1,0 +1,198 @@
+"""The HTTP API (data channel)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from trajhub.control import IndexOutOfRange
+from trajhub.gateway.body import (
+    MSGPACK,
+    check_declared_size,
+    content_type,
+    decode_optional_map,
+    read_body,
+    require_msgpack,
+)
+from trajhub.gateway.errors import ApiError
+from trajhub.gateway.ingest import PreparedFrames, parse_upload
+from trajhub.gateway.reader import FrameLoader, pack_frames_response
+from trajhub.gateway.rooms import room_head
+from trajhub.gateway.runtime import Gateway
+from trajhub.gateway.selection import Selection, parse_keys, parse_selection
+from trajhub.gateway.writes import (
+    build_command,
+    check_room,
+    commit,
+    delete_answer,
+    int_list,
+    optional_int_list,
+    pick_author,
+    write_answer,
+)
+from trajhub.shared.events import DeleteFrames, InsertFrames, ReplaceFrames
+
+router = APIRouter()
+
+OptInt = Annotated[int | None, Query()]
+OptStr = Annotated[str | None, Query()]
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+Author = Annotated[str | None, Header(alias="X-Trajhub-Author")]
+DELETE_BODY_LIMIT = 16 * 2**20
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+# -- health -------------------------------------------------------------------------------
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    gw = gateway(request)
+    try:
+        await gw.redis.ping()
+    except Exception as exc:
+        return JSONResponse({"detail": f"Redis does not answer: {exc}"}, status_code=503)
+    try:
+        await gw.store()
+    except ApiError as exc:
+        return JSONResponse({"detail": exc.detail}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+# -- rooms --------------------------------------------------------------------------------
+@router.get("/api/v1/rooms")
+async def list_rooms(request: Request) -> dict[str, Any]:
+    rooms = await gateway(request).index.list_rooms()
+    return {"rooms": [{"room": r, "n_frames": n, "seq": s} for r, n, s in sorted(rooms)]}
+
+
+@router.get("/api/v1/rooms/{room}")
+async def room_info(room: str, request: Request) -> dict[str, Any]:
+    head = await room_head(gateway(request).redis, check_room(room))
+    if not head.exists:
+        raise ApiError(404, f"room {room!r} does not exist")
+    return {"room": room, "n_frames": head.n_frames, "seq": head.seq,
+            "applied_seq": head.applied_seq}
+
+
+# -- frames: read -------------------------------------------------------------------------
+async def read_index(gw: Gateway, room: str, sel: Selection) -> Any:
+    try:
+        if sel.indices is not None:
+            view = await gw.index.read(room, indices=sel.indices)
+        else:
+            view = await gw.index.read(room, start=sel.start, stop=sel.stop, step=sel.step)
+    except IndexOutOfRange as exc:
+        if not exc.exists:
+            raise ApiError(404, f"room {room!r} does not exist") from None
+        raise ApiError(404, f"room {room!r}: {exc}") from None
+    if not view.exists:
+        raise ApiError(404, f"room {room!r} does not exist")
+    return view
+
+
+@router.get("/api/v1/rooms/{room}/frames")
+async def get_frames(room: str, request: Request, indices: OptStr = None,
+                     start: OptInt = None, stop: OptInt = None, step: OptInt = None,
+                     keys: OptStr = None) -> Response:
+    gw = gateway(request)
+    check_room(room)
+    sel = parse_selection(indices, start, stop, step)
+    wanted = parse_keys(keys)
+    view = await read_index(gw, room, sel)
+    loader = FrameLoader(gw.redis, await gw.store())
+    by_slot = await loader.load(room, view.entries, wanted)
+    body = await asyncio.to_thread(pack_frames_response, room, view.seq, view.n_frames,
+                                   view.indices, view.entries, by_slot)
+    return Response(body, media_type=MSGPACK)
+
+
+# -- frames: write ------------------------------------------------------------------------
+async def receive_frames(gw: Gateway, request: Request) -> tuple[dict[str, Any],
+                                                                 PreparedFrames]:
+    """Size check, budget check, capped read, then decode/validate/hash in a thread."""
+    require_msgpack(request)
+    limit = gw.settings.max_upload_bytes
+    check_declared_size(request, limit)
+    await gw.stager.check_budget(int(request.headers.get("content-length") or 0))
+    body = await read_body(request, limit)
+    return await asyncio.to_thread(parse_upload, body, limit)
+
+
+@router.post("/api/v1/rooms/{room}/frames", status_code=201)
+async def insert_frames(room: str, request: Request, at: Annotated[int | None, Query(ge=0)] = None,
+                        idempotency_key: IdemKey = None, author: Author = None) -> JSONResponse:
+    gw = gateway(request)
+    check_room(room)
+    message, frames = await receive_frames(gw, request)
+    command = build_command(InsertFrames, room=room, at=at, hashes=frames.hashes,
+                            author=pick_author(message.get("author"), author),
+                            idempotency_key=idempotency_key)
+    await gw.stager.stage(room, frames.hashes, frames.blobs)
+    result = await commit(gw.control, command)
+    return JSONResponse(write_answer(result), status_code=201)
+
+
+@router.put("/api/v1/rooms/{room}/frames")
+async def replace_frames(room: str, request: Request, idempotency_key: IdemKey = None,
+                         author: Author = None) -> JSONResponse:
+    gw = gateway(request)
+    check_room(room)
+    message, frames = await receive_frames(gw, request)
+    if "indices" not in message:
+        raise ApiError(422, "request body has no 'indices' list")
+    indices = int_list(message["indices"], "indices")
+    if len(indices) != len(frames.hashes):
+        raise ApiError(422, f"{len(indices)} indices but {len(frames.hashes)} frames")
+    command = build_command(
+        ReplaceFrames, room=room, indices=indices, hashes=frames.hashes,
+        base_versions=optional_int_list(message.get("base_versions"), "base_versions",
+                                        len(indices)),
+        author=pick_author(message.get("author"), author), idempotency_key=idempotency_key)
+    await gw.stager.stage(room, frames.hashes, frames.blobs)
+    result = await commit(gw.control, command)
+    return JSONResponse(write_answer(result), status_code=200)
+
+
+async def resolve_delete(gw: Gateway, room: str, sel: Selection) -> tuple[list[int], Any]:
+    """Explicit indices as given; a slice resolved against the current frame count."""
+    if sel.indices is not None:
+        return sel.indices, None
+    if sel.start is None and sel.stop is None and sel.step is None:
+        raise ApiError(422, "give indices= or start/stop/step (start=0 deletes every frame)")
+    view = await read_index(gw, room, sel)
+    return list(view.indices), view
+
+
+@router.delete("/api/v1/rooms/{room}/frames")
+async def delete_frames(room: str, request: Request, indices: OptStr = None,
+                        start: OptInt = None, stop: OptInt = None, step: OptInt = None,
+                        idempotency_key: IdemKey = None, author: Author = None) -> JSONResponse:
+    gw = gateway(request)
+    check_room(room)
+    sel = parse_selection(indices, start, stop, step)
+    body = await read_body(request, min(DELETE_BODY_LIMIT, gw.settings.max_upload_bytes))
+    message = decode_optional_map(body, content_type(request), DELETE_BODY_LIMIT)
+    targets, view = await resolve_delete(gw, room, sel)
+    if not targets:
+        if view is None:
+            raise ApiError(422, "indices is empty; nothing to delete")
+        return JSONResponse({"room": room, "seq": view.seq, "n_frames": view.n_frames,
+                             "indices": []})
+    command = build_command(
+        DeleteFrames, room=room, indices=targets,
+        base_versions=optional_int_list(message.get("base_versions"), "base_versions",
+                                        len(targets)),
+        author=pick_author(message.get("author"), author), idempotency_key=idempotency_key)
+    result = await commit(gw.control, command)
+    return JSONResponse(delete_answer(result), status_code=200)

@@ -1,0 +1,142 @@
+"""The per-app runtime: settings, Redis clients, control, store, sockets, broadcaster.
+
+Everything lives on this object (kept on the app), never in module globals, so several
+gateways can run in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import socketio
+
+from trajhub.control import Control, HttpControl, IndexReader
+from trajhub.gateway.broadcaster import Broadcaster
+from trajhub.gateway.errors import ApiError
+from trajhub.gateway.sockets import Membership, make_emitter, register_socket_handlers
+from trajhub.gateway.staging import Stager
+from trajhub.shared.ports import ControlPort, FrameStore
+from trajhub.shared.redis_util import async_client
+from trajhub.shared.settings import Settings
+from trajhub.shared.zarr_store import open_store
+
+log = logging.getLogger(__name__)
+
+
+class NotStarted(RuntimeError):
+    pass
+
+
+async def _close(resource: Any) -> None:
+    for name in ("aclose", "close"):
+        method = getattr(resource, name, None)
+        if callable(method):
+            result = method()
+            if inspect.isawaitable(result):
+                await result
+            return
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, control: ControlPort | None = None,
+                 store: FrameStore | None = None) -> None:
+        self.settings = settings
+        self._given_control = control
+        self._store: FrameStore | None = store
+        self._store_lock = asyncio.Lock()
+        self._redis: aioredis.Redis | None = None
+        self._control: ControlPort | None = None
+        self._index: IndexReader | None = None
+        self._stager: Stager | None = None
+        self._owned: list[Any] = []
+        self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
+        self.broadcaster = Broadcaster(settings.redis_url, make_emitter(self.sio))
+        self.membership = Membership(self.broadcaster)
+        register_socket_handlers(self.sio, self.membership, lambda: self.redis)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._redis = async_client(self.settings.redis_url)
+        self._owned.append(self._redis)
+        self._control = self._given_control or self._make_control(self._redis)
+        self._index = IndexReader(self._redis)
+        self._stager = Stager(self._redis, ttl_s=self.settings.staging_ttl_s,
+                              budget_bytes=int(self.settings.staging_budget_mb * 2**20))
+        try:
+            await self.store()
+        except ApiError as exc:  # serve anyway; /readyz reports it and reads retry
+            log.error("gateway: %s", exc.detail)
+        self.broadcaster.start()
+
+    async def stop(self) -> None:
+        await self.broadcaster.stop()
+        for resource in reversed(self._owned):
+            try:
+                await _close(resource)
+            except Exception:
+                log.exception("gateway: error while closing %r", resource)
+        self._owned.clear()
+        self._redis = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def _make_control(self, redis: aioredis.Redis) -> ControlPort:
+        control: ControlPort
+        if self.settings.control_url:
+            control = HttpControl(self.settings)
+            self._owned.append(control)
+        else:
+            control = Control(redis)
+        return control
+
+    # -- parts ----------------------------------------------------------------------------
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise NotStarted("the gateway is not running")
+        return self._redis
+
+    @property
+    def control(self) -> ControlPort:
+        if self._control is None:
+            raise NotStarted("the gateway is not running")
+        return self._control
+
+    @property
+    def index(self) -> IndexReader:
+        if self._index is None:
+            raise NotStarted("the gateway is not running")
+        return self._index
+
+    @property
+    def stager(self) -> Stager:
+        if self._stager is None:
+            raise NotStarted("the gateway is not running")
+        return self._stager
+
+    async def store(self) -> FrameStore:
+        """The frame store, opened on first use (503 while it cannot be opened)."""
+        if self._store is not None:
+            return self._store
+        async with self._store_lock:
+            if self._store is None:
+                try:
+                    self._store = await asyncio.to_thread(open_store,
+                                                          self.settings.storage_url)
+                except Exception as exc:
+                    raise ApiError(503, f"frame store {self.settings.storage_url!r} cannot "
+                                        f"be opened: {exc}") from exc
+                self._owned.append(self._store)
+            return self._store

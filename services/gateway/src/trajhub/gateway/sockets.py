@@ -1,0 +1,108 @@
+"""The Socket.IO control channel: joining rooms to receive ``frames_changed``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import socketio
+from redis.exceptions import RedisError
+
+from trajhub.gateway.broadcaster import Broadcaster
+from trajhub.gateway.rooms import room_head
+from trajhub.shared.names import InvalidName, check_room_name
+
+log = logging.getLogger(__name__)
+
+
+def sio_room(room: str) -> str:
+    # Prefixed so a trajhub room can never be named like a socket's private sid room.
+    return f"room:{room}"
+
+
+class Membership:
+    """Which sockets joined which rooms; the broadcaster watches rooms with members."""
+
+    def __init__(self, broadcaster: Broadcaster) -> None:
+        self._broadcaster = broadcaster
+        self._members: dict[str, set[str]] = {}
+        self._rooms_of: dict[str, set[str]] = {}
+
+    def join(self, sid: str, room: str, seq: int) -> None:
+        if room not in self._members:
+            self._broadcaster.watch(room, seq)
+        self._members.setdefault(room, set()).add(sid)
+        self._rooms_of.setdefault(sid, set()).add(room)
+
+    def leave(self, sid: str, room: str) -> None:
+        members = self._members.get(room)
+        if members is None:
+            return
+        members.discard(sid)
+        self._rooms_of.get(sid, set()).discard(room)
+        if not members:
+            del self._members[room]
+            self._broadcaster.unwatch(room)
+
+    def drop(self, sid: str) -> None:
+        for room in list(self._rooms_of.pop(sid, ())):
+            self.leave(sid, room)
+
+    def rooms_of(self, sid: str) -> set[str]:
+        return set(self._rooms_of.get(sid, ()))
+
+
+def room_argument(data: Any) -> str:
+    """The room of a ``{"room": name}`` (or bare name) payload; raises InvalidName."""
+    room = data.get("room") if isinstance(data, dict) else data
+    if not isinstance(room, str):
+        raise InvalidName("expected {'room': <name>}")
+    return check_room_name(room)
+
+
+def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
+                             redis: Callable[[], aioredis.Redis]) -> None:
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        return True
+
+    async def disconnect(sid: str, *reason: Any) -> None:
+        membership.drop(sid)
+
+    async def join_room(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
+        try:
+            room = room_argument(data)
+        except InvalidName as exc:
+            return {"error": str(exc)}
+        try:
+            head = await room_head(redis(), room)
+        except (RedisError, OSError) as exc:
+            log.warning("join_room %s: Redis unavailable: %r", room, exc)
+            return {"error": f"server unavailable ({exc}); retry later"}
+        membership.join(sid, room, head.seq)
+        await sio.enter_room(sid, sio_room(room))
+        return {"room": room, "seq": head.seq, "n_frames": head.n_frames}
+
+    async def leave_room(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
+        try:
+            room = room_argument(data)
+        except InvalidName as exc:
+            return {"error": str(exc)}
+        membership.leave(sid, room)
+        await sio.leave_room(sid, sio_room(room))
+        return {"ok": True}
+
+    handlers: dict[str, Callable[..., Awaitable[Any]]] = {
+        "connect": connect, "disconnect": disconnect,
+        "join_room": join_room, "leave_room": leave_room,
+    }
+    for event, handler in handlers.items():
+        sio.on(event, handler)
+
+
+def make_emitter(sio: socketio.AsyncServer) -> Callable[[str, dict[str, Any]],
+                                                         Awaitable[None]]:
+    async def emit(room: str, message: dict[str, Any]) -> None:
+        await sio.emit("frames_changed", message, room=sio_room(room))
+    return emit

@@ -1,0 +1,58 @@
+"""Staging uploaded frames as content-addressed blobs in Redis, within a memory budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from trajhub.gateway.errors import ApiError
+from trajhub.shared import keys
+
+MEMORY_CACHE_S = 1.0
+RETRY_AFTER_S = 5
+
+
+class Stager:
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, budget_bytes: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._budget = budget_bytes
+        self._used = 0
+        self._used_at = float("-inf")
+
+    async def used_memory(self) -> int:
+        """Redis ``used_memory``, cached for about a second, plus what we staged since."""
+        now = time.monotonic()
+        if now - self._used_at > MEMORY_CACHE_S:
+            info = await self._redis.info("memory")
+            self._used = int(info["used_memory"])
+            self._used_at = now
+        return self._used
+
+    async def check_budget(self, incoming: int = 0) -> None:
+        """503 + Retry-After when Redis is (or would be) over the staging budget."""
+        used = await self.used_memory()
+        if used + incoming > self._budget:
+            raise ApiError(
+                503,
+                f"staging area is full (Redis uses {used // 2**20} MiB, budget "
+                f"{self._budget // 2**20} MiB); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    async def stage(self, room: str, hashes: Sequence[str], blobs: Sequence[bytes]) -> None:
+        """SET each blob with a TTL, pipelined. NX: never touch a blob that a commit
+        already PERSISTed (resetting its TTL could expire it before storage applies it)."""
+        pipe = self._redis.pipeline(transaction=False)
+        seen: set[str] = set()
+        staged = 0
+        for h, blob in zip(hashes, blobs, strict=True):
+            if h in seen:
+                continue
+            seen.add(h)
+            pipe.set(keys.blob(room, h), blob, ex=self._ttl_s, nx=True)
+            staged += len(blob)
+        await pipe.execute()
+        # Count our own uploads against the cached figure until the next INFO.
+        self._used += staged

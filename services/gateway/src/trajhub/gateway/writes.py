@@ -1,0 +1,87 @@
+"""The write path: commands from validated uploads, commit through control, answers."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from trajhub.gateway.errors import ApiError
+from trajhub.shared.events import CommitResult, DeleteFrames, InsertFrames, ReplaceFrames
+from trajhub.shared.names import InvalidName, check_room_name
+from trajhub.shared.ports import ControlPort
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def check_room(room: str) -> str:
+    try:
+        return check_room_name(room)
+    except InvalidName as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
+        for err in exc.errors())
+
+
+def build_command(model: type[M], **fields: Any) -> M:
+    """The command, or 422 naming the offending field."""
+    try:
+        return model(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise ApiError(422, describe(exc)) from None
+
+
+def pick_author(body_author: Any, header_author: str | None) -> str | None:
+    if body_author is not None and not isinstance(body_author, str):
+        raise ApiError(422, "author must be a string")
+    return body_author or header_author or None
+
+
+def int_list(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ApiError(422, f"{name} must be a list of integers")
+    return value
+
+
+def optional_int_list(value: Any, name: str, length: int) -> list[int] | None:
+    if value is None:
+        return None
+    out = int_list(value, name)
+    if len(out) != length:
+        raise ApiError(422, f"{name} has {len(out)} entries, but {length} frames are targeted")
+    return out
+
+
+async def commit(control: ControlPort,
+                 command: InsertFrames | ReplaceFrames | DeleteFrames) -> CommitResult:
+    """Commit through control; any refusal becomes an ApiError with control's reason."""
+    result = await control.commit(command)
+    if result.status == "ok":
+        if result.event is None:
+            raise ApiError(500, "control accepted the command but returned no event")
+        return result
+    detail = result.reason or f"commit refused ({result.status})"
+    extra: dict[str, Any] = {}
+    if result.status == "conflict":
+        extra["conflicts"] = [c.model_dump() for c in result.conflicts]
+    raise ApiError(result.http_status, detail, extra=extra)
+
+
+def write_answer(result: CommitResult) -> dict[str, Any]:
+    event = result.event
+    assert event is not None
+    return {"room": event.room, "seq": event.seq, "n_frames": event.n_frames,
+            "indices": event.indices, "frame_ids": [f.frame_id for f in event.frames],
+            "versions": [f.version for f in event.frames], "hashes": event.hashes}
+
+
+def delete_answer(result: CommitResult) -> dict[str, Any]:
+    event = result.event
+    assert event is not None
+    return {"room": event.room, "seq": event.seq, "n_frames": event.n_frames,
+            "indices": event.indices}
