@@ -1,0 +1,563 @@
+"""Consumer-group plumbing shared by the workers that follow room event streams.
+
+A :class:`RoomConsumer` finds rooms with work from two sources: the ``trajhub:notify``
+stream (a non-atomic hint written after each commit) and a periodic reconciliation
+that compares each room's ``{r}:meta`` seq with the consumer's own progress key, so
+a missed hint never strands a room. For each room it reads the room's stream through
+its consumer group (own pending entries, entries claimed from dead consumers with
+XAUTOCLAIM, new entries), restores seq order (filling gaps with XRANGE), and hands
+contiguous batches starting at ``progress + 1`` to :meth:`RoomConsumer.handle_batch`.
+Entries at or below the progress seq are acknowledged without being handled again.
+
+Optionally a per-room lease (``lease_key``) makes one replica at a time the room's
+only worker. Subclasses implement ``handle_batch``, ``progress_seq`` and
+``progress_key``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from trajhub.shared import keys
+from trajhub.shared.events import Event
+from trajhub.shared.names import InvalidName, check_room_name
+from trajhub.shared.redis_util import async_client
+
+RETRYABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError,
+                                              ConnectionError, TimeoutError)
+"""Errors that mean "Redis is unreachable right now": back off and try again."""
+
+NOTIFY_BLOCK_MS = 1000
+
+# Returns 2 when newly acquired, 1 when renewed (already ours), 0 when held by another.
+_ACQUIRE_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if v then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class IntegrityError(RuntimeError):
+    """The room's events or data contradict each other: a bug. The room is halted."""
+
+
+class LeaseLost(RuntimeError):
+    """Another replica owns the room now; the current batch must not be committed."""
+
+
+class Backoff:
+    """Exponential back-off delays: 100 ms doubling up to 2 s."""
+
+    def __init__(self, first: float = 0.1, cap: float = 2.0) -> None:
+        self.first, self.cap = first, cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+@dataclass
+class _Entry:
+    id: bytes
+    fields: dict[bytes, bytes]  # empty for an entry deleted from the stream
+
+
+def seq_of(entry_id: bytes | str) -> int:
+    """The seq of a room stream entry (its id is ``<seq>-0``)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def stream_pairs(entries: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """``(id, fields)`` of stream entries as redis-py returns them; fields are ``{}``
+    for an entry deleted from the stream, and nil entries (Redis 6.2 XAUTOCLAIM of a
+    trimmed id: it stays pending and shows up again in the pending read) are dropped."""
+    return [(bytes(i), dict(f or {})) for i, f in entries or () if i is not None]
+
+
+def _stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of a one-stream XREAD/XREADGROUP reply: RESP2's
+    ``[[stream, entries]]`` or RESP3's ``{stream: [entries]}``."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [e for wrapped in reply.values() for entries in wrapped
+                for e in stream_pairs(entries)]
+    return [e for _stream, entries in reply for e in stream_pairs(entries)]
+
+
+def _claimed_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Entries of an XAUTOCLAIM reply: ``[cursor, entries]`` (6.2) or
+    ``[cursor, entries, deleted_ids]`` (7+)."""
+    if not isinstance(reply, list | tuple) or len(reply) < 2:
+        return []
+    return stream_pairs(reply[1])
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RoomConsumer(abc.ABC):
+    """Follows every room's event stream as consumer ``consumer`` of group ``group``."""
+
+    def __init__(self, redis_url: str, group: str, consumer: str, *,
+                 claim_idle_ms: int = 5_000, reconcile_s: float = 2.0,
+                 lease_ms: int = 10_000, batch_events: int = 256,
+                 max_rooms: int = 4, logger: logging.Logger | None = None) -> None:
+        self.redis_url = redis_url
+        self.group = group
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        self.reconcile_s = reconcile_s
+        self.lease_ms = lease_ms
+        self.batch_events = batch_events
+        self.max_rooms = max_rooms
+        self.log = logger or logging.getLogger("trajhub.consumer")
+        self.redis: aioredis.Redis = async_client(redis_url)
+        self._blocking: aioredis.Redis = async_client(redis_url, blocking=True)
+        self._acquire = self.redis.register_script(_ACQUIRE_LUA)
+        self._renew = self.redis.register_script(_RENEW_LUA)
+        self._release = self.redis.register_script(_RELEASE_LUA)
+        self.halted: set[str] = set()
+        self._held: set[str] = set()
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._dirty: set[str] = set()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    # -- what a subclass provides ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def handle_batch(self, room: str, events: Sequence[Event]) -> int:
+        """Handle ``events`` (contiguous seqs from ``progress_seq + 1``) and advance the
+        progress to the last one handled. Return how many, a prefix, were handled;
+        fewer than given means "blocked, retry later". Raise IntegrityError on a bug."""
+
+    @abc.abstractmethod
+    async def progress_seq(self, room: str) -> int:
+        """The last seq this consumer has fully handled for ``room`` (0 if none)."""
+
+    @abc.abstractmethod
+    def progress_key(self, room: str) -> str:
+        """A Redis hash whose ``seq`` field mirrors ``progress_seq`` (for reconciliation)."""
+
+    def lease_key(self, room: str) -> str | None:
+        """The room's lease key when only one replica may work on a room at a time."""
+        return None
+
+    async def on_room_acquired(self, room: str) -> None:
+        """Called when this replica (re)takes a room's lease: cached state may be stale."""
+        return None
+
+    async def on_room_dropped(self, room: str) -> None:
+        """Called when the room's lease was lost or its batch failed: drop cached state."""
+        return None
+
+    async def after_ack(self, room: str, events: Sequence[Event]) -> None:
+        """Called after ``events`` (handled now or earlier) have been acknowledged."""
+        return None
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _take_lease(self, room: str) -> bool:
+        key = self.lease_key(room)
+        if key is None:
+            return True
+        got = int(await self._acquire(keys=[key], args=[self.consumer, self.lease_ms]))
+        if got == 0:
+            self._held.discard(room)
+            return False
+        self._held.add(room)
+        if got == 2:
+            await self.on_room_acquired(room)
+        return True
+
+    async def renew_lease(self, room: str) -> bool:
+        """Extend the room's lease if this replica still owns it."""
+        key = self.lease_key(room)
+        if key is None:
+            return True
+        ok = bool(int(await self._renew(keys=[key], args=[self.consumer, self.lease_ms])))
+        if not ok:
+            self._held.discard(room)
+        return ok
+
+    async def ensure_lease(self, room: str) -> None:
+        """Renew the lease or raise LeaseLost; call right before a commit point."""
+        if not await self.renew_lease(room):
+            raise LeaseLost(f"room {room}: lease lost to another replica")
+
+    async def release_lease(self, room: str) -> None:
+        key = self.lease_key(room)
+        self._held.discard(room)
+        if key is not None:
+            await self._release(keys=[key], args=[self.consumer])
+
+    @contextlib.asynccontextmanager
+    async def _keep_lease(self, room: str) -> AsyncIterator[None]:
+        """Renew the lease in the background while the room is being worked on, so a
+        long store call (in a thread) does not let it lapse."""
+        if self.lease_key(room) is None:
+            yield
+            return
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_ms / 3000)
+                try:
+                    if not await self.renew_lease(room):
+                        return
+                except RETRYABLE:
+                    continue
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- one room ----------------------------------------------------------------------
+
+    async def process_room(self, room: str) -> int:
+        """Handle everything pending for ``room`` now; return how many events were handled.
+
+        Returns 0 without doing anything when another replica holds the room's lease or
+        the room is halted.
+        """
+        if room in self.halted:
+            return 0
+        lock = self._room_locks.setdefault(room, asyncio.Lock())
+        async with lock:
+            if not await self._take_lease(room):
+                return 0
+            async with self._keep_lease(room):
+                return await self._drain(room)
+
+    async def _drain(self, room: str) -> int:
+        handled = 0
+        try:
+            while not self._stopping:
+                n, progressed = await self._round(room)
+                handled += n
+                if not progressed:
+                    break
+        except IntegrityError as exc:
+            self.halted.add(room)
+            self.log.critical("room halted room=%s: %s", room, exc,
+                              extra={"room": room, "event": "halted"})
+            await self.on_room_dropped(room)
+        except LeaseLost as exc:
+            self.log.warning("%s", exc, extra={"room": room, "event": "lease_lost"})
+            await self.on_room_dropped(room)
+        except BaseException:
+            await self.on_room_dropped(room)
+            raise
+        return handled
+
+    async def _round(self, room: str) -> tuple[int, bool]:
+        """Read, order, handle and acknowledge one batch. Returns (handled, go on)."""
+        progress = await self.progress_seq(room)
+        entries = await self._collect(room)
+        if not entries:
+            return 0, False
+        batch = await self._ordered_batch(room, progress, entries)
+        handled = await self.handle_batch(room, batch) if batch else 0
+        if handled < 0 or handled > len(batch):
+            raise IntegrityError(f"handle_batch returned {handled} for {len(batch)} events")
+        done_seq = batch[handled - 1].seq if handled else progress
+        done = [entries[s] for s in sorted(entries) if s <= done_seq]
+        if done:
+            await self.redis.xack(keys.events(room), self.group, *[e.id for e in done])
+            handled_seqs = {e.seq for e in batch[:handled]}
+            earlier = [self._parse(room, e) for e in done
+                       if e.fields and seq_of(e.id) not in handled_seqs]
+            await self.after_ack(room, [*earlier, *batch[:handled]])
+        if handled:
+            self.log.debug("handled room=%s seq=%d events=%d", room, done_seq, handled,
+                           extra={"room": room, "seq": done_seq, "events": handled})
+        blocked = handled < len(batch)
+        return handled, bool(done) and not blocked
+
+    async def _collect(self, room: str) -> dict[int, _Entry]:
+        """Claimed, own pending and new entries of the room's stream, by seq."""
+        stream = keys.events(room)
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
+                            count=self.batch_events)
+            pipe.xreadgroup(self.group, self.consumer, {stream: "0"}, count=self.batch_events)
+            pipe.xreadgroup(self.group, self.consumer, {stream: ">"}, count=self.batch_events)
+            replies = await pipe.execute(raise_on_error=False)
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                break
+            if attempt == 0 and any("NOGROUP" in str(e) for e in errors):
+                if not await self._create_group(stream):
+                    return {}
+                continue
+            raise errors[0]
+        claimed, pending, new = replies
+        out: dict[int, _Entry] = {}
+        for entry_id, fields in (*_claimed_entries(claimed), *_stream_entries(pending),
+                                 *_stream_entries(new)):
+            self._merge(out, entry_id, fields)
+        return out
+
+    @staticmethod
+    def _merge(out: dict[int, _Entry], entry_id: bytes, fields: dict[bytes, bytes] | None
+               ) -> None:
+        seq = seq_of(entry_id)
+        known = out.get(seq)
+        if known is None or (fields and not known.fields):
+            out[seq] = _Entry(entry_id, dict(fields or {}))
+
+    async def _create_group(self, stream: str) -> bool:
+        """Create the consumer group (normally done by control at the room's first
+        commit). Returns False when the room's stream does not exist."""
+        try:
+            # From 0: progress by seq makes re-reading already handled entries harmless.
+            await self.redis.xgroup_create(stream, self.group, id="0")
+        except ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return True
+            if "requires the key to exist" in str(exc) or "no such key" in str(exc).lower():
+                return False
+            raise
+        return True
+
+    async def _ordered_batch(self, room: str, progress: int,
+                             entries: dict[int, _Entry]) -> list[Event]:
+        """Events progress+1, progress+2, ... as far as known, gaps filled by XRANGE."""
+        batch: list[Event] = []
+        nxt = progress + 1
+        highest = max(entries)
+        while len(batch) < self.batch_events and nxt <= highest:
+            entry = entries.get(nxt)
+            if entry is None or not entry.fields:
+                highest = max(highest, await self._fill(room, nxt, entries))
+                entry = entries.get(nxt)
+                if entry is None or not entry.fields:
+                    raise IntegrityError(f"event seq {nxt} is missing from {keys.events(room)}"
+                                         f" (have up to {highest})")
+            batch.append(self._parse(room, entry))
+            nxt += 1
+        return batch
+
+    async def _fill(self, room: str, seq: int, entries: dict[int, _Entry]) -> int:
+        """Read the stream by seq from ``seq`` (a gap in what the group delivered)."""
+        count = self.batch_events
+        got = stream_pairs(await self.redis.xrange(keys.events(room), f"{seq}-0", "+",
+                                                   count=count))
+        self.log.info("gap filled room=%s from=%d entries=%d", room, seq, len(got),
+                      extra={"room": room, "seq": seq, "event": "gap_fill"})
+        highest = 0
+        for entry_id, fields in got:
+            self._merge(entries, entry_id, fields)
+            highest = max(highest, seq_of(entry_id))
+        return highest
+
+    def _parse(self, room: str, entry: _Entry) -> Event:
+        try:
+            event = Event.from_stream(entry.fields)
+        except ValueError as exc:
+            raise IntegrityError(f"entry {entry.id!r} is not a valid event: {exc}") from exc
+        if event.seq != seq_of(entry.id) or event.room != room:
+            raise IntegrityError(f"entry {entry.id!r} holds seq {event.seq} of room "
+                                 f"{event.room!r}")
+        return event
+
+    # -- discovery -----------------------------------------------------------------------
+
+    async def rooms_behind(self) -> set[str]:
+        """Rooms whose ``{r}:meta`` seq is ahead of this consumer's progress key."""
+        rooms: list[str] = []
+        async for raw in self.redis.sscan_iter(keys.ROOMS, count=1000):
+            room = self._room_name(raw)
+            if room is not None and room not in self.halted:
+                rooms.append(room)
+        behind: set[str] = set()
+        for i in range(0, len(rooms), 500):
+            chunk = rooms[i:i + 500]
+            pipe = self.redis.pipeline(transaction=False)
+            for room in chunk:
+                pipe.hget(keys.meta(room), "seq")
+                pipe.hget(self.progress_key(room), "seq")
+            values = await pipe.execute()
+            for j, room in enumerate(chunk):
+                seq, seen = values[2 * j], values[2 * j + 1]
+                if int(seq or 0) > int(seen or 0):
+                    behind.add(room)
+        return behind
+
+    def _room_name(self, raw: bytes | str) -> str | None:
+        try:
+            return check_room_name(_decode(raw))
+        except (InvalidName, UnicodeDecodeError):
+            self.log.warning("ignoring invalid room name %r", raw)
+            return None
+
+    async def _notify_tail(self) -> bytes:
+        """The id of the newest notification (read from there on), or 0-0."""
+        last = await self.redis.xrevrange(keys.NOTIFY, "+", "-", count=1)
+        pairs = stream_pairs(last)
+        return pairs[0][0] if pairs else b"0-0"
+
+    async def _read_notify(self, last_id: bytes, block_ms: int, stop: asyncio.Event
+                           ) -> tuple[bytes, set[str]]:
+        read = asyncio.ensure_future(self._blocking.xread(
+            {keys.NOTIFY: last_id}, count=1000, block=block_ms))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *RETRYABLE):
+                    await read
+        if read.cancelled():
+            return last_id, set()
+        rooms: set[str] = set()
+        for entry_id, fields in _stream_entries(read.result()):
+            last_id = entry_id
+            room = self._room_name(fields.get(b"room", b""))
+            if room is not None:
+                rooms.add(room)
+        return last_id, rooms
+
+    # -- the run loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set; survives Redis restarts and per-room failures."""
+        loop = asyncio.get_running_loop()
+        self._stopping = False
+        backoff = Backoff()
+        last_id: bytes | None = None
+        next_reconcile = 0.0  # a full reconciliation at start-up
+        self.log.info("started consumer=%s group=%s", self.consumer, self.group)
+        try:
+            while not stop.is_set():
+                try:
+                    if last_id is None:
+                        last_id = await self._notify_tail()
+                    if loop.time() >= next_reconcile:
+                        self._mark_dirty(await self.rooms_behind())
+                        next_reconcile = loop.time() + self.reconcile_s
+                    wait_ms = (next_reconcile - loop.time()) * 1000
+                    block_ms = int(min(NOTIFY_BLOCK_MS, max(10, wait_ms)))
+                    last_id, rooms = await self._read_notify(last_id, block_ms, stop)
+                    self._mark_dirty(rooms)
+                    backoff.reset()
+                except RETRYABLE as exc:
+                    delay = backoff.next()
+                    self.log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay,
+                                     extra={"event": "backoff"})
+                    next_reconcile = 0.0  # notifications may have been missed meanwhile
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            await self._shutdown()
+
+    def _mark_dirty(self, rooms: Iterable[str]) -> None:
+        self._dirty.update(rooms)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        for room in sorted(self._dirty):
+            if self._stopping or len(self._active) >= self.max_rooms:
+                return
+            if room in self._active:
+                continue  # re-run once the current pass ends
+            self._dirty.discard(room)
+            if room in self.halted:
+                continue
+            task = asyncio.create_task(self._room_task(room), name=f"room:{room}")
+            self._active[room] = task
+            task.add_done_callback(functools.partial(self._room_done, room))
+
+    def _room_done(self, room: str, _task: asyncio.Task[None]) -> None:
+        self._active.pop(room, None)
+        self._schedule()
+
+    async def _room_task(self, room: str) -> None:
+        try:
+            await self.process_room(room)
+        except RETRYABLE as exc:
+            self.log.warning("room=%s: redis unavailable (%s); reconciliation will retry",
+                             room, exc, extra={"room": room})
+        except Exception:
+            self.log.exception("room=%s: failed; reconciliation will retry", room,
+                               extra={"room": room})
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        active = list(self._active.values())
+        if active:
+            _, pending = await asyncio.wait(active, timeout=30)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.aclose()
+        self.log.info("stopped consumer=%s group=%s", self.consumer, self.group)
+
+    async def aclose(self) -> None:
+        """Release held leases (only where still the owner) and close connections."""
+        for room in list(self._held):
+            try:
+                await self.release_lease(room)
+            except RETRYABLE as exc:
+                self.log.warning("room=%s: could not release lease (%s)", room, exc)
+        await self.redis.aclose()
+        await self._blocking.aclose()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+async def run_until_signalled(consumer: RoomConsumer) -> None:
+    """Run ``consumer`` until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await consumer.run(stop)
