@@ -1,0 +1,98 @@
+"""Read-only access to a room's live index, for the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from trajhub.control.scripts import read_index_script
+from trajhub.shared import keys
+from trajhub.shared.events import FrameEntry
+
+
+class IndexOutOfRange(IndexError):
+    """A requested index is not in the room's trajectory."""
+
+    def __init__(self, index: int, n_frames: int, *, exists: bool = True) -> None:
+        self.index = index
+        self.n_frames = n_frames
+        self.exists = exists
+        super().__init__(f"index {index} out of range for {n_frames} frames")
+
+
+@dataclass(frozen=True)
+class IndexView:
+    """The index of a room at one seq: ``entries[i]`` is the frame at ``indices[i]``."""
+
+    seq: int
+    n_frames: int
+    exists: bool
+    indices: list[int] = field(default_factory=list)
+    entries: list[FrameEntry] = field(default_factory=list)
+
+
+def _entries(fids: bytes, packed: bytes) -> list[FrameEntry]:
+    if not fids:
+        return []
+    out = []
+    for fid, entry in zip(fids.split(b","), packed.split(b","), strict=True):
+        version, content_hash, slot = entry.split(b":")
+        out.append(FrameEntry(frame_id=int(fid), version=int(version),
+                              hash=content_hash.decode(), slot=int(slot)))
+    return out
+
+
+def _arg(value: int | None) -> str:
+    return "" if value is None else str(int(value))
+
+
+class IndexReader:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._script = redis.register_script(read_index_script())
+
+    async def read(self, room: str, *, indices: list[int] | None = None,
+                   start: int | None = 0, stop: int | None = None,
+                   step: int | None = 1) -> IndexView:
+        """Entries for ``indices`` (negative ones count from the end), else for the
+        Python slice ``[start:stop:step]``; one atomic read."""
+        if indices is not None:
+            args = ["list", *(str(int(i)) for i in indices)]
+        else:
+            if step == 0:
+                raise ValueError("slice step cannot be zero")
+            args = ["slice", _arg(start), _arg(stop), _arg(1 if step is None else step)]
+        keys_ = [keys.meta(room), keys.order(room), keys.frames(room)]
+        seq, n, exists, bad, first, stride, count, fids, packed = await self._script(
+            keys=keys_, args=args)
+        if bad:
+            raise IndexOutOfRange(int(bad), int(n), exists=bool(exists))
+        if indices is not None:
+            positions = [i + n if i < 0 else i for i in indices]
+        else:
+            positions = list(range(first, first + stride * count, stride))
+        return IndexView(seq=int(seq), n_frames=int(n), exists=bool(exists),
+                         indices=positions,
+                         entries=_entries(_bytes(fids), _bytes(packed)))
+
+    async def list_rooms(self) -> list[tuple[str, int, int]]:
+        """``(room, n_frames, seq)`` of every room, sorted by name."""
+        names = sorted(_text(m) for m in await self.redis.smembers(keys.ROOMS))
+        if not names:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.llen(keys.order(name))
+                pipe.hget(keys.meta(name), "seq")
+            replies = await pipe.execute()
+        return [(name, int(replies[2 * i]), int(replies[2 * i + 1] or 0))
+                for i, name in enumerate(names)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value

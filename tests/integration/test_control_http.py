@@ -1,0 +1,189 @@
+"""Control's HTTP API served by uvicorn, and HttpControl against it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+from control_testutil import order, stage
+
+from trajhub.control import Control, ControlUnavailable, HttpControl, create_app
+from trajhub.control.__main__ import port_for
+from trajhub.shared.events import (
+    Command,
+    CommitResult,
+    DeleteFrames,
+    Event,
+    InsertFrames,
+    ReplaceFrames,
+)
+from trajhub.shared.settings import Settings
+
+
+@contextlib.contextmanager
+def serve(redis_url: str) -> Iterator[str]:
+    """Control's app under uvicorn on a free port, in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(redis_url=redis_url))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("control server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def control_url(redis_server: str) -> Iterator[str]:
+    with serve(redis_server) as url:
+        yield url
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def http_control(control_url: str, redis_url: str) -> AsyncIterator[HttpControl]:
+    async with HttpControl(Settings(control_url=control_url)) as control:
+        yield control
+
+
+def comparable(result: CommitResult) -> dict[str, Any]:
+    """A result without what differs between two rooms (room, time, edit id)."""
+    data = result.model_dump()
+    if data["event"]:
+        for field in ("room", "time", "edit_id"):
+            data["event"].pop(field)
+    return data
+
+
+async def test_http_gives_the_same_results_as_in_process(
+        r: aioredis.Redis, http_control: HttpControl) -> None:
+    local = Control(r)
+    results: dict[str, list[CommitResult]] = {}
+    for room, control in (("local", local), ("remote", http_control)):
+        hashes = await stage(r, room, [0, 1, 2, 3])
+        commands: list[Command] = [
+            InsertFrames(room=room, hashes=hashes[:3], author="ann"),
+            InsertFrames(room=room, at=1, hashes=[hashes[0]], idempotency_key="key-00001"),
+            InsertFrames(room=room, at=1, hashes=[hashes[0]], idempotency_key="key-00001"),
+            ReplaceFrames(room=room, indices=[2], hashes=[hashes[3]], base_versions=[1]),
+            ReplaceFrames(room=room, indices=[2], hashes=[hashes[3]], base_versions=[1]),
+            DeleteFrames(room=room, indices=[0, 3]),
+            DeleteFrames(room=room, indices=[7]),
+            InsertFrames(room=room, hashes=["0" * 64]),
+        ]
+        results[room] = [await control.commit(c) for c in commands]
+    remote = results["remote"]
+    assert [comparable(x) for x in remote] == [comparable(x) for x in results["local"]]
+    assert [x.status for x in remote] == ["ok", "ok", "ok", "ok", "conflict", "ok",
+                                          "not_found", "invalid"]
+    assert [x.replayed for x in remote] == [False, False, True, False, False, False, False,
+                                            False]
+    assert await order(r, "remote") == await order(r, "local")
+    [(_, fields)] = await r.xrange("{remote}:events", "1-0", "1-0")
+    assert Event.from_stream(fields) == remote[0].event
+
+
+async def test_status_codes(r: aioredis.Redis, control_url: str) -> None:
+    [h] = await stage(r, "codes", [0])
+    async with httpx.AsyncClient(base_url=control_url) as client:
+        insert = {"op": "insert", "room": "codes", "hashes": [h]}
+        assert (await client.post("/v1/commit", json=insert)).status_code == 200
+        stale = {"op": "delete", "room": "codes", "indices": [0], "base_versions": [7]}
+        answer = await client.post("/v1/commit", json=stale)
+        assert answer.status_code == 409
+        assert answer.json()["conflicts"][0]["actual"] == 1
+        missing = {"op": "delete", "room": "codes", "indices": [3]}
+        assert (await client.post("/v1/commit", json=missing)).status_code == 404
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"{not json", "Invalid JSON"),
+    (b'{"op": "insert", "room": "x", "hashes": ["abc"]}', "not a sha256 hex digest"),
+    (b'{"op": "move", "room": "x"}', "does not match any of the expected tags"),
+    (b'{"op": "delete", "room": "../x", "indices": [0]}', "room"),
+    (b'{"op": "delete", "room": "x", "indices": [-1]}', "indices.0"),
+    (b"[]", "should be an object"),
+])
+async def test_malformed_commands_get_422(control_url: str, redis_url: str, body: bytes,
+                                          reason: str) -> None:
+    async with httpx.AsyncClient(base_url=control_url) as client:
+        answer = await client.post("/v1/commit", content=body)
+    assert answer.status_code == 422
+    result = CommitResult.model_validate_json(answer.content)
+    assert result.status == "invalid"
+    assert result.reason is not None and reason in result.reason
+
+
+async def test_health_and_readiness(control_url: str, redis_url: str) -> None:
+    async with httpx.AsyncClient(base_url=control_url) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+        assert (await client.get("/v1/commit")).status_code == 405
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_unreachable_control_raises_a_clear_error() -> None:
+    port = free_port()
+    async with HttpControl(f"http://127.0.0.1:{port}") as control:
+        with pytest.raises(ControlUnavailable, match=f"127.0.0.1:{port} is unreachable"):
+            await control.commit(DeleteFrames(room="x", indices=[0]))
+
+
+async def test_non_control_answer_raises(control_url: str) -> None:
+    async with HttpControl(control_url + "/elsewhere") as control:
+        with pytest.raises(ControlUnavailable, match="answered 404"):
+            await control.commit(DeleteFrames(room="x", indices=[0]))
+
+
+def test_http_control_needs_a_url() -> None:
+    with pytest.raises(ValueError, match="TRAJHUB_CONTROL_URL"):
+        HttpControl(Settings())
+
+
+def test_default_port() -> None:
+    assert port_for(Settings(port=6000), {"TRAJHUB_PORT": "6000"}) == 6000
+    assert port_for(Settings(), {}) == 5001
+
+
+async def test_redis_down_gives_503(redis_url: str) -> None:
+    port = free_port()
+    with serve(f"redis://127.0.0.1:{port}/0") as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+            assert (await client.get("/healthz")).status_code == 200
+        async with HttpControl(url) as control:
+            with pytest.raises(ControlUnavailable, match=r"answered 503.*redis unavailable"):
+                await control.commit(DeleteFrames(room="x", indices=[0]))
