@@ -37,7 +37,7 @@ def decode_array(obj: Any, key: str = "?") -> Array:
         raise CodecError(f"{key}: dtype must be a short string like '<f8'")
     try:
         dtype = np.dtype(dtype_s)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy's parser raises all three
         raise CodecError(f"{key}: unknown dtype {dtype_s!r}") from None
     try:
         dtype = check_dtype(dtype, key)

@@ -22,7 +22,7 @@ def check_room_name(name: str) -> str:
         raise InvalidName(f"room name is {len(name)} characters long; at most {ROOM_NAME_MAX}")
     if ".." in name:
         raise InvalidName("room name may not contain '..'")
-    if not _ROOM_RE.match(name):
+    if not _ROOM_RE.fullmatch(name):
         raise InvalidName(
             "room name may contain only letters, digits, '_', '-' and '.', "
             "and must start with a letter or digit"
@@ -31,7 +31,7 @@ def check_room_name(name: str) -> str:
 
 
 def check_key_name(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise InvalidName(
             f"frame key {key[:80]!r} is not allowed: use numbers, positions, cell, pbc, "
             "or arrays.<name>, info.<name>, calc.<name> (name: letters, digits, '_', '-')"

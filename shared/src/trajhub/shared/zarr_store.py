@@ -1,0 +1,719 @@
+"""The Zarr v3 ``FrameStore``: one group per room, frames in write-once slots.
+
+Layout of ``<root>/<room>/`` (see docs/architecture.md, "Zarr layout"):
+
+- ``K``: frame key ``K`` (numeric/bool), shape ``(slots, max_dim0, ...)``, zero padded.
+  ``K.shape``: int32 ``(slots, max(ndim, 1))``, each slot's true shape; a row whose first
+  entry is -1 means the slot has no ``K`` (a 0-d value stores ``[0]`` when present).
+  The padded array has one ndim and dtype; a later value of ``K`` with another dtype or
+  ndim goes to a variant array ``K@<dtype>_<ndim>d`` (e.g. ``info.x@f4_1d``) with its own
+  ``.shape`` companion, so round trips stay exact.
+- ``K`` for unicode values: variable-length bytes, one ``packb(encode_array(v))`` per
+  slot, ``b""`` where the slot has no ``K``.
+- ``_hash``: uint8 ``(slots, 32)``, the raw sha256 content hash of each slot.
+- ``_order``, ``_frame_id``, ``_version``: int64 ``(n_frames,)``, the projection.
+- group attributes: ``n_slots`` (slots fully written), ``applied_seq``, ``n_frames``,
+  ``projection_sha256`` (detects a projection torn by a crash) and ``trajhub_arrays``
+  (frame key -> ``[[array, dtype, ndim], ...]``, the arrays that hold it).
+
+Plain zarr reads: ``g = zarr.open_group(path); n = g["positions.shape"][s, 0];
+g["positions"][s, :n]``.
+
+Every write is a whole-object put: zarr's LocalStore (>= 3.1.3) writes each chunk and
+metadata document to a temporary file and renames it into place, and a memory store
+swaps dict entries, so a reader never sees half a chunk. Slots become readable by
+contract only below ``n_slots`` (and, for the gateway, below ``{room}:applied``), which
+moves after their chunks are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import threading
+import warnings
+from bisect import bisect_left
+from collections.abc import Coroutine, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from zarr.abc.codec import BytesBytesCodec
+from zarr.abc.store import Store
+from zarr.api.asynchronous import open_group
+from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.dtype import VariableLengthBytes
+from zarr.core.group import AsyncGroup
+from zarr.core.sync import sync
+from zarr.errors import NodeNotFoundError, UnstableSpecificationWarning
+from zarr.storage import LocalStore, MemoryStore, StorePath
+
+from trajhub.shared.codec import decode_array, encode_array, packb, unpackb
+from trajhub.shared.frames import Array, Frame, canonical_array, is_per_atom
+from trajhub.shared.hashing import is_hash
+from trajhub.shared.names import InvalidName, check_key_name, check_room_name
+
+# VariableLengthBytes has no ratified v3 spec yet; zarr warns on every use.
+warnings.filterwarnings("ignore", category=UnstableSpecificationWarning,
+                        message=r".*VariableLengthBytes")
+
+T = TypeVar("T")
+ZArray = AsyncArray[Any]
+
+FORMAT_VERSION = 1
+ARRAYS_ATTR = "trajhub_arrays"
+STRING_DTYPE = "U"
+HASH_ARRAY = "_hash"
+PROJECTION_ARRAYS = ("_order", "_frame_id", "_version")
+
+CODEC = "lz4"
+"""Chunk compression: "lz4" (blosc lz4 + byte shuffle), "zstd" (zstd level 1) or "none"."""
+CHUNK_TARGET_BYTES = 1024 * 1024
+"""Uncompressed bytes per chunk; appending a frame rewrites one chunk per array."""
+MAX_SLOT_CHUNK = 4096
+MIN_ATOM_CHUNK = 64
+STRING_SLOT_CHUNK = 4096
+PROJECTION_CHUNK = 65536
+RUN_GAP = 64
+"""Requested slots closer than this are read as one block (one Zarr call per key)."""
+
+
+class ProjectionError(RuntimeError):
+    """The stored projection does not match its checksum (a crash tore the commit)."""
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """One array that holds values of a frame key with one dtype (and ndim)."""
+
+    name: str
+    dtype: str
+    ndim: int
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype == STRING_DTYPE
+
+    @property
+    def shape_name(self) -> str:
+        return f"{self.name}.shape"
+
+
+Registry = dict[str, tuple[_Variant, ...]]
+
+
+@dataclass(frozen=True)
+class _RoomInfo:
+    n_slots: int
+    applied_seq: int
+    registry: Registry
+
+
+@dataclass(frozen=True)
+class _Cached:
+    array: ZArray
+    generation: int
+    """The room's n_slots read before this array's metadata: the array covers every
+    slot below it that holds the array's key."""
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, (max(n, 1) - 1).bit_length())
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def _compressors(itemsize: int) -> tuple[BytesBytesCodec, ...]:
+    if CODEC == "none":
+        return ()
+    if CODEC == "zstd":
+        return (ZstdCodec(level=1),)
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize),)
+
+
+def _slot_chunk(bytes_per_slot: int) -> int:
+    return max(1, min(MAX_SLOT_CHUNK, CHUNK_TARGET_BYTES // max(bytes_per_slot, 1)))
+
+
+def data_chunks(key: str, first_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk shape for the padded array of ``key``; ``first_shape`` is the padded shape
+    of the first batch written to it.
+
+    Atoms: at least that count rounded up to a power of two (min 64); other axes: their
+    first size; slots: enough for ~CHUNK_TARGET_BYTES (at most MAX_SLOT_CHUNK).
+    """
+    inner = [max(1, n) for n in first_shape]
+    if inner and is_per_atom(key):
+        inner[0] = max(MIN_ATOM_CHUNK, _pow2_ceil(first_shape[0]))
+    return (_slot_chunk(math.prod(inner) * itemsize), *inner)
+
+
+def _variant_name(key: str, dtype: str, ndim: int, taken: Iterable[_Variant]) -> str:
+    if not any(True for _ in taken):
+        return key
+    if dtype == STRING_DTYPE:
+        return f"{key}@str"
+    return f"{key}@{dtype.lstrip('<>|=')}_{ndim}d"
+
+
+def _runs(slots: Iterable[int], gap: int = RUN_GAP) -> list[tuple[int, int]]:
+    """Half-open ranges covering sorted unique ``slots``, merging gaps below ``gap``."""
+    runs: list[tuple[int, int]] = []
+    for s in sorted(set(slots)):
+        if runs and s - runs[-1][1] < gap:
+            runs[-1] = (runs[-1][0], s + 1)
+        else:
+            runs.append((s, s + 1))
+    return runs
+
+
+def _parse_registry(attrs: Mapping[str, Any]) -> Registry:
+    raw = attrs.get(ARRAYS_ATTR) or {}
+    return {key: tuple(_Variant(str(n), str(d), int(nd)) for n, d, nd in entries)
+            for key, entries in raw.items()}
+
+
+def _registry_json(registry: Registry) -> dict[str, list[list[Any]]]:
+    return {key: [[v.name, v.dtype, v.ndim] for v in variants]
+            for key, variants in sorted(registry.items())}
+
+
+def _room_info(attrs: Mapping[str, Any] | None) -> _RoomInfo:
+    if attrs is None:
+        return _RoomInfo(0, 0, {})
+    return _RoomInfo(int(attrs.get("n_slots", 0)), int(attrs.get("applied_seq", 0)),
+                     _parse_registry(attrs))
+
+
+def _projection_digest(*arrays: Array) -> str:
+    h = hashlib.sha256()
+    for arr in arrays:
+        h.update(len(arr).to_bytes(8, "little"))
+        h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def _as_int64(values: Sequence[int] | Array, what: str) -> Array:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise ValueError(f"{what} must be a 1-d sequence of integers")
+    return arr.astype("<i8")
+
+
+# -- the store ----------------------------------------------------------------------------
+
+_MEMORY_STORES: dict[str, MutableMapping[str, Any]] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def open_store(url: str) -> ZarrFrameStore:
+    """A FrameStore at ``url``: a directory, ``file://DIR``, ``memory://[name]`` (shared
+    by every store opened with the same URL in this process) or another fsspec URL."""
+    if url.startswith("memory://"):
+        with _MEMORY_LOCK:
+            data = _MEMORY_STORES.setdefault(url, {})
+        return ZarrFrameStore(MemoryStore(data))
+    if url.startswith("file://"):
+        return ZarrFrameStore(LocalStore(url[len("file://"):]))
+    if "://" in url:
+        try:
+            from zarr.storage import FsspecStore
+            store: Store = FsspecStore.from_url(url)
+        except ImportError as exc:
+            raise ValueError(f"storage URL {url!r} needs fsspec and its backend "
+                             f"installed: {exc}") from None
+        return ZarrFrameStore(store)
+    return ZarrFrameStore(LocalStore(url))
+
+
+class ZarrFrameStore:
+    """FrameStore on any zarr v3 store. Thread safe; one writer per room at a time."""
+
+    def __init__(self, store: Store | str | Path) -> None:
+        self.store: Store = store if isinstance(store, Store) else LocalStore(store)
+        self._lock = threading.Lock()
+        self._rooms: dict[str, _RoomInfo] = {}
+        self._arrays: dict[tuple[str, str], _Cached] = {}
+        self._write_locks: dict[str, threading.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"ZarrFrameStore({self.store!r})"
+
+    # -- small reads ----------------------------------------------------------------------
+
+    def n_slots(self, room: str) -> int:
+        return self._refresh(room).n_slots
+
+    def applied_seq(self, room: str) -> int:
+        return self._refresh(room).applied_seq
+
+    def keys(self, room: str) -> list[str]:
+        """Frame keys that some slot of the room holds."""
+        return sorted(self._refresh(room).registry)
+
+    def rooms(self) -> list[str]:
+        return _run(self._rooms_async())
+
+    async def _rooms_async(self) -> list[str]:
+        try:
+            names = [n async for n in self.store.list_dir("")]
+        except FileNotFoundError:
+            return []
+        names = [n for n in names if _valid_room(n)]
+        attrs = await asyncio.gather(*(self._load_attrs(n) for n in names))
+        return sorted(n for n, a in zip(names, attrs, strict=True) if a is not None)
+
+    async def _load_attrs(self, room: str) -> dict[str, Any] | None:
+        """The room group's attributes straight from the store (None: no such group)."""
+        buf = await self.store.get(f"{room}/zarr.json", prototype=default_buffer_prototype())
+        if buf is None:
+            return None
+        meta = json.loads(buf.to_bytes())
+        if meta.get("node_type") != "group":
+            return None
+        return dict(meta.get("attributes") or {})
+
+    def _refresh(self, room: str) -> _RoomInfo:
+        check_room(room)
+        info = _room_info(_run(self._load_attrs(room)))
+        with self._lock:
+            self._rooms[room] = info
+        return info
+
+    def _room_for(self, room: str, max_slot: int) -> _RoomInfo:
+        with self._lock:
+            info = self._rooms.get(room)
+        if info is None or max_slot >= info.n_slots:
+            info = self._refresh(room)
+        if max_slot >= info.n_slots:
+            raise IndexError(f"room {room!r}: slot {max_slot} is not written "
+                             f"(n_slots={info.n_slots})")
+        return info
+
+    # -- array cache ----------------------------------------------------------------------
+
+    async def _array(self, room: str, name: str, need: int, generation: int,
+                     force: bool = False) -> ZArray | None:
+        """The cached array, re-opened when ``need`` lies beyond it and it predates
+        ``generation`` (another process may have grown it); None if it does not exist."""
+        with self._lock:
+            cached = self._arrays.get((room, name))
+        if cached is not None and not force and (need < cached.array.shape[0]
+                                                 or cached.generation >= generation):
+            return cached.array
+        try:
+            array: ZArray = await AsyncArray.open(StorePath(self.store, f"{room}/{name}"))
+        except NodeNotFoundError:
+            return None
+        with self._lock:
+            self._arrays[(room, name)] = _Cached(array, generation)
+        return array
+
+    def _remember(self, room: str, array: ZArray, generation: int) -> None:
+        with self._lock:
+            self._arrays[(room, array.basename)] = _Cached(array, generation)
+
+    # -- reading frames -------------------------------------------------------------------
+
+    def read_slots(self, room: str, slots: Sequence[int],
+                   keys: Sequence[str] | None = None) -> list[Frame]:
+        """Frames at ``slots`` (any order, repeats allowed), restricted to ``keys``.
+
+        One block read per contiguous run of slots per array; the arrays returned are
+        read-only views into those blocks.
+        """
+        check_room(room)
+        slot_list = [int(s) for s in slots]
+        if not slot_list:
+            return []
+        if min(slot_list) < 0:
+            raise IndexError(f"negative slot {min(slot_list)}")
+        info = self._room_for(room, max(slot_list))
+        wanted = info.registry if keys is None else {
+            k: info.registry[k] for k in keys if k in info.registry}
+        by_slot = _run(self._read(room, info, slot_list, wanted))
+        return [dict(by_slot[s]) for s in slot_list]
+
+    async def _read(self, room: str, info: _RoomInfo, slots: list[int],
+                    wanted: Registry) -> dict[int, Frame]:
+        runs = _runs(slots)
+        unique = sorted(set(slots))
+        frames: dict[int, Frame] = {s: {} for s in unique}
+        variants = [(key, v) for key, vs in wanted.items() for v in vs]
+        await asyncio.gather(*(self._read_variant(room, info, key, v, runs, unique, frames)
+                               for key, v in variants))
+        return frames
+
+    async def _read_variant(self, room: str, info: _RoomInfo, key: str, v: _Variant,
+                            runs: list[tuple[int, int]], unique: list[int],
+                            frames: dict[int, Frame]) -> None:
+        need = unique[-1]
+        if v.is_string:
+            array = await self._array(room, v.name, need, info.n_slots)
+            if array is not None:
+                await asyncio.gather(*(self._read_strings(array, key, a, b, unique, frames)
+                                       for a, b in runs))
+            return
+        shape_arr, data_arr = await asyncio.gather(
+            self._array(room, v.shape_name, need, info.n_slots),
+            self._array(room, v.name, need, info.n_slots))
+        if shape_arr is None or data_arr is None:
+            return
+        await asyncio.gather(*(self._read_run(room, info, key, v, shape_arr, data_arr,
+                                              a, b, unique, frames) for a, b in runs))
+
+    async def _read_strings(self, array: ZArray, key: str, a: int, b: int,
+                            unique: list[int], frames: dict[int, Frame]) -> None:
+        b = min(b, array.shape[0])
+        if a >= b:
+            return
+        block = await _fetch(array, (slice(a, b),))
+        for s in _within(unique, a, b):
+            raw = block[s - a]
+            if raw:
+                frames[s][key] = decode_array(unpackb(raw), key)
+
+    async def _read_run(self, room: str, info: _RoomInfo, key: str, v: _Variant,
+                        shape_arr: ZArray, data_arr: ZArray, a: int, b: int,
+                        unique: list[int], frames: dict[int, Frame]) -> None:
+        b = min(b, shape_arr.shape[0], data_arr.shape[0])
+        if a >= b:
+            return
+        shapes = await _fetch(shape_arr, (slice(a, b),))
+        present = [s for s in _within(unique, a, b) if shapes[s - a, 0] >= 0]
+        if not present:
+            return
+        dims = tuple(int(shapes[[s - a for s in present], j].max()) for j in range(v.ndim))
+        if any(d > n for d, n in zip(dims, data_arr.shape[1:], strict=True)):
+            # Our cached metadata predates a resize along the padded axes.
+            fresh = await self._array(room, v.name, b, info.n_slots, force=True)
+            assert fresh is not None
+            data_arr = fresh
+        if math.prod(dims) == 0:
+            block = np.zeros((b - a, *dims), dtype=data_arr.dtype)
+        else:
+            block = await _fetch(data_arr, (slice(a, b), *(slice(0, d) for d in dims)))
+        block.flags.writeable = False
+        for s in present:
+            index: tuple[int | slice, ...] = (
+                s - a, *(slice(0, int(n)) for n in shapes[s - a, :v.ndim]))
+            frames[s][key] = block[index] if v.ndim else block[s - a, ...]
+
+    def read_hashes(self, room: str, slots: Sequence[int]) -> list[str]:
+        """Content hashes of ``slots`` (any order, repeats allowed)."""
+        check_room(room)
+        slot_list = [int(s) for s in slots]
+        if not slot_list:
+            return []
+        info = self._room_for(room, max(slot_list))
+        return _run(self._read_hashes(room, info, slot_list))
+
+    async def _read_hashes(self, room: str, info: _RoomInfo, slots: list[int]) -> list[str]:
+        array = await self._array(room, HASH_ARRAY, max(slots), info.n_slots)
+        if array is None:
+            raise IndexError(f"room {room!r} has no hashes")
+        runs = _runs(slots)
+        blocks = await asyncio.gather(*(_fetch(array, (slice(a, b),)) for a, b in runs))
+        out: dict[int, str] = {}
+        for (a, b), block in zip(runs, blocks, strict=True):
+            for s in range(a, b):
+                out[s] = bytes(block[s - a]).hex()
+        return [out[s] for s in slots]
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _write_lock(self, room: str) -> threading.Lock:
+        with self._lock:
+            return self._write_locks.setdefault(room, threading.Lock())
+
+    def write_slots(self, room: str, start: int, frames: Sequence[Frame],
+                    hashes: Sequence[str]) -> None:
+        """Write ``frames`` to slots ``start ..``: one Zarr write per array per call.
+
+        Slots below ``n_slots`` are skipped (write-once); ``start > n_slots`` raises.
+        ``n_slots`` moves (group attributes) after every chunk is written.
+        """
+        check_room(room)
+        if len(frames) != len(hashes):
+            raise ValueError(f"{len(frames)} frames but {len(hashes)} hashes")
+        if start < 0:
+            raise ValueError(f"negative start slot {start}")
+        bad = [h for h in hashes if not is_hash(h)]
+        if bad:
+            raise ValueError(f"not a sha256 hex digest: {str(bad[0])[:80]!r}")
+        canonical = [_canonical_frame(f) for f in frames]
+        with self._write_lock(room):
+            _run(self._write_slots(room, start, canonical, list(hashes)))
+
+    async def _open_group(self, room: str) -> AsyncGroup:
+        group = await open_group(store=self.store, path=room, mode="a", zarr_format=3)
+        if not group.attrs:
+            # Also materialize the root group, so zarr.open_group(root)[room] works.
+            await open_group(store=self.store, mode="a", zarr_format=3)
+        return group
+
+    async def _write_slots(self, room: str, start: int, frames: list[Frame],
+                           hashes: list[str]) -> None:
+        group = await self._open_group(room)
+        info = _room_info(group.attrs)
+        n = info.n_slots
+        if start > n:
+            raise ValueError(f"room {room!r}: write at slot {start} would leave a gap "
+                             f"(n_slots={n})")
+        frames, hashes = frames[n - start:], hashes[n - start:]
+        if not frames:
+            return
+        end = n + len(frames)
+        registry = dict(info.registry)
+        plans = _plan(frames, registry)
+        hash_block = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes),
+                                   dtype=np.uint8).reshape(len(hashes), 32)
+        await asyncio.gather(
+            *(self._write_variant(group, room, n, end, p) for p in plans),
+            self._write_block(group, room, n, end, HASH_ARRAY, hash_block,
+                              chunks=(MAX_SLOT_CHUNK, 32), fill=0))
+        await group.update_attributes({
+            "trajhub_format": FORMAT_VERSION, ARRAYS_ATTR: _registry_json(registry),
+            "n_slots": end, "applied_seq": info.applied_seq})
+        with self._lock:
+            self._rooms[room] = _RoomInfo(end, info.applied_seq, registry)
+
+    async def _write_variant(self, group: AsyncGroup, room: str, n: int, end: int,
+                             plan: _Plan) -> None:
+        v = plan.variant
+        if v.is_string:
+            await self._write_block(group, room, n, end, v.name, plan.data,
+                                    chunks=(STRING_SLOT_CHUNK,), fill=b"",
+                                    dtype=VariableLengthBytes())
+            return
+        await asyncio.gather(
+            self._write_block(group, room, n, end, v.name, plan.data,
+                              chunks=data_chunks(plan.key, plan.data.shape[1:],
+                                                 plan.data.itemsize), fill=0),
+            self._write_block(group, room, n, end, v.shape_name, plan.shapes,
+                              chunks=(MAX_SLOT_CHUNK, plan.shapes.shape[1]), fill=-1))
+
+    async def _write_block(self, group: AsyncGroup, room: str, n: int, end: int, name: str,
+                           block: Array, *, chunks: tuple[int, ...], fill: Any,
+                           dtype: Any = None) -> None:
+        """Grow (or create) array ``name`` to hold ``block`` at slots ``n..end`` and write
+        it with one call. Padded axes beyond ``block`` are left as they are. Rows grow a
+        whole slot chunk at a time so that appending one frame rarely rewrites metadata;
+        rows at or beyond ``n_slots`` hold fill values."""
+        array = await self._array_for_write(room, name, n)
+        dims = block.shape[1:]
+        stale = array is not None and (array.ndim != block.ndim or (
+            dtype is None and array.dtype != block.dtype))
+        if array is None or stale:
+            # (stale: left by a write that crashed before registering it; never readable)
+            array = await self._create(group, name, (_round_up(end, chunks[0]), *dims),
+                                       block.dtype if dtype is None else dtype, chunks, fill,
+                                       overwrite=stale)
+        else:
+            rows = array.shape[0] if end <= array.shape[0] else _round_up(end, array.chunks[0])
+            shape = (rows, *(max(a, b) for a, b in zip(array.shape[1:], dims, strict=True)))
+            if shape != array.shape:
+                await array.resize(shape, delete_outside_chunks=False)
+        if block.size:
+            await array.setitem((slice(n, end), *(slice(0, d) for d in dims)), block)
+        self._remember(room, array, end)
+
+    async def _array_for_write(self, room: str, name: str, n: int) -> ZArray | None:
+        with self._lock:
+            cached = self._arrays.get((room, name))
+        if cached is not None and cached.generation == n:
+            return cached.array
+        # Another writer (or a crash) may have changed it since we cached it.
+        return await self._array(room, name, n, n, force=True)
+
+    async def _create(self, group: AsyncGroup, name: str, shape: tuple[int, ...], dtype: Any,
+                      chunks: tuple[int, ...], fill: Any, overwrite: bool = False) -> ZArray:
+        itemsize = getattr(dtype, "itemsize", 1) or 1
+        return await group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+                                        fill_value=fill, compressors=_compressors(itemsize),
+                                        overwrite=overwrite)
+
+    # -- projection -----------------------------------------------------------------------
+
+    def commit_projection(self, room: str, seq: int, order: Sequence[int],
+                          frame_ids: Sequence[int], versions: Sequence[int]) -> None:
+        """Write ``_order``/``_frame_id``/``_version`` (one write each), then the group
+        attributes ``applied_seq``/``n_slots`` (the commit point)."""
+        check_room(room)
+        arrays = (_as_int64(order, "order"), _as_int64(frame_ids, "frame_ids"),
+                  _as_int64(versions, "versions"))
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError("order, frame_ids and versions differ in length")
+        with self._write_lock(room):
+            _run(self._commit(room, int(seq), arrays))
+
+    async def _commit(self, room: str, seq: int, arrays: tuple[Array, Array, Array]) -> None:
+        group = await self._open_group(room)
+        info = _room_info(group.attrs)
+        if seq < info.applied_seq:
+            raise ValueError(f"room {room!r}: seq {seq} is older than the applied seq "
+                             f"{info.applied_seq}")
+        order = arrays[0]
+        if order.size and (order.min() < 0 or order.max() >= info.n_slots):
+            raise ValueError(f"room {room!r}: order refers to slots outside "
+                             f"0..{info.n_slots - 1}")
+        await asyncio.gather(*(self._write_projection_array(group, name, values)
+                               for name, values in zip(PROJECTION_ARRAYS, arrays,
+                                                       strict=True)))
+        await group.update_attributes({
+            "trajhub_format": FORMAT_VERSION, "applied_seq": seq, "n_slots": info.n_slots,
+            "n_frames": len(order), "projection_sha256": _projection_digest(*arrays)})
+        with self._lock:
+            self._rooms[room] = _RoomInfo(info.n_slots, seq, info.registry)
+
+    async def _write_projection_array(self, group: AsyncGroup, name: str,
+                                      values: Array) -> None:
+        try:
+            array: ZArray = await AsyncArray.open(StorePath(group.store, f"{group.path}/{name}"))
+        except NodeNotFoundError:
+            array = await self._create(group, name, (len(values),), np.dtype("<i8"),
+                                       (PROJECTION_CHUNK,), 0)
+        if array.shape != (len(values),):
+            await array.resize((len(values),))
+        if len(values):
+            await array.setitem(slice(0, len(values)), values)
+
+    def read_projection(self, room: str) -> tuple[int, Array, Array, Array]:
+        """``(applied_seq, order, frame_ids, versions)`` as committed; a room without a
+        committed projection gives ``(0, [], [], [])``. Raises ProjectionError if a crash
+        tore the last commit (rebuild the projection from the index then)."""
+        check_room(room)
+        return _run(self._read_projection(room))
+
+    async def _read_projection(self, room: str) -> tuple[int, Array, Array, Array]:
+        attrs = await self._load_attrs(room)
+        empty = np.zeros(0, dtype="<i8")
+        if attrs is None or "projection_sha256" not in attrs:
+            return int((attrs or {}).get("applied_seq", 0)), empty, empty.copy(), empty.copy()
+        length = int(attrs["n_frames"])
+
+        async def read(name: str) -> Array:
+            try:
+                array: ZArray = await AsyncArray.open(StorePath(self.store, f"{room}/{name}"))
+            except NodeNotFoundError:
+                return empty
+            if array.shape[0] < length:
+                return empty
+            return np.asarray(await array.getitem(slice(0, length)), dtype="<i8") \
+                if length else empty.copy()
+
+        order, fids, versions = await asyncio.gather(*(read(n) for n in PROJECTION_ARRAYS))
+        if _projection_digest(order, fids, versions) != attrs["projection_sha256"]:
+            raise ProjectionError(f"room {room!r}: the projection does not match its "
+                                  f"checksum (interrupted commit of seq "
+                                  f"{attrs.get('applied_seq')})")
+        return int(attrs["applied_seq"]), order, fids, versions
+
+
+# -- write planning -----------------------------------------------------------------------
+
+@dataclass
+class _Plan:
+    key: str
+    variant: _Variant
+    data: Array
+    shapes: Array
+
+
+def _canonical_frame(frame: Mapping[str, Any]) -> Frame:
+    out: Frame = {}
+    for key, value in frame.items():
+        try:
+            check_key_name(key)
+        except InvalidName as exc:
+            raise ValueError(str(exc)) from None
+        out[key] = canonical_array(value, key)
+    return out
+
+
+def _variant_of(key: str, arr: Array, registry: Registry) -> _Variant:
+    """The registered variant that can hold ``arr``, registering a new one if needed."""
+    dtype = STRING_DTYPE if arr.dtype.kind == "U" else arr.dtype.str
+    ndim = -1 if dtype == STRING_DTYPE else arr.ndim
+    known = registry.get(key, ())
+    for v in known:
+        if v.dtype == dtype and v.ndim == ndim:
+            return v
+    v = _Variant(_variant_name(key, dtype, ndim, known), dtype, ndim)
+    registry[key] = (*known, v)
+    return v
+
+
+def _plan(frames: list[Frame], registry: Registry) -> list[_Plan]:
+    """Padded blocks (one per array) for a batch of frames; extends ``registry``."""
+    members: dict[tuple[str, _Variant], list[int]] = {}
+    for i, frame in enumerate(frames):
+        for key in sorted(frame):
+            v = _variant_of(key, frame[key], registry)
+            members.setdefault((key, v), []).append(i)
+    plans = []
+    for (key, v), rows in members.items():
+        values = [frames[i][key] for i in rows]
+        if v.is_string:
+            data = np.full(len(frames), b"", dtype=object)
+            for i, arr in zip(rows, values, strict=True):
+                data[i] = packb(encode_array(arr))
+            plans.append(_Plan(key, v, data, np.zeros((0, 0), dtype=np.int32)))
+            continue
+        true_shapes = np.array([a.shape for a in values], dtype=np.int32).reshape(
+            len(values), v.ndim)
+        dims = tuple(int(n) for n in true_shapes.max(axis=0)) if v.ndim else ()
+        shapes = np.full((len(frames), max(v.ndim, 1)), -1, dtype=np.int32)
+        shapes[rows, :] = true_shapes if v.ndim else 0
+        plans.append(_Plan(key, v, _padded(values, rows, len(frames), dims, v.dtype), shapes))
+    return plans
+
+
+def _padded(values: list[Array], rows: list[int], n: int, dims: tuple[int, ...],
+            dtype: str) -> Array:
+    """The values stacked at ``rows`` of an ``(n, *dims)`` block, zero padded."""
+    if len(rows) == n and all(a.shape == dims for a in values):
+        return np.stack(values)
+    data = np.zeros((n, *dims), dtype=np.dtype(dtype))
+    for i, arr in zip(rows, values, strict=True):
+        index: tuple[int | slice, ...] = (i, *(slice(0, d) for d in arr.shape))
+        data[index] = arr
+    return data
+
+
+async def _fetch(array: ZArray, selection: tuple[int | slice, ...]) -> Array:
+    return np.asarray(await array.getitem(selection))
+
+
+def _within(sorted_slots: list[int], a: int, b: int) -> list[int]:
+    return sorted_slots[bisect_left(sorted_slots, a):bisect_left(sorted_slots, b)]
+
+
+def check_room(room: str) -> str:
+    """A room name that is also safe as a group directory beside the root's zarr.json."""
+    check_room_name(room)
+    if room == "zarr.json":
+        raise InvalidName("room name 'zarr.json' is reserved by the storage layout")
+    return room
+
+
+def _valid_room(name: str) -> bool:
+    try:
+        check_room(name)
+    except InvalidName:
+        return False
+    return True
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on zarr's I/O loop (callers are plain or worker threads)."""
+    return sync(coro)
