@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from pathlib import Path
 
 from trajhub.shared.settings import Settings
@@ -51,6 +52,11 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
                                 log_level=settings.log_level.lower(), lifespan="on",
                                 loop="none", http="auto", ws="auto")
         server = uvicorn.Server(config)
+        # uvicorn restores the previous handlers after its graceful shutdown and then
+        # re-raises the signal; with these in place that re-raise only lands here, so the
+        # workers and the embedded redis get stopped below and the process exits 0.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         print(f"trajhub serving http://{settings.host}:{settings.port}  "
               f"(data: {data_dir}, redis: {settings.redis_url})", flush=True)
         try:
