@@ -6,7 +6,6 @@ in tmp_path) through the ``server_url`` fixture, and uses its own room(s).
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +37,6 @@ from trajhub.shared.frames import frames_equal
 
 @pytest.fixture
 def server_url(gateway: GatewayServer) -> str:  # noqa: F811
-    # gateway_server binds socket.socket() (proto 0), for which asyncio skips
-    # TCP_NODELAY on accepted connections: every keep-alive request then waits ~40 ms
-    # (Nagle + delayed ACK). Accepted sockets inherit the listener's option on Linux.
-    # TODO: remove once gateway_server creates its socket with IPPROTO_TCP.
-    gateway._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return gateway.url
 
 

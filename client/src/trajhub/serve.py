@@ -16,7 +16,7 @@ log = logging.getLogger("trajhub.serve")
 
 def _require_server_extra() -> None:
     try:
-        import trajhub.gateway  # noqa: F401
+        import trajhub.gateway
         import trajhub.storage  # noqa: F401
     except ImportError as exc:
         raise SystemExit(
@@ -79,10 +79,10 @@ def serve(host: str, port: int, data_dir: str, redis_url: str | None) -> None:
     )
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main = run_all_in_one(settings, data_dir=root, embedded=redis_url is None)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    runner(run_all_in_one(settings, data_dir=root, embedded=redis_url is None))
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

@@ -211,6 +211,12 @@ def _as_int64(values: Sequence[int] | Array, what: str) -> Array:
 
 # -- the store ----------------------------------------------------------------------------
 
+def _exact(array: ZArray) -> ZArray:
+    # By default zarr skips writing a chunk equal to the fill value, and -0.0 == 0.0:
+    # a chunk of negative zeros would read back as positive zeros. Always write.
+    return array.with_config({"write_empty_chunks": True})
+
+
 _MEMORY_STORES: dict[str, MutableMapping[str, Any]] = {}
 _MEMORY_LOCK = threading.Lock()
 
@@ -311,7 +317,8 @@ class ZarrFrameStore:
                                                  or cached.generation >= generation):
             return cached.array
         try:
-            array: ZArray = await AsyncArray.open(StorePath(self.store, f"{room}/{name}"))
+            path = StorePath(self.store, f"{room}/{name}")
+            array: ZArray = _exact(await AsyncArray.open(path))
         except NodeNotFoundError:
             return None
         with self._lock:
@@ -538,9 +545,9 @@ class ZarrFrameStore:
     async def _create(self, group: AsyncGroup, name: str, shape: tuple[int, ...], dtype: Any,
                       chunks: tuple[int, ...], fill: Any, overwrite: bool = False) -> ZArray:
         itemsize = getattr(dtype, "itemsize", 1) or 1
-        return await group.create_array(name, shape=shape, dtype=dtype, chunks=chunks,
-                                        fill_value=fill, compressors=_compressors(itemsize),
-                                        overwrite=overwrite)
+        return _exact(await group.create_array(
+            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill,
+            compressors=_compressors(itemsize), overwrite=overwrite))
 
     # -- projection -----------------------------------------------------------------------
 
