@@ -16,7 +16,8 @@ import redis
 from trajhub.shared.embedded_redis import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
-S22 = REPO.parent / "shared" / "data" / "s22.xyz"
+# The team's data folder beside the repo; a copy is vendored for standalone clones.
+S22_CANDIDATES = (REPO.parent / "shared" / "data" / "s22.xyz", REPO / "tests" / "data" / "s22.xyz")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +45,7 @@ def redis_url(redis_server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s22_path() -> Path:
-    if not S22.exists():
-        pytest.fail(f"test data missing: {S22} (the repo expects ../shared/data beside it)")
-    return S22
+    for path in S22_CANDIDATES:
+        if path.exists():
+            return path
+    pytest.fail(f"test data missing: none of {[str(p) for p in S22_CANDIDATES]}")
