@@ -68,13 +68,16 @@ class Services:
     def stop_all(self) -> None:
         for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)
+        codes = {}
         for name, proc in self.procs.items():
             try:
-                proc.wait(15)
+                codes[name] = proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise AssertionError(f"{name} did not stop on SIGTERM") from None
         self.procs.clear()
+        unclean = {name: code for name, code in codes.items() if code != 0}
+        assert not unclean, f"services did not exit cleanly on SIGTERM: {unclean}"
 
     def log(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"

@@ -1,13 +1,12 @@
-"""``trajhub-control``: serve control's HTTP API with uvicorn."""
+"""``trajhub-control``: serve control's HTTP API (SIGTERM: graceful shutdown, exit 0)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 
-import uvicorn
-
 from trajhub.control.http import create_app
+from trajhub.control.runner import run_asgi
 from trajhub.shared.settings import Settings
 
 DEFAULT_PORT = 5001
@@ -20,9 +19,8 @@ def port_for(settings: Settings, environ: Mapping[str, str]) -> int:
 
 def main() -> None:
     settings = Settings.from_env()
-    # uvicorn handles SIGTERM/SIGINT: stops accepting, finishes requests, runs lifespan.
-    uvicorn.run(create_app(settings), host=settings.host, port=port_for(settings, os.environ),
-                log_level=settings.log_level.lower(), proxy_headers=False)
+    run_asgi(create_app(settings), settings.host, port_for(settings, os.environ),
+             settings.log_level)
 
 
 if __name__ == "__main__":

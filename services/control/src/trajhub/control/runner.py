@@ -1,0 +1,32 @@
+"""Run an ASGI app under uvicorn the way every trajhub HTTP service does."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+from typing import Any
+
+import uvicorn
+
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def run_asgi(app: Any, host: str, port: int, log_level: str) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully and return (exit status 0).
+
+    uvicorn finishes in-flight requests and runs the lifespan shutdown, then restores
+    the previous signal handlers and re-raises the signal; the no-op handlers installed
+    here receive that re-raise, so the process ends normally instead of by the signal.
+    """
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", log_level=log_level.lower(),
+        loop="uvloop" if _have("uvloop") else "asyncio",
+        http="httptools" if _have("httptools") else "h11",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.Server(config).run()
