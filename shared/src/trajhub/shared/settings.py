@@ -28,6 +28,8 @@ class Settings(BaseModel):
         3600, description="TRAJHUB_STAGING_TTL_S: life of an uncommitted upload")
     staging_budget_mb: float = Field(2048.0, description=(
         "TRAJHUB_STAGING_BUDGET_MB: refuse uploads (503) when Redis uses more than this"))
+    cache_mb: float = Field(64.0, ge=0, description=(
+        "TRAJHUB_CACHE_MB: the gateway's in-memory cache of encoded frames (0 disables)"))
     consumer_name: str = Field(default_factory=_default_consumer,
                                description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
     log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")

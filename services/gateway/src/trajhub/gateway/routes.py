@@ -19,7 +19,7 @@ from trajhub.gateway.body import (
 )
 from trajhub.gateway.errors import ApiError
 from trajhub.gateway.ingest import PreparedFrames, parse_upload
-from trajhub.gateway.reader import FrameLoader, pack_frames_response
+from trajhub.gateway.reader import pack_frames_response
 from trajhub.gateway.rooms import room_head
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.selection import Selection, parse_keys, parse_selection
@@ -42,6 +42,8 @@ OptStr = Annotated[str | None, Query()]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 Author = Annotated[str | None, Header(alias="X-Trajhub-Author")]
 DELETE_BODY_LIMIT = 16 * 2**20
+INLINE_RESPONSE_BYTES = 2**20
+"""Smaller GET responses are joined on the loop: a thread hop would cost more."""
 
 
 def gateway(request: Request) -> Gateway:
@@ -67,6 +69,11 @@ async def readyz(request: Request) -> JSONResponse:
     except ApiError as exc:
         return JSONResponse({"detail": exc.detail}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@router.get("/api/v1/stats")
+async def stats(request: Request) -> dict[str, Any]:
+    return {"frame_cache": gateway(request).cache.stats()}
 
 
 # -- rooms --------------------------------------------------------------------------------
@@ -110,10 +117,13 @@ async def get_frames(room: str, request: Request, indices: OptStr = None,
     sel = parse_selection(indices, start, stop, step)
     wanted = parse_keys(keys)
     view = await read_index(gw, room, sel)
-    loader = FrameLoader(gw.redis, await gw.store())
-    by_slot = await loader.load(room, view.entries, wanted)
-    body = await asyncio.to_thread(pack_frames_response, room, view.seq, view.n_frames,
-                                   view.indices, view.entries, by_slot)
+    by_slot = await gw.loader.load(room, await gw.store(), view.entries, wanted,
+                                   view.indices)
+    args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot)
+    if sum(len(b) for b in by_slot.values()) <= INLINE_RESPONSE_BYTES:
+        body = pack_frames_response(*args)
+    else:
+        body = await asyncio.to_thread(pack_frames_response, *args)
     return Response(body, media_type=MSGPACK)
 
 

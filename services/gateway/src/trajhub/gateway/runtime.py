@@ -18,7 +18,9 @@ import socketio
 
 from trajhub.control import Control, HttpControl, IndexReader
 from trajhub.gateway.broadcaster import Broadcaster
+from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.errors import ApiError
+from trajhub.gateway.reader import FrameLoader
 from trajhub.gateway.sockets import Membership, make_emitter, register_socket_handlers
 from trajhub.gateway.staging import Stager
 from trajhub.shared.ports import ControlPort, FrameStore
@@ -54,6 +56,8 @@ class Gateway:
         self._control: ControlPort | None = None
         self._index: IndexReader | None = None
         self._stager: Stager | None = None
+        self._loader: FrameLoader | None = None
+        self.cache = FrameCache(int(settings.cache_mb * 2**20))
         self._owned: list[Any] = []
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
         self.broadcaster = Broadcaster(settings.redis_url, make_emitter(self.sio))
@@ -67,7 +71,9 @@ class Gateway:
         self._control = self._given_control or self._make_control(self._redis)
         self._index = IndexReader(self._redis)
         self._stager = Stager(self._redis, ttl_s=self.settings.staging_ttl_s,
-                              budget_bytes=int(self.settings.staging_budget_mb * 2**20))
+                              budget_bytes=int(self.settings.staging_budget_mb * 2**20),
+                              cache=self.cache)
+        self._loader = FrameLoader(self._redis, self.cache, self._index)
         try:
             await self.store()
         except ApiError as exc:  # serve anyway; /readyz reports it and reads retry
@@ -125,6 +131,12 @@ class Gateway:
         if self._stager is None:
             raise NotStarted("the gateway is not running")
         return self._stager
+
+    @property
+    def loader(self) -> FrameLoader:
+        if self._loader is None:
+            raise NotStarted("the gateway is not running")
+        return self._loader
 
     async def store(self) -> FrameStore:
         """The frame store, opened on first use (503 while it cannot be opened)."""

@@ -7,16 +7,22 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.errors import ApiError
 from trajhub.shared import keys
 
 MEMORY_CACHE_S = 1.0
 RETRY_AFTER_S = 5
+WRITE_THROUGH_SHARE = 0.25
+"""An upload puts at most this share of the frame cache's budget in the cache (its last
+frames): a large upload must not flush the frames viewers are reading."""
 
 
 class Stager:
-    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, budget_bytes: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, budget_bytes: int,
+                 cache: FrameCache | None = None) -> None:
         self._redis = redis
+        self._cache = cache
         self._ttl_s = ttl_s
         self._budget = budget_bytes
         self._used = 0
@@ -54,5 +60,7 @@ class Stager:
             pipe.set(keys.blob(room, h), blob, ex=self._ttl_s, nx=True)
             staged += len(blob)
         await pipe.execute()
+        if self._cache is not None:
+            self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         # Count our own uploads against the cached figure until the next INFO.
         self._used += staged

@@ -1,0 +1,340 @@
+"""The gateway's frame cache (content hash -> encoded frame) and its read-ahead."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from gateway_server import (  # noqa: F401  (fixtures)
+    MSGPACK,
+    GatewayServer,
+    get_frames,
+    make_frame,
+    post_frames,
+    start_gateway,
+)
+
+from trajhub.gateway.cache import FrameCache
+from trajhub.gateway.reader import JUMP_WINDOW, SCRUB_WINDOW
+from trajhub.shared import codec
+from trajhub.shared.frames import Frame, frames_equal, validate_frame
+from trajhub.shared.hashing import frame_hash
+from trajhub.shared.zarr_store import open_store
+
+ROOM = "cached-1"
+Start = Callable[..., GatewayServer]
+
+
+# -- FrameCache on its own -----------------------------------------------------------------
+def test_lru_evicts_by_bytes_least_recently_used_first() -> None:
+    cache = FrameCache(100)
+    assert cache.put("a", b"x" * 40) and cache.put("b", b"y" * 40)
+    assert cache.get_many(["a"]) == {"a": b"x" * 40}  # a is now more recent than b
+    assert cache.put("c", b"z" * 40)
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert not cache.put("huge", b"h" * 101)
+    stats = cache.stats()
+    assert stats["bytes"] == 80 <= stats["budget_bytes"] == 100
+    assert stats["entries"] == 2 and stats["evictions"] == 1
+    assert cache.get_many(["a", "b", "b"]) == {"a": b"x" * 40}
+    assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 1
+
+
+def test_one_put_adds_at_most_the_budget() -> None:
+    cache = FrameCache(100)
+    cache.put("old", b"o" * 30)
+    kept = cache.put_many((f"h{i}", bytes([i]) * 30) for i in range(5))
+    assert kept == 3 and all(f"h{i}" in cache for i in range(3))
+    assert "h3" not in cache and "old" not in cache and cache.stats()["bytes"] == 90
+
+
+def test_disabled_cache_keeps_nothing() -> None:
+    cache = FrameCache(0)
+    assert not cache.enabled and not cache.put("a", b"x")
+    assert cache.get_many(["a"]) == {} and len(cache) == 0
+    assert cache.stats()["misses"] == 0
+
+
+def test_write_through_keeps_only_the_recent_share() -> None:
+    cache = FrameCache(1000)
+    hashes = [f"h{i}" for i in range(10)]
+    blobs = [bytes(100)] * 10
+    assert cache.put_recent(hashes, blobs, share=0.25) == 2
+    assert "h9" in cache and "h8" in cache and "h7" not in cache
+    assert cache.stats()["write_through"] == 2
+    assert cache.put_recent(["m"], [memoryview(b"abc")], share=1.0) == 1
+    assert cache.get_many(["m"]) == {"m": b"abc"}
+
+
+# -- through the gateway --------------------------------------------------------------------
+async def _apply(redis_url: str, storage_url: str, room: str) -> None:
+    from trajhub.storage.worker import StorageWorker
+
+    worker = StorageWorker(redis_url, open_store(storage_url), "test-storage")
+    try:
+        assert await worker.apply_room(room) > 0
+    finally:
+        await worker.aclose()
+
+
+def apply_storage(server: GatewayServer, room: str = ROOM) -> None:
+    asyncio.run(_apply(server.settings.redis_url, server.settings.storage_url, room))
+
+
+def canon(frames: list[Frame]) -> list[Frame]:
+    return [validate_frame(f) for f in frames]
+
+
+def raw_get(client: httpx.Client, **params: Any) -> bytes:
+    r = client.get(f"/api/v1/rooms/{ROOM}/frames", params=params)
+    assert r.status_code == 200, r.text
+    return r.content
+
+
+def stats(client: httpx.Client) -> dict[str, int]:
+    r = client.get("/api/v1/stats")
+    assert r.status_code == 200, r.text
+    out: dict[str, int] = r.json()["frame_cache"]
+    return out
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[GatewayServer], httpx.Client]]:
+    opened: list[httpx.Client] = []
+
+    def open_client(server: GatewayServer) -> httpx.Client:
+        opened.append(httpx.Client(base_url=server.url, timeout=30))
+        return opened[-1]
+
+    yield open_client
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def applied_room(start_gateway: Start,  # noqa: F811
+                 clients: Callable[[GatewayServer], httpx.Client]) -> list[Frame]:
+    """40 frames uploaded through a writer gateway and applied to Zarr (no blobs left)."""
+    writer = start_gateway()
+    frames = canon([make_frame(5 + i % 3, seed=i) for i in range(40)])
+    assert post_frames(clients(writer), ROOM, frames).status_code == 201
+    apply_storage(writer)
+    return frames
+
+
+def test_hits_are_byte_identical_to_cold_reads(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    warm, cold = clients(start_gateway()), clients(start_gateway(cache_mb=0))
+    first = raw_get(warm, indices="3")
+    assert stats(warm)["misses"] == 1 and stats(warm)["hits"] == 0
+    again = raw_get(warm, indices="3")
+    assert stats(warm)["hits"] == 1
+    assert first == again == raw_get(cold, indices="3")
+
+    everything = raw_get(warm)  # mixes hits and a bulk Zarr read, which it caches
+    assert everything == raw_get(cold)
+    assert stats(warm)["entries"] == len(applied_room)
+    before = stats(warm)
+    assert raw_get(warm, start=5, stop=30, step=2) == raw_get(cold, start=5, stop=30, step=2)
+    assert stats(warm)["misses"] == before["misses"]
+    got = get_frames(warm, ROOM, indices="7,3,7")
+    assert got["hashes"] == [frame_hash(applied_room[i]) for i in (7, 3, 7)]
+    for i, frame in zip((7, 3, 7), got["frames"], strict=True):
+        assert frames_equal(frame, applied_room[i])
+
+
+@pytest.mark.parametrize("selection", [{"indices": "4"}, {"indices": "9,2,9"},
+                                       {"start": 0, "stop": 30}])
+def test_keys_subsets_of_cached_frames(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame], selection: dict[str, Any]) -> None:
+    warm, cold = clients(start_gateway()), clients(start_gateway(cache_mb=0))
+    raw_get(warm)  # every frame cached
+    before = stats(warm)
+    keys = "positions,info.name,calc.nothing"
+    subset = raw_get(warm, keys=keys, **selection)
+    assert stats(warm)["misses"] == before["misses"]
+    assert stats(warm)["hits"] > before["hits"]
+    assert subset == raw_get(cold, keys=keys, **selection)
+    message = codec.unpackb(subset)
+    for i, raw in zip(message["indices"], message["frames"], strict=True):
+        frame = codec.decode_frame(raw)
+        assert set(frame) == {"positions", "info.name"}
+        assert frames_equal(frame, {k: applied_room[i][k] for k in frame})
+
+
+def test_keys_miss_reads_whole_frames_so_later_reads_hit(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    warm = clients(start_gateway())
+    get_frames(warm, ROOM, indices="12", keys="positions")
+    assert stats(warm)["misses"] == 1
+    got = get_frames(warm, ROOM, indices="12")
+    assert stats(warm)["hits"] == 1 and stats(warm)["misses"] == 1
+    assert frames_equal(got["frames"][0], applied_room[12])
+
+
+def test_budget_is_respected(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    frame_bytes = len(codec.frame_to_bytes(applied_room[0]))
+    budget_mb = 3.5 * frame_bytes / 2**20
+    tiny = clients(start_gateway(cache_mb=budget_mb))
+    budget = stats(tiny)["budget_bytes"]
+    assert budget == int(budget_mb * 2**20)
+    for params in ({"indices": "0"}, {"indices": "1"}, {}, {"indices": "5,6,7,8"},
+                   {"indices": "20"}, {"start": 10, "stop": 20}, {"indices": "21"}):
+        got = get_frames(tiny, ROOM, **params)
+        for i, frame in zip(got["indices"], got["frames"], strict=True):
+            assert frames_equal(frame, applied_room[i])
+        s = stats(tiny)
+        assert 0 < s["bytes"] <= budget and s["entries"] <= 3
+    assert stats(tiny)["evictions"] > 0
+
+    # An upload larger than the budget write-through caches at most its share.
+    more = canon([make_frame(6, seed=100 + i) for i in range(10)])
+    assert post_frames(tiny, ROOM, more).status_code == 201
+    assert 0 <= stats(tiny)["bytes"] <= budget
+
+
+def test_frames_larger_than_the_budget_are_not_cached(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        ) -> None:
+    client = clients(start_gateway(cache_mb=0.01))
+    big = validate_frame(make_frame(2000, seed=1))
+    assert post_frames(client, ROOM, [big]).status_code == 201
+    got = get_frames(client, ROOM)
+    assert frames_equal(got["frames"][0], big)
+    assert stats(client)["entries"] == 0 and stats(client)["bytes"] == 0
+
+
+def test_cache_off(start_gateway: Start,  # noqa: F811
+                   clients: Callable[[GatewayServer], httpx.Client]) -> None:
+    server = start_gateway(cache_mb=0)
+    client = clients(server)
+    frames = canon([make_frame(4, seed=i) for i in range(12)])
+    assert post_frames(client, ROOM, frames).status_code == 201
+    for applied in (False, True):  # from blobs, then from Zarr
+        if applied:
+            apply_storage(server)
+        got = get_frames(client, ROOM)
+        assert got["hashes"] == [frame_hash(f) for f in frames]
+        for want, have in zip(frames, got["frames"], strict=True):
+            assert frames_equal(want, have)
+        for i in (0, 1, 2):
+            assert frames_equal(get_frames(client, ROOM, indices=str(i))["frames"][0],
+                                frames[i])
+    assert stats(client) == {"hits": 0, "misses": 0, "entries": 0, "bytes": 0,
+                             "budget_bytes": 0, "evictions": 0, "read_ahead": 0,
+                             "write_through": 0}
+
+
+def test_read_ahead_warms_neighbours(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    client = clients(start_gateway())
+    # Frames that are staged but not applied are never read ahead (only Zarr slots are).
+    extra = canon([make_frame(5, seed=500 + i) for i in range(3)])
+    writer = clients(start_gateway())
+    assert post_frames(writer, ROOM, extra, at=5).status_code == 201
+    model = applied_room[:5] + extra + applied_room[5:]
+
+    get_frames(client, ROOM, indices="0")  # first read of the room: learns frame sizes
+    assert stats(client)["read_ahead"] == 0
+    get_frames(client, ROOM, indices="1")  # next to the last request: scrubbing
+    _, ahead = SCRUB_WINDOW
+    s = stats(client)
+    assert s["misses"] == 2 and s["read_ahead"] == min(ahead, len(model) - 2) - len(extra)
+    # Scrubbing on: the applied neighbours hit, the staged ones come from their blobs.
+    for i in range(2, len(model)):
+        got = get_frames(client, ROOM, indices=str(i))
+        assert frames_equal(got["frames"][0], model[i])
+    s = stats(client)
+    assert s["misses"] == 2 + len(extra) and s["hits"] == len(model) - 2 - len(extra)
+
+
+def test_a_jump_reads_ahead_a_narrow_window(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    client = clients(start_gateway())
+    get_frames(client, ROOM, indices="0")
+    get_frames(client, ROOM, indices="38")  # far from 0: random access
+    behind, _ = JUMP_WINDOW
+    assert stats(client)["read_ahead"] == behind + 1  # 36, 37 and 39
+    for i in (36, 37, 39):
+        assert frames_equal(get_frames(client, ROOM, indices=str(i))["frames"][0],
+                            applied_room[i])
+    assert stats(client)["misses"] == 2
+
+
+def test_replace_serves_the_new_hash(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    reader = start_gateway()
+    client, writer = clients(reader), clients(start_gateway())
+    old = get_frames(client, ROOM, indices="2")
+    assert old["hashes"] == [frame_hash(applied_room[2])] and old["versions"] == [1]
+
+    new = validate_frame(make_frame(5, seed=1234))
+    body = codec.frames_to_bytes([new], indices=[2])
+    assert writer.put(f"/api/v1/rooms/{ROOM}/frames", content=body,
+                      headers=MSGPACK).status_code == 200
+    for applied in (False, True):  # from the blob (the other gateway wrote it), cached
+        if applied:
+            apply_storage(reader)
+        got = get_frames(client, ROOM, indices="2,3")
+        assert got["hashes"] == [frame_hash(new), frame_hash(applied_room[3])]
+        assert got["versions"] == [2, 1]
+        assert frames_equal(got["frames"][0], new)
+        assert frames_equal(got["frames"][1], applied_room[3])
+    cold = get_frames(clients(start_gateway(cache_mb=0)), ROOM, indices="2")  # from Zarr
+    assert cold["hashes"] == [frame_hash(new)] and frames_equal(cold["frames"][0], new)
+
+    # Replacing back to the old content: the old hash and bytes are served again.
+    body = codec.frames_to_bytes([applied_room[2]], indices=[2])
+    assert client.put(f"/api/v1/rooms/{ROOM}/frames", content=body,
+                      headers=MSGPACK).status_code == 200
+    got = get_frames(client, ROOM, indices="2")
+    assert got["hashes"] == [frame_hash(applied_room[2])] and got["versions"] == [3]
+    assert frames_equal(got["frames"][0], applied_room[2])
+
+
+def test_uploads_are_written_through(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        ) -> None:
+    server = start_gateway()
+    client = clients(server)
+    frames = canon([make_frame(4, seed=i) for i in range(6)])
+    frames.append(frames[0])  # a repeated frame is cached once
+    assert post_frames(client, ROOM, frames).status_code == 201
+    s = stats(client)
+    assert s["write_through"] == s["entries"] == 6
+    got = get_frames(client, ROOM)
+    assert stats(client)["misses"] == 0 and stats(client)["hits"] == 6
+    for want, have in zip(frames, got["frames"], strict=True):
+        assert frames_equal(want, have)
+    assert np.array_equal(got["frames"][6]["positions"], frames[0]["positions"])
+    # The uploaded bytes in the cache are exactly what a cold read encodes from Zarr.
+    apply_storage(server)
+    assert raw_get(client) == raw_get(clients(start_gateway(cache_mb=0)))
+    assert stats(client)["misses"] == 0
+
+
+def test_keys_miss_of_frames_too_large_to_read_whole(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+        applied_room: list[Frame]) -> None:
+    frame_bytes = len(codec.frame_to_bytes(applied_room[0]))
+    client = clients(start_gateway(cache_mb=2.5 * frame_bytes / 2**20))
+    get_frames(client, ROOM, indices="10", keys="positions")  # size unknown: whole frame
+    assert stats(client)["entries"] == 1
+    # Now known: more than the read-ahead share of the cache, so only the keys are read.
+    got = get_frames(client, ROOM, indices="20", keys="positions")
+    assert frames_equal(got["frames"][0], {"positions": applied_room[20]["positions"]})
+    assert stats(client)["entries"] == 1 and stats(client)["read_ahead"] == 0
+    get_frames(client, ROOM, indices="20,10")
+    assert stats(client)["misses"] == 3 and stats(client)["hits"] == 1
