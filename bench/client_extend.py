@@ -1,12 +1,14 @@
-"""Client upload benchmark: does encoding the next chunk during the upload help?
+"""Client benchmark against ``trajhub serve``: upload, read-all, single-frame latency.
 
     uv run python bench/client_extend.py [--frames 1000] [--atoms 1000] [--repeats 3]
 
-Starts ``trajhub serve`` (all-in-one, embedded Redis) on a free port and times
-``Room.extend`` of ase.Atoms (positions, forces, energy) with ``overlap=True`` and
-``overlap=False``, alternating, each into a fresh room; plus the two halves alone:
-encoding every chunk (no network) and posting pre-encoded bodies (no encoding).
-Also times small requests (len, append) for the per-request latency.
+Starts ``trajhub serve`` (all-in-one, embedded Redis) on a free port and, per repeat,
+into a fresh room: times ``Room.extend`` of ase.Atoms (positions, forces, energy),
+``Room.get(None)`` of them from a fresh client, and the p50 of ``Room.get([i])`` for
+random ``i``. Also the two halves of an upload alone (encoding every chunk without the
+network, posting pre-encoded bodies) and small requests (``len``, a one-atom append).
+Then the client's Transport alone against a bare uvicorn endpoint (bench/_baseline_server.py):
+a tiny GET round trip and a GET/POST of the same bytes as the upload.
 Writes bench/results/client_extend.json.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import random
 import socket
 import subprocess
 import sys
@@ -24,50 +26,14 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-import httpx
-import numpy as np
-from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bulk import free_port, make_frames, start_server, stop_server, wait_ready
 
 from trajhub import Room
+from trajhub.client.http import Transport
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-
-
-def make_frames(n_frames: int, n_atoms: int) -> list[Atoms]:
-    rng = np.random.default_rng(0)
-    numbers = rng.integers(1, 80, n_atoms)
-    frames = []
-    for _ in range(n_frames):
-        atoms = Atoms(numbers=numbers, positions=rng.random((n_atoms, 3)) * 20,
-                      cell=np.eye(3) * 20, pbc=True)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.random()),
-                                           forces=rng.random((n_atoms, 3)))
-        frames.append(atoms)
-    return frames
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [str(BIN / "trajhub"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError("server did not start")
 
 
 def timed(fn: Any) -> float:
@@ -76,15 +42,20 @@ def timed(fn: Any) -> float:
     return time.perf_counter() - t0
 
 
-def run(url: str, frames: list[Atoms], repeats: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"overlap_s": [], "serial_s": [], "encode_only_s": [],
-                           "post_only_s": []}
+def run(url: str, frames: list[Any], repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"extend_s": [], "read_all_s": [], "frame_p50_ms": [],
+                           "encode_only_s": [], "post_only_s": []}
+    picks = random.Random(1).choices(range(len(frames)), k=200)
     for r in range(repeats):
-        for overlap in (True, False):
-            with Room(url, f"bench-{r}-{int(overlap)}", overlap=overlap) as vis:
-                key = "overlap_s" if overlap else "serial_s"
-                out[key].append(timed(lambda v=vis: v.extend(frames, progress=False)))
-                assert len(vis) == len(frames)
+        name = f"bench-{r}"
+        with Room(url, name) as vis:
+            out["extend_s"].append(timed(lambda v=vis: v.extend(frames, progress=False)))
+        with Room(url, name) as reader:
+            got: list[Any] = []
+            out["read_all_s"].append(timed(lambda v=reader, g=got: g.extend(v.get(None))))
+            assert len(got) == len(frames)
+            lat = [timed(lambda v=reader, i=i: v.get([i])) for i in picks]
+            out["frame_p50_ms"].append(median(lat) * 1e3)
         with Room(url, f"bench-halves-{r}") as vis:
             chunks: list[Any] = []
             out["encode_only_s"].append(
@@ -95,9 +66,34 @@ def run(url: str, frames: list[Atoms], repeats: int) -> dict[str, Any]:
             out["mb"] = sum(len(c.body) for c in chunks) / 1e6
     with Room(url, "bench-small") as vis:
         vis.append(frames[0][:1])
-        out["len_ms"] = median(timed(lambda: len(vis)) for _ in range(50)) * 1e3
+        out["len_ms"] = median(timed(lambda: len(vis)) for _ in range(200)) * 1e3
         out["append_1atom_ms"] = median(timed(lambda: vis.append(frames[0][:1]))
                                         for _ in range(50)) * 1e3
+    return out
+
+
+def run_bare(n_bytes: int) -> dict[str, Any]:
+    """The Transport alone against a bare endpoint: what the client itself costs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "_baseline_server.py"), str(port)])
+    out: dict[str, Any] = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/tiny")
+        transport = Transport(f"http://127.0.0.1:{port}")
+        out["bare_tiny_get_ms"] = median(
+            timed(lambda: transport.request("GET", "/tiny")) for _ in range(500)) * 1e3
+        pool = transport._pool.connection_from_url(transport.base_url)
+        conn = pool._get_conn()  # the kept-alive connection the GETs used
+        out["tcp_nodelay"] = bool(conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        pool._put_conn(conn)
+        body = b"\x01" * n_bytes
+        out["bare_get_s"] = median(timed(lambda: transport.request(
+            "GET", "/source", params={"n": str(n_bytes)})) for _ in range(5))
+        out["bare_post_s"] = median(timed(lambda: transport.request(
+            "POST", "/sink", content=body)) for _ in range(5))
+    finally:
+        proc.terminate()
+        proc.wait()
     return out
 
 
@@ -114,14 +110,17 @@ def main() -> None:
         try:
             out = run(f"http://127.0.0.1:{port}", frames, args.repeats)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            stop_server(proc)
+    out.update(run_bare(int(out["mb"] * 1e6)))
     out.update(frames=args.frames, atoms=args.atoms)
     print(f"{args.frames} frames x {args.atoms} atoms = {out['mb']:.1f} MB in "
-          f"{out['chunks']} chunks")
-    for key in ("overlap_s", "serial_s", "encode_only_s", "post_only_s"):
-        print(f"  {key:<15} median {median(out[key]):.3f} s  {[round(x, 3) for x in out[key]]}")
+          f"{out['chunks']} upload chunks")
+    for key in ("extend_s", "read_all_s", "frame_p50_ms", "encode_only_s", "post_only_s"):
+        print(f"  {key:<15} median {median(out[key]):.3f}  {[round(x, 3) for x in out[key]]}")
     print(f"  len {out['len_ms']:.2f} ms, append of one atom {out['append_1atom_ms']:.2f} ms")
+    print(f"  bare endpoint: tiny GET {out['bare_tiny_get_ms']:.3f} ms (TCP_NODELAY "
+          f"{out['tcp_nodelay']}), GET {out['mb']:.1f} MB {out['bare_get_s']:.3f} s, "
+          f"POST {out['bare_post_s']:.3f} s")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "client_extend.json").write_text(json.dumps(out, indent=2))
 

@@ -30,6 +30,7 @@ from trajhub.client import (
     TrajhubConnectionError,
     atoms_to_frame,
 )
+from trajhub.client import room as room_module
 from trajhub.client.http import Transport, new_idempotency_key
 from trajhub.shared.codec import frames_to_bytes
 from trajhub.shared.frames import frames_equal
@@ -218,7 +219,7 @@ def test_fancy_indices_and_iteration(vis: Room) -> None:
 def test_chunked_writes_and_reads(server_url: str) -> None:
     for overlap in (True, False):
         with Room(server_url, new_room_name(), chunk_frames=7, chunk_bytes=2000,
-                  overlap=overlap) as vis:
+                  read_frames=7, overlap=overlap) as vis:
             vis.extend((tiny(i) for i in range(40)), progress=False)  # a generator
             assert ids(vis) == list(range(40))
             vis[5:9] = [tiny(100 + i) for i in range(20)]  # delete 4, insert 20 in chunks
@@ -231,6 +232,69 @@ def test_chunked_writes_and_reads(server_url: str) -> None:
             del expected[2:50:2]
             assert ids(vis) == expected
             assert [int(a.positions[0, 0]) for a in vis[::-4]] == expected[::-4]
+
+
+class CountingTransport(Transport):
+    """A Transport that records how many frames each GET of frames asked for."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.asked: list[int] = []
+
+    def get_frames(self, room: str, **kw: Any) -> dict[str, Any]:
+        answer = super().get_frames(room, **kw)
+        self.asked.append(len(answer["frames"]))
+        return answer
+
+
+def request_sizes(total: int, first: int, each: int) -> list[int]:
+    rest = total - first
+    return [first] + [each] * (rest // each) + ([rest % each] if rest % each else [])
+
+
+def test_reads_are_sized_by_bytes(server_url: str) -> None:
+    transport = CountingTransport(server_url)
+    first = room_module.READ_FIRST_FRAMES
+    with Room(server_url, new_room_name(), transport=transport) as vis:
+        vis.extend([tiny(i) for i in range(200)], progress=False)
+        per_frame = sum(a.nbytes for a in vis.get([0])[0].values())
+        vis.read_bytes = 10 * per_frame
+        transport.asked.clear()
+        everything = vis.get()  # a few frames first, then 10 frames' worth of bytes each
+        assert [int(f["positions"][0, 0]) for f in everything] == list(range(200))
+        assert transport.asked == request_sizes(200, first, 10)
+        vis.read_bytes, vis.read_frames = 10**9, 50  # a cap on the frames per request
+        transport.asked.clear()
+        assert [int(a.positions[0, 0]) for a in vis] == list(range(200))
+        assert transport.asked == request_sizes(200, first, 50)
+
+
+def test_large_frames_round_trip_writable(vis: Room) -> None:
+    """Frames above IN_PLACE_MIN_FRAME_BYTES are decoded in place from the answer."""
+    rng = np.random.default_rng(5)
+    frames = [{"numbers": np.full(12_000, 6, dtype=np.int32),
+               "positions": rng.normal(size=(12_000, 3)),
+               "calc.forces": rng.normal(size=(12_000, 3)).astype(np.float32)}
+              for _ in range(3)]
+    vis.extend(frames, progress=False)
+    back = vis.get()
+    assert all(frames_equal(a, b) for a, b in zip(back, frames, strict=True))
+    back[0]["positions"][0] = 1.0  # writable, and a copy of its own
+    back[0]["calc.forces"] *= 2
+    assert frames_equal(vis.get([0])[0], frames[0])
+    np.testing.assert_array_equal(vis[2].positions, frames[2]["positions"])
+
+
+def test_long_index_lists_are_split_to_fit_the_url(
+        server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(room_module, "MAX_INDICES_CHARS", 20)  # 4 indices a request here
+    transport = CountingTransport(server_url)
+    with Room(server_url, new_room_name(), transport=transport) as vis:
+        vis.extend([tiny(i) for i in range(30)], progress=False)
+        wanted = [29, 3, 3, 17, 0, 11, 28, 5, 1, 12, 12, 2, 7]
+        got = vis.get(wanted, keys=["positions"])
+        assert [int(f["positions"][0, 0]) for f in got] == wanted
+        assert transport.asked == [4, 4, 4, 1]
 
 
 def test_extend_snapshots_an_atoms_mutated_in_place(server_url: str) -> None:

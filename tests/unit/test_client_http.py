@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import msgpack
+import numpy as np
 import pytest
 
 from trajhub.client import (
@@ -24,16 +26,24 @@ from trajhub.client import (
     RoomNotFound,
     ServerError,
     ServerUnavailable,
+    TrajhubConnectionError,
+    TrajhubError,
+    http,
 )
-from trajhub.client.http import Transport
+from trajhub.client.http import Transport, decode_frames_body
+from trajhub.shared.codec import CodecError, encode_frame, frame_to_bytes, packb
+from trajhub.shared.frames import Frame, frames_equal
 
 DROP = "drop"  # close the connection without answering
+HANG = "hang"  # answer nothing until the test ends
 
 
 @dataclass
 class Script:
-    answers: list[Any] = field(default_factory=list)  # (status, body, headers) or DROP
+    # (status, body, headers), DROP or HANG; a bytes body is sent as msgpack, else JSON
+    answers: list[Any] = field(default_factory=list)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -48,10 +58,15 @@ class Handler(BaseHTTPRequestHandler):
         if answer == DROP:
             self.close_connection = True
             return
+        if answer == HANG:
+            self.script.done.wait(30)
+            self.close_connection = True
+            return
         status, payload, headers = answer
-        data = json.dumps(payload).encode()
+        binary = isinstance(payload, bytes)
+        data = payload if binary else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/msgpack" if binary else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)
@@ -74,6 +89,7 @@ def scripted() -> Iterator[tuple[Script, str]]:
     try:
         yield script, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
+        script.done.set()
         server.shutdown()
         server.server_close()
 
@@ -159,3 +175,123 @@ def test_missing_room(scripted: tuple[Script, str]) -> None:
         t.request("GET", "/api/v1/rooms/r", not_found=RoomNotFound)
     assert isinstance(info.value, KeyError)
     assert str(info.value).startswith("room 'r' does not exist")
+
+
+def test_timeouts_are_retried_then_a_connection_error(scripted: tuple[Script, str]) -> None:
+    script, url = scripted
+    script.answers = [HANG, HANG]
+    with pytest.raises(TrajhubConnectionError, match=r"timed out") as info:
+        transport(url, timeout=0.05, connect_retries=1).room_info("r")
+    assert "GET http://127.0.0.1" in str(info.value) and "after 2 attempts" in str(info.value)
+    assert len(script.seen) == 2
+
+
+# -- the frames answer ----------------------------------------------------------------------
+
+def answer_body(frames: list[Frame], **head: Any) -> bytes:
+    """A GET frames answer as the gateway writes it: fields, then the frames last."""
+    n = len(frames)
+    fields = {"room": "r", "seq": 3, "n_frames": n, "indices": list(range(n)),
+              "frame_ids": list(range(n)), "versions": [1] * n, "hashes": ["ab" * 32] * n,
+              **head}
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(fields) + 1)]
+    for key, value in fields.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    parts += [packer.pack("frames"), packer.pack_array_header(n)]
+    return b"".join(parts + [frame_to_bytes(f) for f in frames])
+
+
+def sample_frames(n: int, atoms: int) -> list[Frame]:
+    rng = np.random.default_rng(7)
+    return [{"numbers": rng.integers(1, 90, atoms, dtype=np.int32),
+             "positions": rng.normal(size=(atoms, 3)),
+             "cell": np.eye(3), "pbc": np.array([True, False, True]),
+             "arrays.f16": rng.normal(size=(atoms, 2)).astype(np.float16),
+             "arrays.empty": np.zeros((atoms, 0)),
+             "info.label": np.array(f"frame {i} \u00e9"), "info.step": np.array(i),
+             "calc.energy": np.array(float(i)), "calc.ok": np.array(i % 2 == 0)}
+            for i in range(n)]
+
+
+@pytest.fixture(params=["in place", "msgpack"])
+def decode_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    threshold = 0 if request.param == "in place" else 2**62
+    monkeypatch.setattr(http, "IN_PLACE_MIN_FRAME_BYTES", threshold)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("atoms", [0, 1, 40, 70_000])
+def test_frames_answer_decodes_the_same_both_ways(decode_path: str, atoms: int) -> None:
+    frames = sample_frames(3, atoms)
+    body = answer_body(frames)
+    answer = decode_frames_body(body)
+    assert answer["n_frames"] == 3 and answer["hashes"] == ["ab" * 32] * 3
+    assert len(answer["frames"]) == 3
+    assert all(frames_equal(a, b) for a, b in zip(answer["frames"], frames, strict=True))
+    positions = answer["frames"][-1]["positions"]
+    in_body = np.shares_memory(positions, np.frombuffer(body, np.uint8))
+    assert in_body == (decode_path == "in place" and atoms > 0)
+
+
+def test_unusual_answers_take_the_general_path(decode_path: str) -> None:
+    frames = sample_frames(2, 3)
+    # Valid msgpack that the in-place walk hands over to msgpack: frames not the last
+    # field, a shape as a 16-bit-length array, a shape with a 64-bit integer.
+    body = answer_body(frames)
+    fix_shape = b"\xa5shape\x92\x03\x03"  # the positions of the last frame, (3, 3)
+    at = body.rindex(fix_shape) + len(b"\xa5shape")
+    unusual = [
+        packb({"frames": [encode_frame(f) for f in frames], "room": "r"}),
+        body[:at] + b"\xdc\x00\x02\x03\x03" + body[at + 3:],
+        body[:at] + b"\x92\xcf" + (3).to_bytes(8, "big") + b"\x03" + body[at + 3:],
+    ]
+    for body in unusual:
+        answer = decode_frames_body(body)
+        assert answer["room"] == "r"
+        assert all(frames_equal(a, b) for a, b in zip(answer["frames"], frames, strict=True))
+        assert not np.shares_memory(answer["frames"][0]["positions"],
+                                    np.frombuffer(body, np.uint8))
+
+
+def test_array_fields_in_any_order(decode_path: str) -> None:
+    frames = sample_frames(2, 3)
+    body = packb({"room": "r", "frames": [
+        {k: dict(reversed(encode_frame(f)[k].items())) for k in f} for f in frames]})
+    answer = decode_frames_body(body)
+    assert all(frames_equal(a, b) for a, b in zip(answer["frames"], frames, strict=True))
+
+
+def test_malformed_answers_are_codec_errors(decode_path: str) -> None:
+    body = answer_body(sample_frames(2, 5))
+    for bad in (body[:-1], body + b"\x00", b"\x93\x01", packb({"frames": 3}), b""):
+        with pytest.raises(CodecError):
+            decode_frames_body(bad)
+
+
+def test_unreadable_answer_names_the_url(scripted: tuple[Script, str]) -> None:
+    script, url = scripted
+    script.answers = [(200, answer_body(sample_frames(1, 2))[:-3], {})]
+    with pytest.raises(TrajhubError, match=r"unreadable answer from http://.*indices=0"):
+        transport(url).get_frames("r", indices=[0])
+
+
+def test_get_frames_over_http(scripted: tuple[Script, str]) -> None:
+    script, url = scripted
+    frames = sample_frames(2, 4)
+    script.answers = [(200, answer_body(frames), {})]
+    answer = transport(url).get_frames("r", start=0, stop=2, keys=["positions", "cell"])
+    assert all(frames_equal(a, b) for a, b in zip(answer["frames"], frames, strict=True))
+    assert script.seen[0]["path"] == ("/api/v1/rooms/r/frames?start=0&stop=2"
+                                      "&keys=positions%2Ccell")
+
+
+def test_environment_proxy_is_used(scripted: tuple[Script, str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    script, url = scripted
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", url.removeprefix("http://"))  # scheme optional
+    script.answers = [(200, ROOM, {})]
+    assert transport("http://trajhub.invalid:8000").room_info("r") == ROOM
+    assert script.seen[0]["path"] == "http://trajhub.invalid:8000/api/v1/rooms/r"

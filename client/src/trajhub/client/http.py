@@ -1,22 +1,35 @@
-"""The client's HTTP transport: one keep-alive ``httpx.Client`` and the server's API.
+"""The client's HTTP transport: a keep-alive urllib3 pool and the server's API.
 
 Writes carry an ``Idempotency-Key`` made once per logical request and reused on every
 retry, so a POST/PUT/DELETE whose answer was lost can be sent again without applying
 twice. 503 (busy) is retried honouring ``Retry-After``; connection errors are retried
 for requests that are safe to repeat; error statuses become the exceptions of
 ``trajhub.client.errors`` with the server's ``detail`` in the message.
+
+urllib3 rather than httpx: against a bare local uvicorn, a 56 MB GET takes ~0.03 s with
+urllib3 and ~0.14 s with httpx (which assembles bodies from many small pieces), a 56 MB
+POST 0.06 s against 0.19 s, a tiny GET 0.45 ms against 0.7 ms. Bare http.client moves
+bodies no faster and saves ~0.15 ms per tiny request, not worth re-doing the pool,
+stale-connection checks, TLS and proxies. A body arrives as one ``bytes`` object read
+straight from the socket; a request body is handed to ``sendall`` as it is.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import time
+import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import httpx
+import msgpack
+import urllib3
+from urllib3.util import parse_url
 
 from trajhub.client.errors import (
     BadRequest,
@@ -33,6 +46,13 @@ from trajhub.shared.codec import CodecError, decode_frame, unpackb
 
 MSGPACK = "application/msgpack"
 API = "/api/v1"
+USER_AGENT = "trajhub-python"
+POOL_SIZE = 4  # concurrent requests per server kept alive (uploads overlap one request)
+# Frames at least this large on average are decoded in place (see decode_frames_body);
+# below it, msgpack's C decoder with its copy is faster than walking them in Python
+# (measured, decode + one copy: 17 KiB frames 49 vs 63 ms per 17 MB; 55 KiB frames
+# 27 vs 19 ms; 164 KiB frames 14 vs 8 ms).
+IN_PLACE_MIN_FRAME_BYTES = 32 * 1024
 
 
 def new_idempotency_key() -> str:
@@ -54,7 +74,36 @@ def _selection(indices: Sequence[int] | None, start: int | None, stop: int | Non
     return params
 
 
-def _detail(response: httpx.Response) -> object:
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete answer: the status, the headers and the whole body as one bytes."""
+
+    method: str
+    url: str
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return HTTPStatus(self.status_code).phrase
+        except ValueError:
+            return ""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _detail(response: Response) -> object:
     try:
         body = response.json()
     except ValueError:
@@ -66,8 +115,24 @@ def _detail_text(detail: object) -> str:
     return detail if isinstance(detail, str) else json.dumps(detail)[:1000]
 
 
+def _pool_manager(base_url: str, timeout: float | None) -> urllib3.PoolManager:
+    """A pool for ``base_url``, through the proxy the environment names for it (as
+    httpx did by default: ``http_proxy``/``https_proxy``/``all_proxy``, ``no_proxy``)."""
+    url = parse_url(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"not an http(s) URL: {base_url!r}")
+    options: dict[str, Any] = {
+        "num_pools": 2, "maxsize": POOL_SIZE, "block": False, "retries": False,
+        "timeout": urllib3.Timeout(connect=timeout, read=timeout)}
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.netloc or url.host):
+        return urllib3.ProxyManager(proxy if "://" in proxy else f"http://{proxy}", **options)
+    return urllib3.PoolManager(**options)
+
+
 class Transport:
-    """Synchronous access to one trajhub server."""
+    """Synchronous access to one trajhub server (thread-safe)."""
 
     def __init__(self, base_url: str, *, timeout: float | None = 60.0,
                  author: str | None = None, busy_retries: int = 5,
@@ -79,8 +144,10 @@ class Transport:
         self.connect_retries = connect_retries
         self.backoff_s = backoff_s
         self.max_wait_s = max_wait_s
-        headers = {"X-Trajhub-Author": author} if author else {}
-        self._client = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+        if author:
+            self._headers["X-Trajhub-Author"] = author
+        self._pool = _pool_manager(self.base_url, timeout)
 
     # -- the API ---------------------------------------------------------------------
 
@@ -96,18 +163,20 @@ class Transport:
                    start: int | None = None, stop: int | None = None,
                    step: int | None = None,
                    keys: Sequence[str] | None = None) -> dict[str, Any]:
-        """The msgpack answer of ``GET .../frames`` with ``frames`` decoded to Frames."""
+        """The msgpack answer of ``GET .../frames`` with ``frames`` decoded to Frames.
+
+        The frames' arrays are read-only views (of the answer's bytes, or of msgpack's
+        copies of them): copy what you want to modify.
+        """
         params = _selection(indices, start, stop, step)
         if keys is not None:
             params["keys"] = _csv(keys)
         response = self.request("GET", self._frames_path(room), params=params)
         try:
-            body = unpackb(response.content)
-            body["frames"] = [decode_frame(f) for f in body["frames"]]
+            return decode_frames_body(response.content)
         except (CodecError, KeyError, TypeError) as exc:
             raise TrajhubError(f"unreadable answer from {response.url}: {exc}",
-                               status=response.status_code, url=str(response.url)) from None
-        return body  # type: ignore[no-any-return]
+                               status=response.status_code, url=response.url) from None
 
     def post_frames(self, room: str, body: bytes, *, at: int | None = None,
                     idempotency_key: str | None = None) -> dict[str, Any]:
@@ -135,7 +204,7 @@ class Transport:
         return response.json()  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.clear()
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -147,32 +216,34 @@ class Transport:
 
     def request(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                 content: bytes | None = None, idempotency_key: str | None = None,
-                not_found: type[TrajhubError] = FrameIndexError) -> httpx.Response:
+                not_found: type[TrajhubError] = FrameIndexError) -> Response:
         """Send with retries; return a 2xx response or raise the mapped exception.
 
         Writes always get an Idempotency-Key (a new one unless given), the same on
         every attempt, which is what makes retrying them safe.
         """
-        headers: dict[str, str] = {}
+        headers = dict(self._headers)
         if method != "GET":
             headers["Idempotency-Key"] = idempotency_key or new_idempotency_key()
         if content is not None:
             headers["Content-Type"] = MSGPACK
+        url = f"{self.base_url}{path}"
+        full_url = f"{url}?{urlencode(params)}" if params else url
         busy = connect = 0
         while True:
             try:
-                response = self._client.request(method, path, params=params,
-                                                content=content, headers=headers)
-            except httpx.TransportError as exc:
+                answer = self._pool.urlopen(method, full_url, body=content, headers=headers,
+                                            redirect=False, preload_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
                 connect += 1
                 if connect > self.connect_retries:
-                    url = f"{self.base_url}{path}"
                     raise TrajhubConnectionError(
                         f"cannot reach the trajhub server: {method} {url} failed after "
                         f"{connect} attempts ({type(exc).__name__}: {exc})",
                         url=url) from exc
                 time.sleep(min(self.backoff_s * 2 ** (connect - 1), self.max_wait_s))
                 continue
+            response = Response(method, full_url, answer.status, answer.headers, answer.data)
             if response.status_code == 503 and busy < self.busy_retries:
                 busy += 1
                 time.sleep(self._retry_after(response, busy))
@@ -181,7 +252,7 @@ class Transport:
                 return response
             raise self._error(response, not_found)
 
-    def _retry_after(self, response: httpx.Response, attempt: int) -> float:
+    def _retry_after(self, response: Response, attempt: int) -> float:
         header = response.headers.get("Retry-After", "")
         try:
             wait = float(header)
@@ -189,16 +260,228 @@ class Transport:
             wait = self.backoff_s * 2 ** (attempt - 1)
         return max(0.0, min(wait, self.max_wait_s))
 
-    def _error(self, response: httpx.Response,
-               not_found: type[TrajhubError]) -> TrajhubError:
+    def _error(self, response: Response, not_found: type[TrajhubError]) -> TrajhubError:
         detail = _detail(response)
         status = response.status_code
-        request = response.request
-        where = f"{request.method} {request.url}"
+        where = f"{response.method} {response.url}"
         classes: dict[int, type[TrajhubError]] = {
             400: BadRequest, 404: not_found, 409: ConflictError, 413: PayloadTooLarge,
             415: BadRequest, 422: BadRequest, 503: ServerUnavailable,
         }
         cls = classes.get(status, ServerError)
         return cls(f"{_detail_text(detail)} (HTTP {status} from {where})",
-                   status=status, url=str(request.url), detail=detail)
+                   status=status, url=response.url, detail=detail)
+
+
+# -- decoding a frames answer without copying the arrays -----------------------------------
+
+def decode_frames_body(body: bytes) -> dict[str, Any]:
+    """The fields of a ``GET .../frames`` answer, ``frames`` decoded to Frames.
+
+    msgpack copies every ``bin`` it decodes. Large frames are therefore walked here in
+    Python instead, so that their arrays are views of ``body`` itself (never copied);
+    small ones go through msgpack's C decoder, which is faster than walking them. The
+    walk knows only the shapes the server writes (``{dtype, shape, data}`` maps, with
+    ``frames`` the last field) and hands anything else to msgpack.
+    """
+    frames: list[Any] | None = None
+    if len(body) >= IN_PLACE_MIN_FRAME_BYTES:
+        head, frames_at, count = _head(body)
+        if count and len(body) - frames_at >= IN_PLACE_MIN_FRAME_BYTES * count:
+            try:
+                frames = _walk_frames(body, frames_at, count)
+            except _Unexpected:
+                frames = None
+    if frames is None:
+        head = unpackb(body)
+        if not isinstance(head, dict) or not isinstance(head.get("frames"), list):
+            raise CodecError("a frames answer must be a map with a list of frames")
+        frames = head["frames"]
+    head["frames"] = [decode_frame(f) for f in frames]
+    return head
+
+
+class _Unexpected(Exception):
+    """The walk met something it does not handle (or malformed bytes)."""
+
+
+class _Reader:
+    """``body`` for msgpack.Unpacker (which reads bytes) in small pieces."""
+
+    def __init__(self, body: bytes) -> None:
+        self._view = memoryview(body)
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        out = self._view[self._pos:self._pos + n].tobytes()
+        self._pos += len(out)
+        return out
+
+
+def _head(body: bytes) -> tuple[dict[str, Any], int, int]:
+    """The fields before ``frames`` (decoded by msgpack), the offset of the first frame
+    and the number of frames; ``({}, 0, 0)`` unless ``frames`` is the last field."""
+    unpacker = msgpack.Unpacker(_Reader(body), read_size=64 * 1024, raw=False,
+                                strict_map_key=True)
+    head: dict[str, Any] = {}
+    try:
+        n_fields = unpacker.read_map_header()
+        for i in range(n_fields):
+            key = unpacker.unpack()
+            if key == "frames":
+                if i != n_fields - 1:
+                    break
+                count = unpacker.read_array_header()
+                return head, unpacker.tell(), count
+            head[key] = unpacker.unpack()
+    except Exception:  # malformed: msgpack will say what is wrong on the general path
+        pass
+    return {}, 0, 0
+
+
+_U16 = struct.Struct(">H").unpack_from
+_U32 = struct.Struct(">I").unpack_from
+
+
+def _str_len(buf: bytes, p: int) -> tuple[int, int]:
+    """The length of the str at ``p`` and where its content starts."""
+    b = buf[p]
+    if 0xA0 <= b <= 0xBF:
+        return b & 0x1F, p + 1
+    if b == 0xD9:
+        return buf[p + 1], p + 2
+    if b == 0xDA:
+        return _U16(buf, p + 1)[0], p + 3
+    if b == 0xDB:
+        return _U32(buf, p + 1)[0], p + 5
+    raise _Unexpected
+
+
+def _bin_len(buf: bytes, p: int) -> tuple[int, int]:
+    b = buf[p]
+    if b == 0xC4:
+        return buf[p + 1], p + 2
+    if b == 0xC5:
+        return _U16(buf, p + 1)[0], p + 3
+    if b == 0xC6:
+        return _U32(buf, p + 1)[0], p + 5
+    raise _Unexpected
+
+
+def _map_len(buf: bytes, p: int) -> tuple[int, int]:
+    b = buf[p]
+    if 0x80 <= b <= 0x8F:
+        return b & 0x0F, p + 1
+    if b == 0xDE:
+        return _U16(buf, p + 1)[0], p + 3
+    if b == 0xDF:
+        return _U32(buf, p + 1)[0], p + 5
+    raise _Unexpected
+
+
+def _str(buf: bytes, view: memoryview, p: int) -> tuple[str, int]:
+    n, p = _str_len(buf, p)
+    if p + n > len(buf):
+        raise _Unexpected
+    return str(view[p:p + n], "utf-8"), p + n
+
+
+_DTYPE, _SHAPE, _DATA = b"\x83\xa5dtype", b"\xa5shape", b"\xa4data"
+
+
+def _array(buf: bytes, view: memoryview, p: int) -> tuple[dict[str, Any], int]:
+    """An encoded array ``{dtype, shape, data}``, ``data`` a view of ``buf``.
+
+    Written out for the layout the codec writes (fields in that order, small dtype
+    string, at most 15 dimensions), which it checks as it goes; any other layout is
+    handed to ``_any_array``. It is about 2.5x faster than the general walk, which is
+    what makes walking pay off for frames of tens of KiB already.
+    """
+    if not buf.startswith(_DTYPE, p):
+        return _any_array(buf, view, p)
+    q = p + len(_DTYPE)
+    b = buf[q]
+    end = q + 1 + (b & 0x1F)
+    if not 0xA0 <= b <= 0xBF or not buf.startswith(_SHAPE, end):
+        return _any_array(buf, view, p)
+    dtype = buf[q + 1:end].decode()
+    try:
+        shape, q = _shape(buf, end + len(_SHAPE))
+    except _Unexpected:
+        return _any_array(buf, view, p)
+    if not buf.startswith(_DATA, q):
+        return _any_array(buf, view, p)
+    size, q = _bin_len(buf, q + len(_DATA))
+    if q + size > len(buf):
+        raise _Unexpected
+    return {"dtype": dtype, "shape": shape, "data": view[q:q + size]}, q + size
+
+
+def _any_array(buf: bytes, view: memoryview, p: int) -> tuple[dict[str, Any], int]:
+    """``_array`` for its three fields in any order and any str/map encoding."""
+    n, p = _map_len(buf, p)
+    if n != 3:
+        raise _Unexpected
+    out: dict[str, Any] = {}
+    for _ in range(3):
+        key, p = _str(buf, view, p)
+        if key == "dtype":
+            out[key], p = _str(buf, view, p)
+        elif key == "shape":
+            out[key], p = _shape(buf, p)
+        elif key == "data":
+            size, p = _bin_len(buf, p)
+            if p + size > len(buf):
+                raise _Unexpected
+            out[key], p = view[p:p + size], p + size
+        else:
+            raise _Unexpected
+    return out, p
+
+
+def _shape(buf: bytes, p: int) -> tuple[list[int], int]:
+    b = buf[p]
+    if not 0x90 <= b <= 0x9F:  # at most 15 dimensions (the codec allows 8)
+        raise _Unexpected
+    shape, p = [], p + 1
+    for _ in range(b & 0x0F):
+        b = buf[p]
+        if b <= 0x7F:
+            shape.append(b)
+            p += 1
+        elif b == 0xCD:
+            shape.append(_U16(buf, p + 1)[0])
+            p += 3
+        elif b == 0xCC:
+            shape.append(buf[p + 1])
+            p += 2
+        elif b == 0xCE:
+            shape.append(_U32(buf, p + 1)[0])
+            p += 5
+        else:
+            raise _Unexpected
+    return shape, p
+
+
+def _walk_frames(buf: bytes, p: int, count: int) -> list[dict[str, Any]]:
+    """``count`` encoded frames from offset ``p`` to the end of ``buf``."""
+    view = memoryview(buf)
+    frames = []
+    try:
+        for _ in range(count):
+            n_keys, p = _map_len(buf, p)
+            frame: dict[str, Any] = {}
+            for _ in range(n_keys):
+                b = buf[p]
+                if 0xA0 <= b <= 0xBF:  # a short key, inline: this loop is the hot one
+                    end = p + 1 + (b & 0x1F)
+                    key, p = buf[p + 1:end].decode(), end
+                else:
+                    key, p = _str(buf, view, p)
+                frame[key], p = _array(buf, view, p)
+            frames.append(frame)
+    except (IndexError, struct.error, UnicodeDecodeError):  # truncated or malformed
+        raise _Unexpected from None
+    if p != len(buf):
+        raise _Unexpected
+    return frames

@@ -10,6 +10,10 @@ Events: ``append``/``insert``/``vis[i] = x`` are one event each. ``extend`` and 
 bulk writes are sent in chunks (at most ``chunk_bytes`` and ``chunk_frames`` per
 request), one event per chunk. Assigning to a simple slice with a different number of
 frames (``vis[1:3] = [a]``) is a delete event followed by an insert event.
+
+Reads of many frames are split into requests of about ``read_bytes`` each (at most
+``read_frames`` frames), sized from the frames already received, so that memory stays
+bounded on both sides however large a frame is.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, SupportsIndex, overload
+from typing import Any, SupportsIndex, TypeVar, overload
 
 import ase
 import numpy as np
@@ -34,9 +38,18 @@ from trajhub.shared.names import check_key_name, check_room_name
 
 FrameLike = ase.Atoms | Mapping[str, Any]
 Indices = Sequence[SupportsIndex] | np.ndarray[Any, Any]
+T = TypeVar("T")
 
 CHUNK_BYTES = 16 * 1024 * 1024
 CHUNK_FRAMES = 1000
+READ_BYTES = 16 * 1024 * 1024
+READ_FRAMES = 5000
+# The first read request, before any frame size is known: small, so that even frames
+# of 100k atoms (~5 MB each) keep it near read_bytes; it costs small frames one request.
+READ_FIRST_FRAMES = 8
+# Explicit indices travel in the query string; keep URLs well under the 8 KiB that
+# proxies and servers commonly accept (a comma is sent as %2C).
+MAX_INDICES_CHARS = 6000
 PROGRESS_MIN_FRAMES = 100
 _MANY = (slice, np.ndarray, Sequence)  # as opposed to one index (int, numpy integer)
 
@@ -85,8 +98,22 @@ def _as_list(values: Iterable[FrameLike]) -> list[FrameLike]:
 
 
 def _writable(frame: Frame) -> Frame:
-    # Decoded arrays are read-only views over the response bytes.
-    return {key: np.array(arr) for key, arr in frame.items()}
+    # Decoded arrays are mostly read-only views of the answer: copy those, once.
+    return {key: arr if arr.flags.writeable else arr.copy() for key, arr in frame.items()}
+
+
+def _frames_nbytes(frames: list[Frame]) -> int:
+    return sum(arr.nbytes for frame in frames for arr in frame.values())
+
+
+def _fit_query(indices: list[int]) -> list[int]:
+    """The longest prefix of ``indices`` (at least one) that fits MAX_INDICES_CHARS."""
+    chars = 0
+    for n, i in enumerate(indices):
+        chars += len(str(i)) + 3
+        if chars > MAX_INDICES_CHARS and n:
+            return indices[:n]
+    return indices
 
 
 class Room(MutableSequence[ase.Atoms]):
@@ -100,11 +127,14 @@ class Room(MutableSequence[ase.Atoms]):
     def __init__(self, url: str, room: str, *, author: str | None = None,
                  timeout: float | None = 60.0, chunk_bytes: int = CHUNK_BYTES,
                  chunk_frames: int = CHUNK_FRAMES, overlap: bool = True,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, read_bytes: int = READ_BYTES,
+                 read_frames: int = READ_FRAMES) -> None:
         self.url = url.rstrip("/")
         self.room = check_room_name(room)
         self.chunk_bytes = chunk_bytes
         self.chunk_frames = chunk_frames
+        self.read_bytes = read_bytes
+        self.read_frames = read_frames
         self.overlap = overlap  # encode the next chunk while the current one uploads
         self.transport = transport or Transport(self.url, timeout=timeout, author=author)
 
@@ -122,9 +152,9 @@ class Room(MutableSequence[ase.Atoms]):
 
     def __getitem__(self, index: SupportsIndex | slice | Indices) -> Any:
         if isinstance(index, _MANY):
-            return [frame_to_atoms(f) for f in self._read(self._resolve_many(index))]
+            return self._read(self._resolve_many(index), convert=frame_to_atoms)
         i = self._resolve(index)
-        return frame_to_atoms(self._read([i])[0])
+        return self._read([i], convert=frame_to_atoms)[0]
 
     def get(self, indices: SupportsIndex | slice | Indices | None = None,
             keys: Sequence[str] | None = None) -> list[Frame]:
@@ -142,13 +172,12 @@ class Room(MutableSequence[ase.Atoms]):
             wanted = self._resolve_many(indices)
         else:
             wanted = [self._resolve(indices)]
-        return [_writable(f) for f in self._read(wanted, keys)]
+        return self._read(wanted, keys, convert=_writable)
 
     def __iter__(self) -> Iterator[ase.Atoms]:
-        n = len(self)
-        for start in range(0, n, self.chunk_frames):
-            chunk = range(start, min(start + self.chunk_frames, n))
-            yield from (frame_to_atoms(f) for f in self._read(chunk))
+        for frames in self._read_chunks(range(len(self))):
+            yield from (frame_to_atoms(f) for f in frames)
+            del frames  # before the next answer arrives
 
     def __repr__(self) -> str:
         try:
@@ -255,20 +284,41 @@ class Room(MutableSequence[ase.Atoms]):
 
     # -- requests --------------------------------------------------------------------
 
-    def _read(self, indices: range | list[int], keys: Sequence[str] | None = None
-              ) -> list[Frame]:
-        frames: list[Frame] = []
-        for start in range(0, len(indices), self.chunk_frames):
-            part = indices[start:start + self.chunk_frames]
+    def _read(self, indices: range | list[int], keys: Sequence[str] | None = None, *,
+              convert: Callable[[Frame], T]) -> list[T]:
+        """The frames at ``indices``, each passed through ``convert`` (which copies the
+        arrays) as its answer arrives, so that only one answer is held at a time."""
+        out: list[T] = []
+        for part in self._read_chunks(indices, keys):
+            out.extend(convert(f) for f in part)
+            del part  # before the next answer arrives
+        return out
+
+    def _read_chunks(self, indices: range | list[int], keys: Sequence[str] | None = None
+                     ) -> Iterator[list[Frame]]:
+        """The frames at ``indices``, one list per request.
+
+        The first request asks for READ_FIRST_FRAMES; each next one for as many frames
+        as fit ``read_bytes`` at the size of the frames of the previous answer (so a
+        trajectory whose frames grow is followed), at most ``read_frames``.
+        """
+        pos, size = 0, max(1, min(READ_FIRST_FRAMES, self.read_frames))
+        while pos < len(indices):
+            part = indices[pos:pos + size]
             if isinstance(part, range) and part.step > 0:
                 # stop = last + 1 keeps it non-negative and exact for the server.
                 answer = self.transport.get_frames(self.room, start=part.start,
                                                    stop=part[-1] + 1, step=part.step,
                                                    keys=keys)
             else:
-                answer = self.transport.get_frames(self.room, indices=list(part), keys=keys)
-            frames.extend(answer["frames"])
-        return frames
+                part = _fit_query(list(part))
+                answer = self.transport.get_frames(self.room, indices=part, keys=keys)
+            frames: list[Frame] = answer["frames"]
+            yield frames
+            pos += len(part)
+            per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
+            size = max(1, min(self.read_frames, int(self.read_bytes / per_frame)))
+            del answer, frames  # before the next answer arrives
 
     def _chunks(self, values: Iterable[FrameLike],
                 indices: Sequence[int] | None = None) -> Iterator[_Chunk]:
