@@ -8,6 +8,7 @@ zero-copy numpy views over the received bytes where it can.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from math import prod
 from typing import Any
 
@@ -99,3 +100,314 @@ def frame_from_bytes(data: bytes | bytearray | memoryview) -> Frame:
 def frames_to_bytes(frames: Sequence[Mapping[str, Array]], **extra: Any) -> bytes:
     """A bulk message: ``{"frames": [frame, ...], **extra}``."""
     return packb({**extra, "frames": [encode_frame(f) for f in frames]})
+
+
+# -- Locating frames inside a bulk message, in place ----------------------------------------
+#
+# The gateway receives bulk messages written by ``packb`` (the client packs every frame
+# with frame_to_bytes). ``scan_bulk`` finds each frame's bytes in the message and decodes
+# its map with numpy-free Python, the array data left as memoryviews over the message, so
+# a frame already in canonical form can be staged as the very bytes received. It only takes
+# the layout ``packb`` writes (minimal headers; array maps in the order dtype, shape, data;
+# no repeated keys) and raises IrregularEncoding for anything else, so a caller can fall
+# back to ``unpackb``: for what it takes, each FrameSpan's bytes are exactly
+# ``packb(span.obj)``, and the fields and frames are what ``unpackb`` would give.
+
+MAX_SCAN_DEPTH = 32
+
+
+class IrregularEncoding(ValueError):
+    """Bytes outside the layout ``scan_bulk`` takes; decode them with ``unpackb``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSpan:
+    """One frame of a bulk message: its decoded map (array data are memoryviews over the
+    message) and the message's bytes ``[start, end)`` that encode it."""
+
+    obj: dict[str, dict[str, Any]]
+    start: int
+    end: int
+
+
+_ARRAY_START = b"\x83\xa5dtype"  # fixmap(3), "dtype"
+_SHAPE = b"\xa5shape"
+_DATA = b"\xa4data"
+# Minimum value that needs each wider header; a smaller one means a non-minimal header.
+_MIN_8, _MIN_16, _MIN_32 = 1 << 8, 1 << 16, 1 << 32
+
+
+def _uint(buf: bytes | bytearray, pos: int, size: int, minimum: int) -> int:
+    value = int.from_bytes(buf[pos:pos + size], "big")
+    if value < minimum or pos + size > len(buf):
+        raise IrregularEncoding("non-minimal or truncated header")
+    return value
+
+
+def _container_header(buf: bytes | bytearray, pos: int, fix: int) -> tuple[int, int]:
+    """Length and end of a map (``fix`` 0x80) or array (``fix`` 0x90) header."""
+    b = buf[pos]
+    if fix <= b < fix + 16:
+        return b & 0x0F, pos + 1
+    wide = 0xDE if fix == 0x80 else 0xDC
+    if b == wide:
+        return _uint(buf, pos + 1, 2, 16), pos + 3
+    if b == wide + 1:
+        return _uint(buf, pos + 1, 4, _MIN_16), pos + 5
+    raise IrregularEncoding("expected a map or an array")
+
+
+def _str_end(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    """Start and end of a str's content."""
+    b = buf[pos]
+    if 0xA0 <= b <= 0xBF:
+        start = pos + 1
+        return start, start + (b & 0x1F)
+    if b == 0xD9:
+        return pos + 2, pos + 2 + _uint(buf, pos + 1, 1, 32)
+    if b == 0xDA:
+        return pos + 3, pos + 3 + _uint(buf, pos + 1, 2, _MIN_8)
+    if b == 0xDB:
+        return pos + 5, pos + 5 + _uint(buf, pos + 1, 4, _MIN_16)
+    raise IrregularEncoding("expected a string")
+
+
+def _str(buf: bytes | bytearray, pos: int) -> tuple[str, int]:
+    start, end = _str_end(buf, pos)
+    if end > len(buf):
+        raise IrregularEncoding("truncated string")
+    return buf[start:end].decode("utf-8"), end
+
+
+def _bin_end(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    """Start and end of a bin's content."""
+    b = buf[pos]
+    if b == 0xC4:
+        return pos + 2, pos + 2 + buf[pos + 1]
+    if b == 0xC5:
+        return pos + 3, pos + 3 + _uint(buf, pos + 1, 2, _MIN_8)
+    if b == 0xC6:
+        return pos + 5, pos + 5 + _uint(buf, pos + 1, 4, _MIN_16)
+    raise IrregularEncoding("expected binary data")
+
+
+def _shape(buf: bytes | bytearray, pos: int) -> tuple[list[int], int]:
+    """A list of non-negative ints (what ``packb`` writes for a shape)."""
+    n, pos = _container_header(buf, pos, 0x90)
+    shape = []
+    for _ in range(n):
+        b = buf[pos]
+        if b < 0x80:
+            value, pos = b, pos + 1
+        elif b == 0xCC:
+            value, pos = _uint(buf, pos + 1, 1, 0x80), pos + 2
+        elif b == 0xCD:
+            value, pos = _uint(buf, pos + 1, 2, _MIN_8), pos + 3
+        elif b == 0xCE:
+            value, pos = _uint(buf, pos + 1, 4, _MIN_16), pos + 5
+        elif b == 0xCF:
+            value, pos = _uint(buf, pos + 1, 8, _MIN_32), pos + 9
+        else:
+            raise IrregularEncoding("a shape entry that is not a non-negative int")
+        shape.append(value)
+    return shape, pos
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A scanned frame's bytes around its array data. Frames of one upload mostly share
+    keys, dtypes and shapes; a frame with the very same bytes there decodes the same way,
+    so it is taken with one comparison per array instead of a full scan."""
+
+    gaps: tuple[bytes, ...]  # the bytes before each array's data (the frame's last byte
+    sizes: tuple[int, ...]   # is data: every array map ends with it)
+    keys: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+
+def _scan_frame(buf: bytes | bytearray, view: memoryview,
+                pos: int) -> tuple[FrameSpan, _Layout | None]:
+    start = gap = pos
+    n, pos = _container_header(buf, pos, 0x80)
+    obj: dict[str, dict[str, Any]] = {}
+    gaps, sizes, dtypes, shapes = [], [], [], []
+    for _ in range(n):
+        key, pos = _str(buf, pos)
+        if not buf.startswith(_ARRAY_START, pos):
+            raise IrregularEncoding("expected an array map of dtype, shape, data")
+        dtype, pos = _str(buf, pos + len(_ARRAY_START))
+        if not buf.startswith(_SHAPE, pos):
+            raise IrregularEncoding("expected 'shape'")
+        shape, pos = _shape(buf, pos + len(_SHAPE))
+        if not buf.startswith(_DATA, pos):
+            raise IrregularEncoding("expected 'data'")
+        data, pos = _bin_end(buf, pos + len(_DATA))
+        if pos > len(buf):
+            raise IrregularEncoding("truncated data")
+        obj[key] = {"dtype": dtype, "shape": shape, "data": view[data:pos]}
+        gaps.append(bytes(buf[gap:data]))
+        sizes.append(pos - data)
+        dtypes.append(dtype)
+        shapes.append(tuple(shape))
+        gap = pos
+    if len(obj) != n:
+        raise IrregularEncoding("a frame key is repeated")
+    layout = _Layout(tuple(gaps), tuple(sizes), tuple(obj), tuple(dtypes),
+                     tuple(shapes)) if n else None
+    return FrameSpan(obj, start, pos), layout
+
+
+def _match_layout(buf: bytes | bytearray, view: memoryview, pos: int,
+                  layout: _Layout) -> FrameSpan | None:
+    """The frame at ``pos`` if its bytes around the data are the layout's, else None."""
+    start = pos
+    data = []
+    for gap, size in zip(layout.gaps, layout.sizes, strict=True):
+        if not buf.startswith(gap, pos):
+            return None
+        pos += len(gap)
+        data.append(view[pos:pos + size])
+        pos += size
+    if pos > len(buf):
+        return None
+    obj = {key: {"dtype": dtype, "shape": list(shape), "data": d} for key, dtype, shape, d
+           in zip(layout.keys, layout.dtypes, layout.shapes, data, strict=True)}
+    return FrameSpan(obj, start, pos)
+
+
+def _scan_frames(buf: bytes | bytearray, view: memoryview, pos: int,
+                 count: int) -> list[FrameSpan]:
+    frames: list[FrameSpan] = []
+    layout: _Layout | None = None
+    for _ in range(count):
+        span = None if layout is None else _match_layout(buf, view, pos, layout)
+        if span is None:
+            span, layout = _scan_frame(buf, view, pos)
+        frames.append(span)
+        pos = span.end
+    return frames
+
+
+# Bytes that follow the type byte, for fixed-size types; ext types carry their type byte.
+_FIXED_SIZE = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4,
+               0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5,
+               0xD7: 9, 0xD8: 17}
+# Length-prefixed types: (bytes of the length, extra bytes after it).
+_PREFIXED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1),
+             0xC9: (4, 1), 0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}
+
+
+def _skip(buf: bytes | bytearray, pos: int) -> int:
+    """The end of the (any) msgpack object at ``pos``; nesting is capped at MAX_SCAN_DEPTH."""
+    pending = [1]  # objects still to skip at each open nesting level
+    while pending:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        b = buf[pos]
+        items = 0
+        if b < 0x80 or b >= 0xE0:
+            pos += 1
+        elif b < 0x90:
+            items, pos = 2 * (b & 0x0F), pos + 1
+        elif b < 0xA0:
+            items, pos = b & 0x0F, pos + 1
+        elif b < 0xC0:
+            pos += 1 + (b & 0x1F)
+        elif b in _FIXED_SIZE:
+            pos += 1 + _FIXED_SIZE[b]
+        elif b in _PREFIXED:
+            size, extra = _PREFIXED[b]
+            pos += 1 + size + extra + int.from_bytes(buf[pos + 1:pos + 1 + size], "big")
+        elif b in (0xDC, 0xDD, 0xDE, 0xDF):
+            size = 2 if b in (0xDC, 0xDE) else 4
+            items = int.from_bytes(buf[pos + 1:pos + 1 + size], "big") * (2 if b >= 0xDE else 1)
+            pos += 1 + size
+        else:
+            raise IrregularEncoding(f"reserved type byte 0x{b:02x}")
+        if pos > len(buf):
+            raise IrregularEncoding("truncated message")
+        if items:
+            if len(pending) >= MAX_SCAN_DEPTH:
+                raise IrregularEncoding("nested too deeply")
+            pending.append(items)
+    return pos
+
+
+# Dtype strings seen by decode_span: the dtype when decode_array would view the data
+# as is (allowed and not big-endian), else None. Bounded (cleared when full): the
+# strings come from clients.
+_PLAIN_DTYPES: dict[str, np.dtype[Any] | None] = {}
+_PLAIN_DTYPES_MAX = 256
+
+
+def _plain_dtype(dtype_s: str) -> np.dtype[Any] | None:
+    try:
+        return _PLAIN_DTYPES[dtype_s]
+    except KeyError:
+        pass
+    plain: np.dtype[Any] | None = None
+    if len(dtype_s) <= 16:
+        try:
+            parsed = np.dtype(dtype_s)
+            plain = check_dtype(parsed) if parsed.byteorder != ">" else None
+        except Exception:  # anything numpy refuses: decode_array gives the answer
+            plain = None
+    if len(_PLAIN_DTYPES) >= _PLAIN_DTYPES_MAX:
+        _PLAIN_DTYPES.clear()
+    _PLAIN_DTYPES[dtype_s] = plain
+    return plain
+
+
+def decode_span(span: FrameSpan) -> Frame:
+    """``decode_frame(span.obj)``: the same arrays (zero-copy views over the message) and
+    the same errors, with the common little-endian case taken without decode_array's
+    generic checks (the scanner already made sure of the map's structure)."""
+    out: Frame = {}
+    for key, value in span.obj.items():
+        dtype, shape, data = _plain_dtype(value["dtype"]), value["shape"], value["data"]
+        if dtype is not None and len(shape) <= 8:
+            count = prod(shape)
+            if count <= MAX_ELEMENTS and count * dtype.itemsize == len(data):
+                out[key] = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+                continue
+        out[key] = decode_array(value, key)
+    return out
+
+
+def _scan_field(data: bytes | bytearray, view: memoryview, pos: int) -> tuple[Any, int]:
+    end = _skip(data, pos)
+    try:
+        return unpackb(view[pos:end]), end
+    except CodecError as exc:
+        raise IrregularEncoding(str(exc)) from None
+
+
+def scan_bulk(data: bytes | bytearray) -> tuple[dict[str, Any], list[FrameSpan]]:
+    """A bulk message ``{"frames": [...], **fields}`` as its other fields (decoded with
+    ``unpackb``) and its frames, located in place (see above); IrregularEncoding when the
+    message is not in the layout ``packb`` writes, has no ``frames`` list or repeats a key."""
+    view = memoryview(data)
+    try:
+        n, pos = _container_header(data, 0, 0x80)
+        fields: dict[str, Any] = {}
+        frames: list[FrameSpan] | None = None
+        for _ in range(n):
+            key, pos = _str(data, pos)
+            if key in fields or (key == "frames" and frames is not None):
+                raise IrregularEncoding(f"key {key!r} is repeated")
+            if key == "frames":
+                count, pos = _container_header(data, pos, 0x90)
+                frames = _scan_frames(data, view, pos, count)
+                pos = frames[-1].end if frames else pos
+            else:
+                fields[key], pos = _scan_field(data, view, pos)
+    except (IndexError, UnicodeDecodeError) as exc:  # ran off the end; not UTF-8
+        raise IrregularEncoding(str(exc)) from None
+    if frames is None:
+        raise IrregularEncoding("no 'frames' list")
+    if pos != len(data):
+        raise IrregularEncoding("bytes after the message")
+    return fields, frames
