@@ -105,7 +105,7 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
     if positions.ndim != 2 or positions.shape[1] != 3 or positions.dtype.kind != "f":
         raise FrameError(f"positions must be a float array of shape (N, 3), got "
                          f"{positions.dtype.str} of shape {positions.shape}")
-    if np.any(numbers < 0) or np.any(numbers > 200):
+    if natoms and (int(numbers.min()) < 0 or int(numbers.max()) > 200):
         raise FrameError("numbers must be atomic numbers between 0 and 200")
     for key, arr in out.items():
         if is_per_atom(key):

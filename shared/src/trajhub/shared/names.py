@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 ROOM_NAME_MAX = 64
 _ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -30,6 +31,7 @@ def check_room_name(name: str) -> str:
     return name
 
 
+@lru_cache(maxsize=4096)  # the same few keys recur in every frame of an upload
 def check_key_name(key: str) -> str:
     if not _KEY_RE.fullmatch(key):
         raise InvalidName(
