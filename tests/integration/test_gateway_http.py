@@ -253,3 +253,15 @@ def test_reads_from_zarr_after_storage_applies(gateway: GatewayServer,  # noqa: 
         assert_room_is(client, ROOM, model)
     finally:
         redis.close()
+
+
+def test_home_page_lists_rooms(gateway: GatewayServer) -> None:  # noqa: F811
+    client = httpx.Client(base_url=gateway.url)
+    empty = client.get("/")
+    assert empty.status_code == 200 and "No rooms yet" in empty.text
+    frame = {"numbers": np.array([1]), "positions": np.zeros((1, 3))}
+    posted = client.post("/api/v1/rooms/home-room/frames", content=codec.frames_to_bytes([frame]),
+                         headers={"Content-Type": "application/msgpack"})
+    assert posted.status_code == 201
+    page = client.get("/")
+    assert "home-room" in page.text and "trajhub is running" in page.text
