@@ -271,7 +271,7 @@ async def test_hash_mismatch_halts_the_room_only(redis_url: str, r: aioredis.Red
     await r.set(keys.blob("bad", event.new_slots[0].hash),
                 codec.frame_to_bytes(make_frame(rng)))
     await good.insert([make_frame(rng)])
-    worker = StorageWorker(redis_url, store, "w1", reconcile_s=0.05)
+    worker = StorageWorker(redis_url, store, "w1", reconcile_s=0.05, verify=True)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -285,6 +285,23 @@ async def test_hash_mismatch_halts_the_room_only(redis_url: str, r: aioredis.Red
     assert await applied(r, "bad") == {}
     assert store.n_slots("bad") == 0
     assert await pending_count(r, "bad") == 1
+
+
+async def test_staged_hash_is_trusted_by_default(redis_url: str, r: aioredis.Redis,
+                                                 store: ZarrFrameStore,
+                                                 rng: np.random.Generator) -> None:
+    """The gateway hashed the frame it staged; apply does not hash it again."""
+    sim = RoomSim(r, ROOM)
+    event = await sim.insert([make_frame(rng)])
+    other = make_frame(rng)
+    await r.set(keys.blob(ROOM, event.new_slots[0].hash), codec.frame_to_bytes(other))
+    worker = StorageWorker(redis_url, store, "w1")
+    try:
+        assert await worker.apply_room(ROOM) == 1
+    finally:
+        await worker.aclose()
+    [got] = store.read_slots(ROOM, [0])
+    np.testing.assert_array_equal(got["positions"], other["positions"])
 
 
 async def _is_halted(worker: StorageWorker, room: str) -> bool:

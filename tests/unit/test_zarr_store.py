@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,21 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]
     yield calls
 
 
+@pytest.fixture
+def selections(monkeypatch: pytest.MonkeyPatch,
+               count_calls: dict[str, list[str]]) -> list[tuple[str, Any]]:
+    """Every array-level Zarr read as (array name, selection)."""
+    seen: list[tuple[str, Any]] = []
+    counting = AsyncArray.getitem
+
+    async def getitem(self: AsyncArray[Any], selection: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((self.basename, selection))
+        return await counting(self, selection, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncArray, "getitem", getitem)
+    return seen
+
+
 # -- round trips --------------------------------------------------------------------------
 
 def test_round_trip_is_exact_for_every_dtype_and_shape(store: ZarrFrameStore) -> None:
@@ -178,9 +194,14 @@ def test_repeated_and_unordered_slots(store: ZarrFrameStore) -> None:
 
 def test_returned_arrays_are_read_only(store: ZarrFrameStore) -> None:
     write(store, [make_frame(3)])
-    [got] = store.read_slots(ROOM, [0])
-    with pytest.raises(ValueError):
-        got["positions"][0, 0] = 1.0
+    for _ in range(2):  # read from Zarr, then partly from the rows kept in memory
+        [got] = store.read_slots(ROOM, [0])
+        for value in got.values():
+            with pytest.raises(ValueError):
+                value[...] = 0
+            with pytest.raises(ValueError):
+                value.flags.writeable = True  # nobody can write into a shared cache
+    assert_frames(store.read_slots(ROOM, [0]), [make_frame(3)])
 
 
 def test_unwritten_and_negative_slots_raise(store: ZarrFrameStore) -> None:
@@ -351,7 +372,11 @@ def test_plain_zarr_readability(store: ZarrFrameStore, tmp_path: Path,
 
 # -- bulk I/O -----------------------------------------------------------------------------
 
-def test_bulk_io_makes_one_call_per_array(store: ZarrFrameStore,
+PER_ATOM = ["calc.forces", "numbers", "positions"]
+SMALL = ["calc.energy", "cell", "pbc"]  # per-frame keys of a few bytes per slot
+
+
+def test_bulk_io_makes_one_call_per_array(store: ZarrFrameStore, tmp_path: Path,
                                           count_calls: dict[str, list[str]]) -> None:
     frames = [make_frame(40 + i % 7, i) for i in range(400)]
     write(store, frames)
@@ -360,13 +385,68 @@ def test_bulk_io_makes_one_call_per_array(store: ZarrFrameStore,
     assert {"positions", "positions.shape", "_hash"} <= set(sets)
     count_calls["get"].clear()
     got = store.read_slots(ROOM, range(400))
-    # one data block and one shape block per key: positions, numbers, cell, pbc,
-    # calc.energy, calc.forces
-    assert len(count_calls["get"]) == 12
+    # The writer knows the shapes it wrote: one data block per key, nothing else.
+    assert sorted(count_calls["get"]) == sorted(PER_ATOM + SMALL)
     assert_frames(got[::37], frames[::37])
+
+    reader = open_store(str(tmp_path / "zarr"))  # as another process would
     count_calls["get"].clear()
-    store.read_slots(ROOM, [5, 1, 3, 390, 2, 395], keys=["positions"])
-    assert len(count_calls["get"]) == 4  # runs 1..5 and 390..395
+    assert_frames(reader.read_slots(ROOM, range(400))[::37], frames[::37])
+    # Its first read also loads each key's shape rows.
+    assert sorted(count_calls["get"]) == sorted(
+        PER_ATOM + SMALL + [f"{k}.shape" for k in PER_ATOM + SMALL])
+    count_calls["get"].clear()
+    assert_frames(reader.read_slots(ROOM, range(400))[::37], frames[::37])
+    # Then only the per-atom data: shapes and small keys stay in memory.
+    assert sorted(count_calls["get"]) == PER_ATOM
+    count_calls["get"].clear()
+    reader.read_slots(ROOM, [5, 1, 3, 390, 2, 395], keys=["positions"])
+    assert count_calls["get"] == ["positions", "positions"]  # runs 1..5 and 390..395
+
+
+def test_single_frame_read_touches_only_per_atom_arrays(
+        tmp_path: Path, count_calls: dict[str, list[str]],
+        selections: list[tuple[str, Any]]) -> None:
+    path = str(tmp_path / "zarr")
+    writer, reader = open_store(path), open_store(path)
+    frames = [make_frame(30, i) for i in range(10)]
+    write(writer, frames)
+    reader.read_slots(ROOM, [3])
+    count_calls["get"].clear()
+    assert_frames(reader.read_slots(ROOM, [7]), [frames[7]])
+    assert sorted(count_calls["get"]) == PER_ATOM
+
+    # Growth by another store: the reader reads just the new rows it keeps, once.
+    more = [make_frame(50, 10 + i, {"info.tag": np.arange(i + 1)}) for i in range(3)]
+    write(writer, more)
+    selections.clear()
+    assert_frames(reader.read_slots(ROOM, [11, 2]), [more[1], frames[2]])
+    kept = {name: sel for name, sel in selections if name not in PER_ATOM}
+    assert kept == {**{f"{k}.shape": (slice(10, 13),) for k in PER_ATOM + SMALL},
+                    **{k: (slice(10, 13),) for k in SMALL},
+                    "info.tag.shape": (slice(0, 13),), "info.tag": (slice(0, 13),)}
+    count_calls["get"].clear()
+    assert_frames(reader.read_slots(ROOM, [12, 10]), [more[2], more[0]])
+    assert sorted(count_calls["get"]) == PER_ATOM
+
+
+def test_kept_rows_follow_growing_padded_axes(tmp_path: Path) -> None:
+    """A small per-frame key whose later values are larger (its padded axes grow)."""
+    path = str(tmp_path / "zarr")
+    writer, reader = open_store(path), open_store(path)
+    frames = [make_frame(2, i, {"info.v": np.arange(i + 1.0)}) for i in range(3)]
+    write(writer, frames)
+    assert_frames(reader.read_slots(ROOM, [0, 1, 2]), frames)
+    assert_frames(writer.read_slots(ROOM, [0, 1, 2]), frames)
+    for batch in ([make_frame(2, 5, {"info.v": np.arange(9.0)})],
+                  [make_frame(2, 6, {"info.v": np.arange(2.0)}), make_frame(3, 7)],
+                  [make_frame(2, 8, {"info.v": np.arange(30.0)})]):  # no longer small
+        write(writer, batch)
+        frames += batch
+        slots = list(range(len(frames)))
+        assert_frames(reader.read_slots(ROOM, slots), frames)
+        assert_frames(writer.read_slots(ROOM, slots[::-1]), frames[::-1])
+        assert_frames(open_store(path).read_slots(ROOM, slots), frames)
 
 
 # -- caching and concurrency --------------------------------------------------------------
@@ -381,6 +461,19 @@ def test_reader_sees_growth_made_by_another_store(tmp_path: Path) -> None:
     write(writer, big)
     assert_frames(reader.read_slots(ROOM, [3, 0, 4]), [big[0], small[0], big[1]])
     assert reader.keys(ROOM)[-1] == "positions" and "info.new" in reader.keys(ROOM)
+
+
+def test_reader_forgets_a_room_made_again(tmp_path: Path) -> None:
+    """Slots only grow; fewer of them means the room's group was deleted and made anew."""
+    path = str(tmp_path / "zarr")
+    reader = open_store(path)
+    write(open_store(path), [make_frame(20, i) for i in range(5)])
+    reader.read_slots(ROOM, range(5))
+    shutil.rmtree(tmp_path / "zarr" / ROOM)
+    again = [make_frame(3, 10 + i, {"info.x": np.arange(2)}) for i in range(2)]
+    write(open_store(path), again)
+    assert reader.n_slots(ROOM) == 2
+    assert_frames(reader.read_slots(ROOM, [0, 1]), again)
 
 
 def expected_frame(slot: int) -> Frame:

@@ -19,6 +19,11 @@ Layout of ``<root>/<room>/`` (see docs/architecture.md, "Zarr layout"):
 Plain zarr reads: ``g = zarr.open_group(path); n = g["positions.shape"][s, 0];
 g["positions"][s, :n]``.
 
+A store keeps in memory, per room, every ``.shape`` array and the data arrays of small
+per-frame keys (``SMALL_ROW_BYTES``: cell, pbc, energy), loaded on first read and grown
+by reading only new rows (slots are write-once, and a writer appends what it wrote), so
+reading a frame costs one Zarr call per per-atom key.
+
 Every write is a whole-object put: zarr's LocalStore (>= 3.1.3) writes each chunk and
 metadata document to a temporary file and renames it into place, and a memory store
 swaps dict entries, so a reader never sees half a chunk. Slots become readable by
@@ -33,6 +38,7 @@ import hashlib
 import json
 import math
 import threading
+import time
 import warnings
 from bisect import bisect_left
 from collections.abc import Coroutine, Iterable, Mapping, MutableMapping, Sequence
@@ -71,16 +77,27 @@ STRING_DTYPE = "U"
 HASH_ARRAY = "_hash"
 PROJECTION_ARRAYS = ("_order", "_frame_id", "_version")
 
-CODEC = "lz4"
-"""Chunk compression: "lz4" (blosc lz4 + byte shuffle), "zstd" (zstd level 1) or "none"."""
+CODEC = "auto"
+"""Chunk compression: "lz4" (blosc lz4 + byte shuffle), "zstd" (zstd level 1), "none", or
+"auto": lz4 for integer, bool and string arrays (atomic numbers, shapes: they shrink
+several-fold), none for float and complex ones (simulation noise barely compresses, and
+decompressing costs every frame read a blosc call; see bench/zarr_store.py)."""
 CHUNK_TARGET_BYTES = 1024 * 1024
-"""Uncompressed bytes per chunk; appending a frame rewrites one chunk per array."""
+"""Uncompressed bytes per chunk; appending a frame rewrites one chunk per array. Smaller
+chunks read a single frame a little faster but write bulk markedly slower (more files;
+see bench/zarr_store.py)."""
 MAX_SLOT_CHUNK = 4096
 MIN_ATOM_CHUNK = 64
 STRING_SLOT_CHUNK = 4096
 PROJECTION_CHUNK = 65536
 RUN_GAP = 64
 """Requested slots closer than this are read as one block (one Zarr call per key)."""
+SMALL_ROW_BYTES = 128
+"""Per-frame keys (not per atom) with padded rows up to this size (cell, pbc, energy)
+are kept in memory once read, like every ``.shape`` array: a frame read then costs one
+Zarr call per per-atom key only."""
+SMALL_CACHE_BYTES = 8 * 1024 * 1024
+"""Largest in-memory copy of one small array (beyond it, reads go to Zarr)."""
 
 
 class ProjectionError(RuntimeError):
@@ -115,6 +132,43 @@ class _RoomInfo:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """The first ``count`` rows of a slot-indexed array, kept in memory: a ``.shape``
+    array, or the data array of a small per-frame key (``SMALL_ROW_BYTES``). Rows below
+    ``n_slots`` never change (write-once), so the cache grows by reading only new rows.
+    ``buf`` may be shared with a newer, longer entry; only rows >= ``count`` are written
+    after this entry was made, so views of ``rows`` stay valid. ``buf`` is read-only
+    except while it is being extended: callers get views of it."""
+
+    buf: Array
+    count: int
+
+    @staticmethod
+    def of(rows: Array) -> _Rows:
+        rows.flags.writeable = False
+        return _Rows(rows, len(rows))
+
+    @property
+    def rows(self) -> Array:
+        return self.buf[:self.count]
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.buf[:1].nbytes
+
+    def extended(self, new: Array) -> _Rows:
+        end = self.count + len(new)
+        buf = self.buf
+        if end > len(buf):
+            buf = np.empty((max(end, 2 * len(buf)), *buf.shape[1:]), dtype=buf.dtype)
+            buf[:self.count] = self.rows
+        buf.flags.writeable = True
+        buf[self.count:end] = new
+        buf.flags.writeable = False
+        return _Rows(buf, end)
+
+
+@dataclass(frozen=True)
 class _Cached:
     array: ZArray
     generation: int
@@ -132,8 +186,10 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def _compressors(itemsize: int) -> tuple[BytesBytesCodec, ...]:
-    if CODEC == "none":
+def _compressors(dtype: Any) -> tuple[BytesBytesCodec, ...]:
+    itemsize = getattr(dtype, "itemsize", 1) or 1
+    kind = getattr(dtype, "kind", "O")
+    if CODEC == "none" or (CODEC == "auto" and kind in "fc"):
         return ()
     if CODEC == "zstd":
         return (ZstdCodec(level=1),)
@@ -249,6 +305,7 @@ class ZarrFrameStore:
         self._lock = threading.Lock()
         self._rooms: dict[str, _RoomInfo] = {}
         self._arrays: dict[tuple[str, str], _Cached] = {}
+        self._rows: dict[tuple[str, str], _Rows] = {}
         self._write_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
@@ -292,8 +349,17 @@ class ZarrFrameStore:
         check_room(room)
         info = _room_info(_run(self._load_attrs(room)))
         with self._lock:
+            old = self._rooms.get(room)
+            if old is not None and info.n_slots < old.n_slots:
+                self._forget(room)  # slots only grow: the room was deleted and re-made
             self._rooms[room] = info
         return info
+
+    def _forget(self, room: str) -> None:
+        """Drop what is cached about ``room``'s arrays (caller holds ``_lock``)."""
+        for cache in (self._arrays, self._rows):
+            for k in [k for k in cache if k[0] == room]:
+                del cache[k]
 
     def _room_for(self, room: str, max_slot: int) -> _RoomInfo:
         with self._lock:
@@ -308,13 +374,16 @@ class ZarrFrameStore:
     # -- array cache ----------------------------------------------------------------------
 
     async def _array(self, room: str, name: str, need: int, generation: int,
-                     force: bool = False) -> ZArray | None:
+                     force: bool = False, fresh: bool = False) -> ZArray | None:
         """The cached array, re-opened when ``need`` lies beyond it and it predates
-        ``generation`` (another process may have grown it); None if it does not exist."""
+        ``generation`` (another process may have grown it); with ``fresh``, whenever it
+        predates ``generation`` (its padded axes may have grown since); None if it does
+        not exist."""
         with self._lock:
             cached = self._arrays.get((room, name))
-        if cached is not None and not force and (need < cached.array.shape[0]
-                                                 or cached.generation >= generation):
+        if cached is not None and not force and (
+                cached.generation >= generation
+                or (not fresh and need < cached.array.shape[0])):
             return cached.array
         try:
             path = StorePath(self.store, f"{room}/{name}")
@@ -370,13 +439,57 @@ class ZarrFrameStore:
                 await asyncio.gather(*(self._read_strings(array, key, a, b, unique, frames)
                                        for a, b in runs))
             return
-        shape_arr, data_arr = await asyncio.gather(
-            self._array(room, v.shape_name, need, info.n_slots),
+        shapes, data_arr = await asyncio.gather(
+            self._cached_rows(room, v.shape_name, info.n_slots, -1),
             self._array(room, v.name, need, info.n_slots))
-        if shape_arr is None or data_arr is None:
+        if shapes is None or data_arr is None:
             return
-        await asyncio.gather(*(self._read_run(room, info, key, v, shape_arr, data_arr,
+        if _small(key, data_arr, info.n_slots):
+            rows = await self._cached_rows(room, v.name, info.n_slots, 0, small_key=key)
+            if rows is not None:
+                _take(key, v, shapes, rows, 0, unique, frames)
+                return
+        await asyncio.gather(*(self._read_run(room, info, key, v, shapes, data_arr,
                                               a, b, unique, frames) for a, b in runs))
+
+    async def _cached_rows(self, room: str, name: str, n_slots: int, fill: int,
+                           small_key: str | None = None) -> Array | None:
+        """Rows ``0..n_slots`` (at least) of array ``name`` from the in-memory cache,
+        reading only the rows it lacks (one call); None if the array does not exist.
+        Rows beyond the array hold ``fill``: the array covers every slot below n_slots
+        that holds its key (see _Cached). ``small_key``: ``name`` is the data array of
+        that frame key, whose padded axes may grow (so its metadata must be at least as
+        new as ``n_slots``); None if it is no longer small."""
+        key = (room, name)
+        with self._lock:
+            cached = self._rows.get(key)
+        if cached is not None and cached.count >= n_slots:
+            return cached.rows
+        fresh = small_key is not None
+        array = await self._array(room, name, n_slots - 1, n_slots, fresh=fresh)
+        if array is None or (small_key is not None and not _small(small_key, array, n_slots)):
+            return None
+        dims = tuple(array.shape[1:])
+        base = cached if cached is not None and cached.buf.shape[1:] == dims else None
+        start = base.count if base is not None else 0  # padded axes grew: start over
+        new = np.full((n_slots - start, *dims), fill, dtype=array.dtype)
+        stop = min(n_slots, array.shape[0])
+        if stop > start:
+            new[:stop - start] = await _fetch(array, (slice(start, stop),))
+        with self._lock:
+            current = self._rows.get(key)
+            if current is cached:
+                entry = base.extended(new) if base is not None else _Rows.of(new)
+                self._rows[key] = entry
+                return entry.rows
+            if current is not None and current.count >= n_slots \
+                    and current.buf.shape[1:] == dims:
+                return current.rows
+        # Raced with another reader, a writer or a reset.
+        if base is None:
+            new.flags.writeable = False
+            return new
+        return await self._cached_rows(room, name, n_slots, fill, small_key)
 
     async def _read_strings(self, array: ZArray, key: str, a: int, b: int,
                             unique: list[int], frames: dict[int, Frame]) -> None:
@@ -390,16 +503,15 @@ class ZarrFrameStore:
                 frames[s][key] = decode_array(unpackb(raw), key)
 
     async def _read_run(self, room: str, info: _RoomInfo, key: str, v: _Variant,
-                        shape_arr: ZArray, data_arr: ZArray, a: int, b: int,
+                        shapes: Array, data_arr: ZArray, a: int, b: int,
                         unique: list[int], frames: dict[int, Frame]) -> None:
-        b = min(b, shape_arr.shape[0], data_arr.shape[0])
-        if a >= b:
-            return
-        shapes = await _fetch(shape_arr, (slice(a, b),))
-        present = [s for s in _within(unique, a, b) if shapes[s - a, 0] >= 0]
+        """Read the slots of ``unique`` in ``a..b`` that hold ``key`` with one call;
+        ``shapes`` are the variant's cached shape rows (covering ``b``)."""
+        present = [s for s in _within(unique, a, b) if shapes[s, 0] >= 0]
         if not present:
             return
-        dims = tuple(int(shapes[[s - a for s in present], j].max()) for j in range(v.ndim))
+        a, b = present[0], present[-1] + 1
+        dims = tuple(int(n) for n in shapes[present, :v.ndim].max(axis=0)) if v.ndim else ()
         if any(d > n for d, n in zip(dims, data_arr.shape[1:], strict=True)):
             # Our cached metadata predates a resize along the padded axes.
             fresh = await self._array(room, v.name, b, info.n_slots, force=True)
@@ -410,10 +522,7 @@ class ZarrFrameStore:
         else:
             block = await _fetch(data_arr, (slice(a, b), *(slice(0, d) for d in dims)))
         block.flags.writeable = False
-        for s in present:
-            index: tuple[int | slice, ...] = (
-                s - a, *(slice(0, int(n)) for n in shapes[s - a, :v.ndim]))
-            frames[s][key] = block[index] if v.ndim else block[s - a, ...]
+        _take(key, v, shapes, block, a, present, frames)
 
     def read_hashes(self, room: str, slots: Sequence[int]) -> list[str]:
         """Content hashes of ``slots`` (any order, repeats allowed)."""
@@ -457,7 +566,10 @@ class ZarrFrameStore:
         bad = [h for h in hashes if not is_hash(h)]
         if bad:
             raise ValueError(f"not a sha256 hex digest: {str(bad[0])[:80]!r}")
-        canonical = [_canonical_frame(f) for f in frames]
+        canonical = []
+        for i, frame in enumerate(frames):
+            canonical.append(_canonical_frame(frame))
+            _breathe(i)
         with self._write_lock(room):
             _run(self._write_slots(room, start, canonical, list(hashes)))
 
@@ -493,6 +605,45 @@ class ZarrFrameStore:
             "n_slots": end, "applied_seq": info.applied_seq})
         with self._lock:
             self._rooms[room] = _RoomInfo(end, info.applied_seq, registry)
+            self._extend_row_caches(room, n, end, registry, info.registry, plans)
+
+    def _extend_row_caches(self, room: str, n: int, end: int, registry: Registry,
+                           before: Registry, plans: list[_Plan]) -> None:
+        """Append the rows just written at ``n..end`` to the cached rows (caller holds
+        ``_lock``), so a reader in this process does not read them back."""
+        written = {p.variant.name: p for p in plans}
+        known = {v.name for vs in before.values() for v in vs}
+        for key, variants in registry.items():
+            for v in variants:
+                if v.is_string:
+                    continue
+                plan = written.get(v.name)
+                self._extend_rows(room, v.shape_name, n, end, -1, v.name not in known,
+                                  None if plan is None else plan.shapes)
+                if (room, v.name) in self._rows:
+                    self._extend_rows(room, v.name, n, end, 0, False,
+                                      None if plan is None else plan.data, key)
+
+    def _extend_rows(self, room: str, name: str, n: int, end: int, fill: int, new: bool,
+                     block: Array | None, key: str | None = None) -> None:
+        cached = self._rows.get((room, name))
+        if cached is None and new and block is not None:  # created by this write
+            cached = _Rows.of(np.full((n, *block.shape[1:]), fill, dtype=block.dtype))
+        if cached is None or cached.count != n:
+            return  # not loaded, or behind: a read loads what it lacks
+        dims = cached.buf.shape[1:]
+        if block is None:
+            block = np.full((end - n, *dims), fill, dtype=cached.buf.dtype)
+        elif block.shape[1:] != dims:
+            if any(b > d for b, d in zip(block.shape[1:], dims, strict=True)):
+                del self._rows[(room, name)]  # the padded axes grew: reload when read
+                return
+            block = _pad_to(block, dims)
+        entry = cached.extended(block)
+        if key is not None and entry.nbytes > SMALL_CACHE_BYTES:
+            del self._rows[(room, name)]
+        else:
+            self._rows[(room, name)] = entry
 
     async def _write_variant(self, group: AsyncGroup, room: str, n: int, end: int,
                              plan: _Plan) -> None:
@@ -544,10 +695,9 @@ class ZarrFrameStore:
 
     async def _create(self, group: AsyncGroup, name: str, shape: tuple[int, ...], dtype: Any,
                       chunks: tuple[int, ...], fill: Any, overwrite: bool = False) -> ZArray:
-        itemsize = getattr(dtype, "itemsize", 1) or 1
         return _exact(await group.create_array(
             name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill,
-            compressors=_compressors(itemsize), overwrite=overwrite))
+            compressors=_compressors(dtype), overwrite=overwrite))
 
     # -- projection -----------------------------------------------------------------------
 
@@ -667,6 +817,7 @@ def _plan(frames: list[Frame], registry: Registry) -> list[_Plan]:
         for key in sorted(frame):
             v = _variant_of(key, frame[key], registry)
             members.setdefault((key, v), []).append(i)
+        _breathe(i)
     plans = []
     for (key, v), rows in members.items():
         values = [frames[i][key] for i in rows]
@@ -695,6 +846,40 @@ def _padded(values: list[Array], rows: list[int], n: int, dims: tuple[int, ...],
         index: tuple[int | slice, ...] = (i, *(slice(0, d) for d in arr.shape))
         data[index] = arr
     return data
+
+
+def _breathe(i: int, every: int = 16) -> None:
+    """Release the GIL for a moment every ``every`` rounds of a long pure-Python loop, so
+    that an event loop sharing the process (the gateway's, in the all-in-one server) does
+    not wait a whole switch interval (5 ms) for it each time."""
+    if i % every == every - 1:
+        time.sleep(0)
+
+
+def _small(key: str, array: ZArray, n_slots: int) -> bool:
+    """Whether to keep ``array``'s rows in memory (see SMALL_ROW_BYTES)."""
+    row = math.prod(array.shape[1:]) * array.dtype.itemsize
+    return not is_per_atom(key) and row <= SMALL_ROW_BYTES \
+        and n_slots * row <= SMALL_CACHE_BYTES
+
+
+def _take(key: str, v: _Variant, shapes: Array, block: Array, a: int,
+          slots: Iterable[int], frames: dict[int, Frame]) -> None:
+    """Cut each of ``slots`` that holds ``key`` out of ``block`` (rows from slot ``a``)
+    to its true shape, as a read-only view."""
+    for s in slots:
+        shape = shapes[s]
+        if shape[0] < 0:
+            continue
+        index: tuple[Any, ...] = (s - a, *(slice(0, int(n)) for n in shape[:v.ndim])) \
+            if v.ndim else (s - a, ...)
+        frames[s][key] = block[index]  # read-only: so is the block
+
+
+def _pad_to(block: Array, dims: tuple[int, ...]) -> Array:
+    out = np.zeros((len(block), *dims), dtype=block.dtype)
+    out[(slice(None), *(slice(0, d) for d in block.shape[1:]))] = block
+    return out
 
 
 async def _fetch(array: ZArray, selection: tuple[int | slice, ...]) -> Array:

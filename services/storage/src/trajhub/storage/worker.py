@@ -3,9 +3,15 @@
 For a batch of events it writes every ``new_slots`` entry from the staged blobs (one
 store call per contiguous slot range), applies the events to the room's projection
 (logical order -> slot, frame ids, versions) kept in memory, and commits:
-``store.commit_projection`` (the commit point), ``HSET {r}:applied``, XACK, then DEL
+``store.commit_projection`` (the commit point), ``HSET {r}:applied``, XACK, then UNLINK
 the applied blobs. Every step is idempotent, so a crash anywhere is repaired by
 re-applying from the store's applied seq.
+
+A blob's key is the content hash the gateway computed from the frame it validated
+before staging it, so applying does not hash the frames again (``verify=True`` does,
+halting the room on a mismatch). The worker shares its event loop with the gateway in
+the all-in-one server: everything that blocks or burns CPU for long runs in a thread,
+and blobs are fetched, decoded and written in chunks of ``max_chunk_bytes``.
 """
 
 from __future__ import annotations
@@ -13,14 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from trajhub.shared import codec, keys
 from trajhub.shared.consumer import IntegrityError, RoomConsumer, seq_of, stream_pairs
 from trajhub.shared.events import Event, SlotWrite
-from trajhub.shared.frames import Frame
+from trajhub.shared.frames import Array, Frame
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.zarr_store import ProjectionError
@@ -28,7 +39,19 @@ from trajhub.shared.zarr_store import ProjectionError
 log = logging.getLogger("trajhub.storage")
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
-"""Blob bytes fetched, decoded and written per store call (at least one slot)."""
+"""Blob bytes fetched, decoded and written per store call (at least one slot). Each store
+call costs about a chunk per array beside the data (it rewrites the partly filled ones),
+so smaller chunks cost more CPU in all; the next chunk is fetched and decoded while one
+is being written, so about three chunks are in memory at a time."""
+SIZE_KEYS = 10_000
+"""Blob keys per STRLEN script call."""
+
+# The sizes of the blobs, in one round trip and without a reply per key to parse.
+_SIZES_LUA = """
+local sizes = {}
+for i, key in ipairs(KEYS) do sizes[i] = redis.call('STRLEN', key) end
+return sizes
+"""
 
 
 class ProjectionStore(FrameStore, Protocol):
@@ -97,17 +120,150 @@ def _ints(values: Any) -> list[int]:
     return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
 
 
-def _decode_checked(blobs: Sequence[bytes], writes: Sequence[SlotWrite]) -> list[Frame]:
-    """Decode blobs and prove each matches the hash its slot was assigned for."""
+# -- decoding staged blobs without copying ------------------------------------------------
+
+class _NotCanonical(ValueError):
+    """A blob that is not laid out as ``codec.frame_to_bytes`` lays frames out."""
+
+
+_U16 = struct.Struct(">H").unpack_from
+_U32 = struct.Struct(">I").unpack_from
+_U64 = struct.Struct(">Q").unpack_from
+# What frame_to_bytes writes before each value of an array: a map of exactly these keys.
+_DTYPE_KEY, _SHAPE_KEY, _DATA_KEY = b"\x83\xa5dtype", b"\xa5shape", b"\xa4data"
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
+def _dtype(text: str) -> np.dtype[Any]:
+    """The dtype named ``text`` if the codec accepts it as is (little-endian)."""
+    dtype = _DTYPES.get(text)
+    if dtype is None:
+        dtype = codec.decode_array({"dtype": text, "shape": [0], "data": b""}).dtype
+        if dtype.str != text:
+            raise _NotCanonical(f"dtype {text}")  # big-endian: the codec converts it
+        if len(_DTYPES) < 1024:  # a few numeric dtypes, and a string dtype per length
+            _DTYPES[text] = dtype
+    return dtype
+
+
+def _str(blob: bytes, pos: int) -> tuple[str, int]:
+    b = blob[pos]
+    if 0xa0 <= b <= 0xbf:
+        n, pos = b & 0x1f, pos + 1
+    elif b == 0xd9:
+        n, pos = blob[pos + 1], pos + 2
+    elif b == 0xda:
+        n, pos = _U16(blob, pos + 1)[0], pos + 3
+    else:
+        raise _NotCanonical(f"msgpack type {b:#x} for a string")
+    return blob[pos:pos + n].decode(), pos + n
+
+
+def _uint(blob: bytes, pos: int) -> tuple[int, int]:
+    b = blob[pos]
+    if b <= 0x7f:
+        return b, pos + 1
+    if b == 0xcc:
+        return blob[pos + 1], pos + 2
+    if b == 0xcd:
+        return int(_U16(blob, pos + 1)[0]), pos + 3
+    if b == 0xce:
+        return int(_U32(blob, pos + 1)[0]), pos + 5
+    if b == 0xcf:
+        return int(_U64(blob, pos + 1)[0]), pos + 9
+    raise _NotCanonical(f"msgpack type {b:#x} for a size")
+
+
+def _array_at(blob: bytes, view: memoryview, pos: int) -> tuple[Array, int]:
+    """The array whose ``{dtype, shape, data}`` map starts at ``pos``, as a view."""
+    if not blob.startswith(_DTYPE_KEY, pos):
+        raise _NotCanonical("array map")
+    dtype_text, pos = _str(blob, pos + len(_DTYPE_KEY))
+    if not blob.startswith(_SHAPE_KEY, pos) or not 0x90 <= blob[pos + 6] <= 0x98:
+        raise _NotCanonical("shape")
+    ndim, pos = blob[pos + 6] & 0x0f, pos + 7
+    shape = []
+    for _ in range(ndim):
+        n, pos = _uint(blob, pos)
+        shape.append(n)
+    if not blob.startswith(_DATA_KEY, pos):
+        raise _NotCanonical("data")
+    b, pos = blob[pos + 5], pos + 6
+    if b == 0xc4:
+        size, pos = blob[pos], pos + 1
+    elif b == 0xc5:
+        size, pos = int(_U16(blob, pos)[0]), pos + 2
+    elif b == 0xc6:
+        size, pos = int(_U32(blob, pos)[0]), pos + 4
+    else:
+        raise _NotCanonical(f"msgpack type {b:#x} for data")
+    dtype = _dtype(dtype_text)
+    if math.prod(shape) * dtype.itemsize != size or pos + size > len(blob):
+        raise _NotCanonical("size")
+    return np.frombuffer(view[pos:pos + size], dtype=dtype).reshape(shape), pos + size
+
+
+def _frame_at(blob: bytes) -> Frame:
+    b = blob[0]
+    if 0x80 <= b <= 0x8f:
+        n, pos = b & 0x0f, 1
+    elif b == 0xde:
+        n, pos = int(_U16(blob, 1)[0]), 3
+    else:
+        raise _NotCanonical(f"msgpack type {b:#x} for a frame")
+    view = memoryview(blob)
+    frame: Frame = {}
+    for _ in range(n):
+        key, pos = _str(blob, pos)
+        frame[key], pos = _array_at(blob, view, pos)
+    if pos != len(blob):
+        raise _NotCanonical("trailing bytes")
+    return frame
+
+
+def frame_view(blob: bytes) -> Frame:
+    """``codec.frame_from_bytes`` without copying: the arrays are read-only views into
+    ``blob`` (np.frombuffer), with the codec's checks (dtype, size). A blob laid out
+    otherwise than ``codec.frame_to_bytes`` does (or malformed) goes through
+    ``codec.frame_from_bytes``, which copies, converts or raises CodecError."""
+    try:
+        return _frame_at(blob)
+    except (_NotCanonical, codec.CodecError, IndexError, UnicodeDecodeError, struct.error):
+        return codec.frame_from_bytes(blob)
+
+
+def decode_blobs(blobs: Sequence[bytes], writes: Sequence[SlotWrite],
+                 verify: bool = False) -> list[Frame]:
+    """Decode staged blobs (zero-copy); with ``verify``, prove each matches the hash its
+    slot was assigned for (the gateway already did when it staged the blob)."""
     frames = []
-    for blob, write in zip(blobs, writes, strict=True):
-        frame = codec.frame_from_bytes(blob)
-        actual = frame_hash(frame)
-        if actual != write.hash:
-            raise IntegrityError(f"slot {write.slot}: blob {write.hash} decodes to a frame "
-                                 f"with hash {actual}")
+    for i, (blob, write) in enumerate(zip(blobs, writes, strict=True)):
+        frame = frame_view(blob)
+        if verify:
+            actual = frame_hash(frame)
+            if actual != write.hash:
+                raise IntegrityError(f"slot {write.slot}: blob {write.hash} decodes to a "
+                                     f"frame with hash {actual}")
         frames.append(frame)
+        if i % 16 == 15:
+            # Let the event loop (the gateway's, all-in-one) take the GIL now and then
+            # rather than wait out the 5 ms switch interval.
+            time.sleep(0)
     return frames
+
+
+def _apply_events(proj: Projection, events: Sequence[Event], n_slots: int
+                  ) -> tuple[Projection, int]:
+    """``proj`` with the events whose slots are all below ``n_slots`` applied (a prefix),
+    and how many that is; ``proj`` itself is left as it is."""
+    work = proj.copy()
+    count = 0
+    for event in events:
+        if any(w.slot >= n_slots for w in event.new_slots):
+            break  # its blob is missing: stop before it, retry later
+        work.apply(event)
+        count += 1
+    return work, count
 
 
 class StorageWorker(RoomConsumer):
@@ -116,12 +272,15 @@ class StorageWorker(RoomConsumer):
     def __init__(self, redis_url: str, store: ProjectionStore, consumer: str, *,
                  lease_ms: int = 10_000, claim_idle_ms: int = 5_000,
                  reconcile_s: float = 2.0, batch_events: int = 256,
-                 max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
+                 max_chunk_bytes: int = MAX_CHUNK_BYTES, verify: bool = False) -> None:
         super().__init__(redis_url, keys.STORAGE_GROUP, consumer, claim_idle_ms=claim_idle_ms,
                          reconcile_s=reconcile_s, lease_ms=lease_ms,
                          batch_events=batch_events, logger=log)
         self.store = store
         self.max_chunk_bytes = max_chunk_bytes
+        self.verify = verify
+        """Re-hash every decoded frame before writing it (the gateway hashed it already)."""
+        self._sizes = self.redis.register_script(_SIZES_LUA)
         self._projections: dict[str, Projection] = {}
 
     async def apply_room(self, room: str) -> int:
@@ -152,13 +311,8 @@ class StorageWorker(RoomConsumer):
                          if w.slot >= proj.n_slots}.values(), key=lambda w: w.slot)
         n_slots = await self._materialize(room, proj.n_slots, writes)
         proj.n_slots = n_slots  # written slots stay written even if nothing commits now
-        work = proj.copy()
-        count = 0
-        for event in events:
-            if any(w.slot >= n_slots for w in event.new_slots):
-                break  # its blob is missing: stop before it, retry later
-            work.apply(event)
-            count += 1
+        # A thread: on a large room, copying and editing the order lists takes a while.
+        work, count = await asyncio.to_thread(_apply_events, proj, events, n_slots)
         if count == 0:
             return 0
         await self.ensure_lease(room)
@@ -176,7 +330,9 @@ class StorageWorker(RoomConsumer):
         # The slots are in the store now (also for events applied before a crash).
         blob_keys = {keys.blob(room, w.hash) for e in events for w in e.new_slots}
         if blob_keys:
-            await self.redis.delete(*blob_keys)
+            # UNLINK frees the (large) values in the background: Redis, which the gateway
+            # is staging the next upload into, is not held up.
+            await self.redis.unlink(*blob_keys)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -235,10 +391,8 @@ class StorageWorker(RoomConsumer):
             raise IntegrityError(f"slots to write {writes[0].slot}..{writes[-1].slot} "
                                  f"({len(writes)}) do not continue from n_slots={n_slots}")
         blob_keys = [keys.blob(room, w.hash) for w in writes]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in blob_keys:
-            pipe.strlen(key)
-        sizes: list[int] = await pipe.execute()
+        sizes = [int(n) for i in range(0, len(blob_keys), SIZE_KEYS)
+                 for n in await self._sizes(keys=blob_keys[i:i + SIZE_KEYS])]
         written = n_slots  # slots below are in the store
         writing: asyncio.Future[None] | None = None
         writing_end = n_slots
@@ -247,7 +401,8 @@ class StorageWorker(RoomConsumer):
                 blobs: list[Any] = await self.redis.mget(blob_keys[start:end])
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]
-                frames = await asyncio.to_thread(_decode_checked, blobs[:got], chunk)
+                frames = await asyncio.to_thread(decode_blobs, blobs[:got], chunk,
+                                                 self.verify)
                 if writing is not None:
                     await writing
                     writing, written = None, writing_end

@@ -1,0 +1,111 @@
+"""Storage's zero-copy decoding of staged blobs: same frames as the codec, no copies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from trajhub.shared import codec
+from trajhub.shared.consumer import IntegrityError
+from trajhub.shared.events import SlotWrite
+from trajhub.shared.frames import Frame, canonical_array, frames_equal
+from trajhub.shared.hashing import frame_hash
+from trajhub.storage.worker import decode_blobs, frame_view
+
+DTYPES = st.sampled_from(["|b1", "|i1", "<u2", "<i4", ">i8", "<f2", "<f4", ">f8", "<c8",
+                          "<c16", "<U1", ">U3"]).map(np.dtype)
+ARRAYS = DTYPES.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(
+    min_dims=0, max_dims=4, min_side=0, max_side=5)))
+KEYS = st.from_regex(r"info\.[a-z][a-z0-9_]{0,40}", fullmatch=True)
+
+
+def blob_owner(arr: np.ndarray[Any, Any]) -> Any:
+    """The object at the bottom of ``arr``'s chain of views."""
+    base: Any = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def canonical(frame: Frame) -> Frame:
+    return {k: canonical_array(v, k) for k, v in frame.items()}
+
+
+def test_views_into_the_blob() -> None:
+    frame = {"numbers": np.arange(5), "positions": np.ones((5, 3)),
+             "calc.energy": np.asarray(-1.5), "info.name": np.asarray("water")}
+    blob = codec.frame_to_bytes(frame)
+    got = frame_view(blob)
+    assert frames_equal(got, canonical(frame))
+    for key in ("numbers", "positions", "calc.energy"):
+        assert blob_owner(got[key]) is blob, key
+        assert not got[key].flags.writeable
+
+
+@pytest.mark.parametrize("frame", [
+    {},
+    {"info.big": np.arange(70_000, dtype=np.uint8)},  # bin32 and a uint32 shape entry
+    {"info.mid": np.arange(300, dtype=np.float64), "info.empty": np.zeros((0, 3))},
+    {f"info.k{i:02d}": np.asarray(i) for i in range(20)},  # a map16 of keys
+    {"info." + "x" * 40: np.zeros(2), "info.u": np.array(["a", "bcd"])},  # str8 key
+], ids=["empty", "bin32", "bin16", "map16", "str8"])
+def test_encodings_match_the_codec(frame: Frame) -> None:
+    blob = codec.frame_to_bytes(frame)
+    assert frames_equal(frame_view(blob), codec.frame_from_bytes(blob))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(KEYS, ARRAYS, max_size=6))
+def test_random_frames_match_the_codec(frame: Frame) -> None:
+    blob = codec.frame_to_bytes(frame)
+    got, want = frame_view(blob), codec.frame_from_bytes(blob)
+    assert got.keys() == want.keys()
+    for key in got:
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape
+        assert got[key].tobytes() == want[key].tobytes()
+
+
+def test_other_msgpack_goes_through_the_codec() -> None:
+    # Valid msgpack that frame_to_bytes never writes: a shape entry as a signed int8.
+    blob = bytes([0x81, 0xa1, 0x61, 0x83, 0xa5]) + b"dtype" + bytes([0xa3]) + b"<u1" \
+        + bytes([0xa5]) + b"shape" + bytes([0x91, 0xd0, 0x02]) \
+        + bytes([0xa4]) + b"data" + bytes([0xc4, 0x02, 7, 9])
+    assert msgpack.unpackb(blob)["a"]["shape"] == [2]
+    got = frame_view(blob)
+    assert got["a"].tolist() == [7, 9]
+
+
+def test_big_endian_blobs_are_converted() -> None:
+    blob = codec.packb({"info.x": {"dtype": ">f8", "shape": [2],
+                                   "data": np.array([1.5, -2.0], dtype=">f8").tobytes()}})
+    got = frame_view(blob)["info.x"]
+    assert got.dtype == np.dtype("<f8") and got.tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parametrize("blob", [
+    codec.frame_to_bytes({"info.x": np.arange(4)})[:-3],  # truncated
+    codec.frame_to_bytes({"info.x": np.arange(4)}) + b"\x00",  # trailing bytes
+    codec.packb({"info.x": {"dtype": "<f8", "shape": [3], "data": b"\x00" * 8}}),
+    codec.packb({"info.x": {"dtype": "|O", "shape": [1], "data": b"\x00" * 8}}),
+    codec.packb({"info.x": {"dtype": "<f8", "shape": [1] * 9, "data": b"\x00" * 8}}),
+    codec.packb([1, 2]),
+], ids=["truncated", "trailing", "short-data", "object-dtype", "nine-dims", "not-a-map"])
+def test_malformed_blobs_raise_codec_errors(blob: bytes) -> None:
+    with pytest.raises(codec.CodecError):
+        frame_view(blob)
+
+
+def test_verify_checks_the_hash_only_when_asked() -> None:
+    frames = [{"numbers": np.arange(3)}, {"numbers": np.arange(4)}]
+    blobs = [codec.frame_to_bytes(f) for f in frames]
+    writes = [SlotWrite(slot=0, hash=frame_hash(frames[0])),
+              SlotWrite(slot=1, hash=frame_hash(frames[0]))]  # the wrong content
+    assert [len(f["numbers"]) for f in decode_blobs(blobs, writes)] == [3, 4]
+    with pytest.raises(IntegrityError, match="slot 1"):
+        decode_blobs(blobs, writes, verify=True)
