@@ -424,3 +424,27 @@ async def test_survives_redis_restart(tmp_path: Path, rng: np.random.Generator) 
         await r.aclose()
         server.stop()
     sim.assert_store_matches(store)
+
+
+async def test_storage_yields_to_foreground_writes_but_never_starves(
+        r: aioredis.Redis, store: ZarrFrameStore, rng: np.random.Generator, redis_url: str) -> None:
+    sim = RoomSim(r, ROOM)
+    await sim.insert([make_frame(rng) for _ in range(3)])
+    busy = True
+    worker = StorageWorker(redis_url, store, "polite", yield_to=lambda: busy)
+    worker.max_yield_s = 60.0
+    try:
+        task = asyncio.create_task(worker.apply_room(ROOM))
+        await asyncio.sleep(0.3)  # ample time to apply 3 small frames, were it not busy
+        assert not task.done() and store.applied_seq(ROOM) == 0
+        busy = False
+        assert await asyncio.wait_for(task, 20) == 1
+        sim.assert_store_matches(store)
+
+        await sim.insert([make_frame(rng)])
+        busy = True
+        worker.max_yield_s = 0.05  # bounded: a busy foreground delays, never blocks, storage
+        assert await asyncio.wait_for(worker.apply_room(ROOM), 20) == 1
+        sim.assert_store_matches(store)
+    finally:
+        await worker.aclose()

@@ -44,7 +44,9 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
         app = create_app(settings, store=store)
         stop = asyncio.Event()
         consumer = settings.consumer_name
-        storage = StorageWorker(settings.redis_url, store, f"{consumer}-storage")
+        # One process, one GIL: storage lets in-flight uploads finish first (bounded).
+        storage = StorageWorker(settings.redis_url, store, f"{consumer}-storage",
+                                yield_to=app.gateway.busy_with_writes)
         snapshotter = SnapshotterWorker(settings.redis_url, f"{consumer}-snapshotter")
         workers = [asyncio.create_task(storage.run(stop), name="storage"),
                    asyncio.create_task(snapshotter.run(stop), name="snapshotter")]

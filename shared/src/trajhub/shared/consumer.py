@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,8 +139,13 @@ class RoomConsumer(abc.ABC):
     def __init__(self, redis_url: str, group: str, consumer: str, *,
                  claim_idle_ms: int = 5_000, reconcile_s: float = 2.0,
                  lease_ms: int = 10_000, batch_events: int = 256,
-                 max_rooms: int = 4, logger: logging.Logger | None = None) -> None:
+                 max_rooms: int = 4, logger: logging.Logger | None = None,
+                 yield_to: Callable[[], bool] | None = None,
+                 max_yield_s: float = 2.0) -> None:
         self.redis_url = redis_url
+        self.yield_to = yield_to
+        """All-in-one wiring: True while the co-located gateway is taking writes."""
+        self.max_yield_s = max_yield_s
         self.group = group
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
@@ -292,8 +297,24 @@ class RoomConsumer(abc.ABC):
             raise
         return handled
 
+    async def yield_to_foreground(self) -> None:
+        """Wait while ``yield_to()`` says the process is busy, at most ``max_yield_s``.
+
+        In ``trajhub serve`` every service shares one interpreter (one GIL): applying
+        events while an upload streams in slows the upload's acknowledgement. Deferring
+        keeps the upload fast; the bound keeps this consumer from starving.
+        """
+        if self.yield_to is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_yield_s
+        # A poll, not an Event: "busy" includes a grace period after the last write.
+        while self.yield_to() and loop.time() < deadline and not self._stopping:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
     async def _round(self, room: str) -> tuple[int, bool]:
         """Read, order, handle and acknowledge one batch. Returns (handled, go on)."""
+        await self.yield_to_foreground()
         progress = await self.progress_seq(room)
         entries = await self._collect(room)
         if not entries:

@@ -144,12 +144,13 @@ async def insert_frames(room: str, request: Request, at: Annotated[int | None, Q
                         idempotency_key: IdemKey = None, author: Author = None) -> JSONResponse:
     gw = gateway(request)
     check_room(room)
-    message, frames = await receive_frames(gw, request)
-    command = build_command(InsertFrames, room=room, at=at, hashes=frames.hashes,
-                            author=pick_author(message.get("author"), author),
-                            idempotency_key=idempotency_key)
-    await gw.stager.stage(room, frames.hashes, frames.blobs)
-    result = await commit(gw.control, command)
+    with gw.writing():
+        message, frames = await receive_frames(gw, request)
+        command = build_command(InsertFrames, room=room, at=at, hashes=frames.hashes,
+                                author=pick_author(message.get("author"), author),
+                                idempotency_key=idempotency_key)
+        await gw.stager.stage(room, frames.hashes, frames.blobs)
+        result = await commit(gw.control, command)
     return JSONResponse(write_answer(result), status_code=201)
 
 
@@ -158,19 +159,21 @@ async def replace_frames(room: str, request: Request, idempotency_key: IdemKey =
                          author: Author = None) -> JSONResponse:
     gw = gateway(request)
     check_room(room)
-    message, frames = await receive_frames(gw, request)
-    if "indices" not in message:
-        raise ApiError(422, "request body has no 'indices' list")
-    indices = int_list(message["indices"], "indices")
-    if len(indices) != len(frames.hashes):
-        raise ApiError(422, f"{len(indices)} indices but {len(frames.hashes)} frames")
-    command = build_command(
-        ReplaceFrames, room=room, indices=indices, hashes=frames.hashes,
-        base_versions=optional_int_list(message.get("base_versions"), "base_versions",
-                                        len(indices)),
-        author=pick_author(message.get("author"), author), idempotency_key=idempotency_key)
-    await gw.stager.stage(room, frames.hashes, frames.blobs)
-    result = await commit(gw.control, command)
+    with gw.writing():
+        message, frames = await receive_frames(gw, request)
+        if "indices" not in message:
+            raise ApiError(422, "request body has no 'indices' list")
+        indices = int_list(message["indices"], "indices")
+        if len(indices) != len(frames.hashes):
+            raise ApiError(422, f"{len(indices)} indices but {len(frames.hashes)} frames")
+        command = build_command(
+            ReplaceFrames, room=room, indices=indices, hashes=frames.hashes,
+            base_versions=optional_int_list(message.get("base_versions"), "base_versions",
+                                            len(indices)),
+            author=pick_author(message.get("author"), author),
+            idempotency_key=idempotency_key)
+        await gw.stager.stage(room, frames.hashes, frames.blobs)
+        result = await commit(gw.control, command)
     return JSONResponse(write_answer(result), status_code=200)
 
 

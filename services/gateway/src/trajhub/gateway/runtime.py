@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -63,6 +64,8 @@ class Gateway:
         self.broadcaster = Broadcaster(settings.redis_url, make_emitter(self.sio))
         self.membership = Membership(self.broadcaster)
         register_socket_handlers(self.sio, self.membership, lambda: self.redis)
+        self._writes_in_flight = 0
+        self._last_write_end = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -89,6 +92,22 @@ class Gateway:
                 log.exception("gateway: error while closing %r", resource)
         self._owned.clear()
         self._redis = None
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Mark a write request in progress (see ``busy_with_writes``)."""
+        self._writes_in_flight += 1
+        try:
+            yield
+        finally:
+            self._writes_in_flight -= 1
+            self._last_write_end = time.monotonic()
+
+    def busy_with_writes(self, grace_s: float = 0.05) -> bool:
+        """True while a write is in progress or ended less than ``grace_s`` ago (the gap
+        between one upload chunk and the next). All-in-one storage yields to it."""
+        return (self._writes_in_flight > 0
+                or time.monotonic() - self._last_write_end < grace_s)
 
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -272,10 +272,11 @@ class StorageWorker(RoomConsumer):
     def __init__(self, redis_url: str, store: ProjectionStore, consumer: str, *,
                  lease_ms: int = 10_000, claim_idle_ms: int = 5_000,
                  reconcile_s: float = 2.0, batch_events: int = 256,
-                 max_chunk_bytes: int = MAX_CHUNK_BYTES, verify: bool = False) -> None:
+                 max_chunk_bytes: int = MAX_CHUNK_BYTES, verify: bool = False,
+                 yield_to: Callable[[], bool] | None = None) -> None:
         super().__init__(redis_url, keys.STORAGE_GROUP, consumer, claim_idle_ms=claim_idle_ms,
                          reconcile_s=reconcile_s, lease_ms=lease_ms,
-                         batch_events=batch_events, logger=log)
+                         batch_events=batch_events, logger=log, yield_to=yield_to)
         self.store = store
         self.max_chunk_bytes = max_chunk_bytes
         self.verify = verify
@@ -398,6 +399,7 @@ class StorageWorker(RoomConsumer):
         writing_end = n_slots
         try:
             for start, end in self._chunks(sizes):
+                await self.yield_to_foreground()
                 blobs: list[Any] = await self.redis.mget(blob_keys[start:end])
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]

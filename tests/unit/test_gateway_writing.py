@@ -1,0 +1,26 @@
+"""The all-in-one hint that a gateway is taking writes (storage yields to it)."""
+
+from trajhub.gateway.runtime import Gateway
+from trajhub.shared.settings import Settings
+
+
+def test_busy_with_writes_covers_a_write_and_its_grace_period() -> None:
+    gw = Gateway(Settings())
+    assert not gw.busy_with_writes()
+    with gw.writing():
+        assert gw.busy_with_writes(grace_s=0)
+        with gw.writing():
+            pass
+        assert gw.busy_with_writes(grace_s=0), "one of two writes still runs"
+    assert gw.busy_with_writes(grace_s=60)
+    assert not gw.busy_with_writes(grace_s=0)
+
+
+def test_a_failed_write_does_not_leave_the_gateway_busy() -> None:
+    gw = Gateway(Settings())
+    try:
+        with gw.writing():
+            raise ValueError("bad upload")
+    except ValueError:
+        pass
+    assert not gw.busy_with_writes(grace_s=0)
