@@ -70,6 +70,10 @@ class Control:
         self._scripts = {op: redis.register_script(commit_script(op)) for op in _OPS}
 
     async def commit(self, command: Command) -> CommitResult:
+        if command.idempotency_key is None:
+            # Every commit is idempotent in the script, so the Redis client may safely
+            # resend it after a dropped connection (trajhub.shared.redis_util).
+            command = command.model_copy(update={"idempotency_key": f"auto-{uuid.uuid4().hex}"})
         refused = _precheck(command)
         if refused is not None:
             return refused
