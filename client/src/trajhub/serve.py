@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+from trajhub.shared.memory import tune_malloc
 from trajhub.shared.settings import Settings
 
 log = logging.getLogger("trajhub.serve")
@@ -73,6 +74,7 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
 
 def serve(host: str, port: int, data_dir: str, redis_url: str | None) -> None:
     _require_server_extra()
+    tune_malloc()
     root = Path(data_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env(

@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from trajhub.shared import keys
 from trajhub.shared.events import Event
+from trajhub.shared.memory import tune_malloc
 from trajhub.shared.names import InvalidName, check_room_name
 from trajhub.shared.redis_util import async_client
 
@@ -577,6 +578,7 @@ def configure_logging(level: str) -> None:
 
 async def run_until_signalled(consumer: RoomConsumer) -> None:
     """Run ``consumer`` until SIGTERM or SIGINT."""
+    tune_malloc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,8 @@ from typing import Any
 
 import uvicorn
 
+from trajhub.shared.memory import tune_malloc
+
 GRACEFUL_SHUTDOWN_S = 10
 
 
@@ -22,6 +24,7 @@ def run_asgi(app: Any, host: str, port: int, log_level: str) -> None:
     the previous signal handlers and re-raises the signal; the no-op handlers installed
     here receive that re-raise, so the process ends normally instead of by the signal.
     """
+    tune_malloc()
     config = uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_level=log_level.lower(),
         loop="uvloop" if _have("uvloop") else "asyncio",

@@ -1,0 +1,31 @@
+"""Process memory tuning for trajhub's long-running services (glibc only)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_malloc(mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
+    """Return large buffers to the OS as soon as they are freed.
+
+    glibc raises its mmap threshold after each large free, so later frame-sized
+    buffers come from heap arenas (one per thread) that rarely shrink: a server moving
+    16 MB request bodies keeps its peak forever. A fixed threshold and few arenas keep
+    the resident size close to what is live. Returns False where it does not apply.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+        return bool(libc.mallopt(_M_ARENA_MAX, arena_max) == 1 and ok)
+    except (OSError, AttributeError):
+        return False
