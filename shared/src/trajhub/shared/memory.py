@@ -10,7 +10,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def tune_malloc(mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
+def tune_malloc(mmap_threshold: int = 4 * 2**20, arena_max: int = 2) -> bool:
     """Return large buffers to the OS as soon as they are freed.
 
     glibc raises its mmap threshold after each large free, so later frame-sized
