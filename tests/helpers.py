@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import numpy as np
@@ -55,3 +56,12 @@ def emt_md(n_frames: int, repeat: int = 2, seed: int = 0) -> list[Atoms]:
             stress=atoms.get_stress())
         frames.append(snap)
     return frames
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 20.0) -> None:
+    """Poll the async ``check`` until it holds (fails the test after ``limit_s``)."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)

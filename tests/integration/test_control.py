@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import pytest
 import redis.asyncio as aioredis
 from control_testutil import index, order, snapshot, stage
 
@@ -21,13 +20,6 @@ from trajhub.shared.events import (
 )
 
 ROOM = "water.box-1"
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def ok(result: CommitResult) -> Event:

@@ -58,13 +58,6 @@ def control_url(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def http_control(control_url: str, redis_url: str) -> AsyncIterator[HttpControl]:
     async with HttpControl(Settings(control_url=control_url)) as control:
         yield control

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import redis.asyncio as aioredis
 from control_testutil import index, stage
@@ -12,13 +10,6 @@ from trajhub.control import Control, IndexOutOfRange, IndexReader
 from trajhub.shared.events import DeleteFrames, InsertFrames, ReplaceFrames
 
 ROOM = "ethanol"
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def build_room(r: aioredis.Redis, n: int, room: str = ROOM) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,9 @@ from trajhub.snapshotter.worker import SnapshotterWorker
 sys.path.insert(0, str(Path(__file__).parent))
 from roomsim import RoomSim, make_frame
 
+from tests.helpers import eventually
+
 ROOM = "lobby"
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -47,14 +42,6 @@ class Recording(SnapshotterWorker):
             self.fail_at = None
             raise RuntimeError("snapshot failed")
         self.seen.extend(seqs)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def seen_seq(r: aioredis.Redis, room: str = ROOM) -> int:

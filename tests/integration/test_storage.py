@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,9 @@ from trajhub.storage.worker import StorageWorker
 sys.path.insert(0, str(Path(__file__).parent))
 from roomsim import RoomSim, make_frame
 
+from tests.helpers import eventually
+
 ROOM = "water"
-
-
-@pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -40,15 +34,6 @@ def store(tmp_path: Path) -> ZarrFrameStore:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(7)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit_s: float = 20.0) -> None:
-    """Poll ``check`` until it holds (fails the test after ``limit_s``)."""
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def applied(r: aioredis.Redis, room: str = ROOM) -> dict[bytes, bytes]:
