@@ -207,3 +207,17 @@ def test_redis_down_gives_503(start_gateway: Callable[..., GatewayServer]) -> No
         r = post_frames(client, ROOM, [make_frame(2, seed=1)])
         expect(r, 503, "unavailable")
         assert "retry-after" in r.headers
+
+
+def test_one_read_is_capped_and_says_how_to_page(gateway: GatewayServer,  # noqa: F811
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from trajhub.gateway import routes
+
+    monkeypatch.setattr(routes, "MAX_FRAMES_PER_READ", 3)
+    with httpx.Client(base_url=gateway.url, timeout=30) as http:
+        assert post_frames(http, "paged", [make_frame(2, seed=i) for i in range(5)]
+                           ).status_code == 201
+        too_many = http.get("/api/v1/rooms/paged/frames")
+        assert too_many.status_code == 422 and "page with start/stop" in too_many.json()["detail"]
+        assert http.get("/api/v1/rooms/paged/frames", params={"start": 0, "stop": 3}
+                        ).status_code == 200

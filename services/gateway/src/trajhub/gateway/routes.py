@@ -42,6 +42,8 @@ OptStr = Annotated[str | None, Query()]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 Author = Annotated[str | None, Header(alias="X-Trajhub-Author")]
 DELETE_BODY_LIMIT = 16 * 2**20
+MAX_FRAMES_PER_READ = 10_000
+"""One response is built in memory: larger selections must be paged (the client does)."""
 INLINE_RESPONSE_BYTES = 2**20
 """Smaller GET responses are joined on the loop: a thread hop would cost more."""
 
@@ -117,6 +119,9 @@ async def get_frames(room: str, request: Request, indices: OptStr = None,
     sel = parse_selection(indices, start, stop, step)
     wanted = parse_keys(keys)
     view = await read_index(gw, room, sel)
+    if len(view.indices) > MAX_FRAMES_PER_READ:
+        raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
+                            f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
     by_slot = await gw.loader.load(room, await gw.store(), view.entries, wanted,
                                    view.indices)
     args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot)
