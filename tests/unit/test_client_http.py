@@ -234,15 +234,24 @@ def test_frames_answer_decodes_the_same_both_ways(decode_path: str, atoms: int) 
     assert in_body == (decode_path == "in place" and atoms > 0)
 
 
+def test_frames_need_not_be_the_last_field(decode_path: str) -> None:
+    frames = sample_frames(2, 3)
+    body = packb({"frames": [encode_frame(f) for f in frames], "room": "r"})
+    answer = decode_frames_body(body)
+    assert answer["room"] == "r"
+    assert all(frames_equal(a, b) for a, b in zip(answer["frames"], frames, strict=True))
+    in_body = np.shares_memory(answer["frames"][0]["positions"], np.frombuffer(body, np.uint8))
+    assert in_body == (decode_path == "in place")
+
+
 def test_unusual_answers_take_the_general_path(decode_path: str) -> None:
     frames = sample_frames(2, 3)
-    # Valid msgpack that the in-place walk hands over to msgpack: frames not the last
-    # field, a shape as a 16-bit-length array, a shape with a 64-bit integer.
+    # Valid msgpack that the in-place scan hands over to msgpack: a shape as a
+    # 16-bit-length array, a shape with a 64-bit integer (both not as packb writes them).
     body = answer_body(frames)
     fix_shape = b"\xa5shape\x92\x03\x03"  # the positions of the last frame, (3, 3)
     at = body.rindex(fix_shape) + len(b"\xa5shape")
     unusual = [
-        packb({"frames": [encode_frame(f) for f in frames], "room": "r"}),
         body[:at] + b"\xdc\x00\x02\x03\x03" + body[at + 3:],
         body[:at] + b"\x92\xcf" + (3).to_bytes(8, "big") + b"\x03" + body[at + 3:],
     ]
@@ -264,7 +273,10 @@ def test_array_fields_in_any_order(decode_path: str) -> None:
 
 def test_malformed_answers_are_codec_errors(decode_path: str) -> None:
     body = answer_body(sample_frames(2, 5))
-    for bad in (body[:-1], body + b"\x00", b"\x93\x01", packb({"frames": 3}), b""):
+    bad_dtype = packb({"frames": [{"x": {"dtype": "<q9", "shape": [1], "data": b"1" * 8}}]})
+    bad_size = packb({"frames": [{"x": {"dtype": "<f8", "shape": [2], "data": b"1" * 8}}]})
+    for bad in (body[:-1], body + b"\x00", b"\x93\x01", packb({"frames": 3}), b"",
+                bad_dtype, bad_size):
         with pytest.raises(CodecError):
             decode_frames_body(bad)
 

@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from trajhub.shared.codec import (
     CodecError,
+    IrregularEncoding,
     decode_array,
     decode_frame,
     encode_array,
@@ -20,6 +21,7 @@ from trajhub.shared.codec import (
     frame_to_bytes,
     frames_to_bytes,
     packb,
+    scan_bulk,
     unpackb,
 )
 from trajhub.shared.frames import Frame, frames_equal
@@ -199,3 +201,14 @@ def test_random_dtype_strings_never_escape(dtype: str, shape: list[int], data: b
     except CodecError:
         return
     assert arr.dtype.kind in "biufcU"
+
+
+def test_scan_bulk_min_frame_bytes_refuses_small_frames() -> None:
+    frames = [{"positions": np.full((10, 3), float(i))} for i in range(4)]
+    body = frames_to_bytes(frames, room="r")
+    per_frame = len(frame_to_bytes(frames[0]))
+    fields, spans = scan_bulk(body, min_frame_bytes=per_frame)  # just enough
+    assert fields == {"room": "r"} and len(spans) == 4
+    with pytest.raises(IrregularEncoding):
+        scan_bulk(body, min_frame_bytes=per_frame + 1)
+    assert scan_bulk(frames_to_bytes([]), min_frame_bytes=10**9)[1] == []

@@ -17,7 +17,6 @@ straight from the socket; a request body is handed to ``sendall`` as it is.
 from __future__ import annotations
 
 import json
-import struct
 import time
 import urllib.request
 import uuid
@@ -27,7 +26,6 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import msgpack
 import urllib3
 from urllib3.util import parse_url
 
@@ -42,16 +40,24 @@ from trajhub.client.errors import (
     TrajhubConnectionError,
     TrajhubError,
 )
-from trajhub.shared.codec import CodecError, decode_frame, unpackb
+from trajhub.shared.codec import (
+    CodecError,
+    IrregularEncoding,
+    decode_frame,
+    decode_span,
+    scan_bulk,
+    unpackb,
+)
 
 MSGPACK = "application/msgpack"
 API = "/api/v1"
 USER_AGENT = "trajhub-python"
 POOL_SIZE = 4  # concurrent requests per server kept alive (uploads overlap one request)
-# Frames at least this large on average are decoded in place (see decode_frames_body);
-# below it, msgpack's C decoder with its copy is faster than walking them in Python
-# (measured, decode + one copy: 17 KiB frames 49 vs 63 ms per 17 MB; 55 KiB frames
-# 27 vs 19 ms; 164 KiB frames 14 vs 8 ms).
+# Frames at least this large on average are decoded in place (see decode_frames_body).
+# Measured, msgpack vs in place, decode + get()'s copy per ~20 MB: frames of one layout
+# (same keys and shapes, as in a trajectory) 17 KiB 47 vs 29 ms, 55 KiB 24 vs 12 ms;
+# frames each laid out differently 1 KiB 38 vs 46 ms, 16 KiB 52 vs 55 ms, 51 KiB 20 vs
+# 21 ms: below this, in place wins only sometimes and loses by up to a fifth.
 IN_PLACE_MIN_FRAME_BYTES = 32 * 1024
 
 
@@ -278,210 +284,22 @@ class Transport:
 def decode_frames_body(body: bytes) -> dict[str, Any]:
     """The fields of a ``GET .../frames`` answer, ``frames`` decoded to Frames.
 
-    msgpack copies every ``bin`` it decodes. Large frames are therefore walked here in
-    Python instead, so that their arrays are views of ``body`` itself (never copied);
-    small ones go through msgpack's C decoder, which is faster than walking them. The
-    walk knows only the shapes the server writes (``{dtype, shape, data}`` maps, with
-    ``frames`` the last field) and hands anything else to msgpack.
+    msgpack copies every ``bin`` it decodes. Large frames are therefore located in
+    ``body`` by ``codec.scan_bulk`` instead, so that their arrays are views of ``body``
+    itself (never copied); small ones go through msgpack's C decoder, as does anything
+    the scanner does not take (it knows only the layout ``packb`` writes, which is the
+    server's), and msgpack says what is wrong with a malformed answer.
     """
-    frames: list[Any] | None = None
     if len(body) >= IN_PLACE_MIN_FRAME_BYTES:
-        head, frames_at, count = _head(body)
-        if count and len(body) - frames_at >= IN_PLACE_MIN_FRAME_BYTES * count:
-            try:
-                frames = _walk_frames(body, frames_at, count)
-            except _Unexpected:
-                frames = None
-    if frames is None:
-        head = unpackb(body)
-        if not isinstance(head, dict) or not isinstance(head.get("frames"), list):
-            raise CodecError("a frames answer must be a map with a list of frames")
-        frames = head["frames"]
-    head["frames"] = [decode_frame(f) for f in frames]
+        try:
+            fields, spans = scan_bulk(body, min_frame_bytes=IN_PLACE_MIN_FRAME_BYTES)
+        except IrregularEncoding:
+            pass
+        else:
+            fields["frames"] = [decode_span(span) for span in spans]
+            return fields
+    head = unpackb(body)
+    if not isinstance(head, dict) or not isinstance(head.get("frames"), list):
+        raise CodecError("a frames answer must be a map with a list of frames")
+    head["frames"] = [decode_frame(f) for f in head["frames"]]
     return head
-
-
-class _Unexpected(Exception):
-    """The walk met something it does not handle (or malformed bytes)."""
-
-
-class _Reader:
-    """``body`` for msgpack.Unpacker (which reads bytes) in small pieces."""
-
-    def __init__(self, body: bytes) -> None:
-        self._view = memoryview(body)
-        self._pos = 0
-
-    def read(self, n: int) -> bytes:
-        out = self._view[self._pos:self._pos + n].tobytes()
-        self._pos += len(out)
-        return out
-
-
-def _head(body: bytes) -> tuple[dict[str, Any], int, int]:
-    """The fields before ``frames`` (decoded by msgpack), the offset of the first frame
-    and the number of frames; ``({}, 0, 0)`` unless ``frames`` is the last field."""
-    unpacker = msgpack.Unpacker(_Reader(body), read_size=64 * 1024, raw=False,
-                                strict_map_key=True)
-    head: dict[str, Any] = {}
-    try:
-        n_fields = unpacker.read_map_header()
-        for i in range(n_fields):
-            key = unpacker.unpack()
-            if key == "frames":
-                if i != n_fields - 1:
-                    break
-                count = unpacker.read_array_header()
-                return head, unpacker.tell(), count
-            head[key] = unpacker.unpack()
-    except Exception:  # malformed: msgpack will say what is wrong on the general path
-        pass
-    return {}, 0, 0
-
-
-_U16 = struct.Struct(">H").unpack_from
-_U32 = struct.Struct(">I").unpack_from
-
-
-def _str_len(buf: bytes, p: int) -> tuple[int, int]:
-    """The length of the str at ``p`` and where its content starts."""
-    b = buf[p]
-    if 0xA0 <= b <= 0xBF:
-        return b & 0x1F, p + 1
-    if b == 0xD9:
-        return buf[p + 1], p + 2
-    if b == 0xDA:
-        return _U16(buf, p + 1)[0], p + 3
-    if b == 0xDB:
-        return _U32(buf, p + 1)[0], p + 5
-    raise _Unexpected
-
-
-def _bin_len(buf: bytes, p: int) -> tuple[int, int]:
-    b = buf[p]
-    if b == 0xC4:
-        return buf[p + 1], p + 2
-    if b == 0xC5:
-        return _U16(buf, p + 1)[0], p + 3
-    if b == 0xC6:
-        return _U32(buf, p + 1)[0], p + 5
-    raise _Unexpected
-
-
-def _map_len(buf: bytes, p: int) -> tuple[int, int]:
-    b = buf[p]
-    if 0x80 <= b <= 0x8F:
-        return b & 0x0F, p + 1
-    if b == 0xDE:
-        return _U16(buf, p + 1)[0], p + 3
-    if b == 0xDF:
-        return _U32(buf, p + 1)[0], p + 5
-    raise _Unexpected
-
-
-def _str(buf: bytes, view: memoryview, p: int) -> tuple[str, int]:
-    n, p = _str_len(buf, p)
-    if p + n > len(buf):
-        raise _Unexpected
-    return str(view[p:p + n], "utf-8"), p + n
-
-
-_DTYPE, _SHAPE, _DATA = b"\x83\xa5dtype", b"\xa5shape", b"\xa4data"
-
-
-def _array(buf: bytes, view: memoryview, p: int) -> tuple[dict[str, Any], int]:
-    """An encoded array ``{dtype, shape, data}``, ``data`` a view of ``buf``.
-
-    Written out for the layout the codec writes (fields in that order, small dtype
-    string, at most 15 dimensions), which it checks as it goes; any other layout is
-    handed to ``_any_array``. It is about 2.5x faster than the general walk, which is
-    what makes walking pay off for frames of tens of KiB already.
-    """
-    if not buf.startswith(_DTYPE, p):
-        return _any_array(buf, view, p)
-    q = p + len(_DTYPE)
-    b = buf[q]
-    end = q + 1 + (b & 0x1F)
-    if not 0xA0 <= b <= 0xBF or not buf.startswith(_SHAPE, end):
-        return _any_array(buf, view, p)
-    dtype = buf[q + 1:end].decode()
-    try:
-        shape, q = _shape(buf, end + len(_SHAPE))
-    except _Unexpected:
-        return _any_array(buf, view, p)
-    if not buf.startswith(_DATA, q):
-        return _any_array(buf, view, p)
-    size, q = _bin_len(buf, q + len(_DATA))
-    if q + size > len(buf):
-        raise _Unexpected
-    return {"dtype": dtype, "shape": shape, "data": view[q:q + size]}, q + size
-
-
-def _any_array(buf: bytes, view: memoryview, p: int) -> tuple[dict[str, Any], int]:
-    """``_array`` for its three fields in any order and any str/map encoding."""
-    n, p = _map_len(buf, p)
-    if n != 3:
-        raise _Unexpected
-    out: dict[str, Any] = {}
-    for _ in range(3):
-        key, p = _str(buf, view, p)
-        if key == "dtype":
-            out[key], p = _str(buf, view, p)
-        elif key == "shape":
-            out[key], p = _shape(buf, p)
-        elif key == "data":
-            size, p = _bin_len(buf, p)
-            if p + size > len(buf):
-                raise _Unexpected
-            out[key], p = view[p:p + size], p + size
-        else:
-            raise _Unexpected
-    return out, p
-
-
-def _shape(buf: bytes, p: int) -> tuple[list[int], int]:
-    b = buf[p]
-    if not 0x90 <= b <= 0x9F:  # at most 15 dimensions (the codec allows 8)
-        raise _Unexpected
-    shape, p = [], p + 1
-    for _ in range(b & 0x0F):
-        b = buf[p]
-        if b <= 0x7F:
-            shape.append(b)
-            p += 1
-        elif b == 0xCD:
-            shape.append(_U16(buf, p + 1)[0])
-            p += 3
-        elif b == 0xCC:
-            shape.append(buf[p + 1])
-            p += 2
-        elif b == 0xCE:
-            shape.append(_U32(buf, p + 1)[0])
-            p += 5
-        else:
-            raise _Unexpected
-    return shape, p
-
-
-def _walk_frames(buf: bytes, p: int, count: int) -> list[dict[str, Any]]:
-    """``count`` encoded frames from offset ``p`` to the end of ``buf``."""
-    view = memoryview(buf)
-    frames = []
-    try:
-        for _ in range(count):
-            n_keys, p = _map_len(buf, p)
-            frame: dict[str, Any] = {}
-            for _ in range(n_keys):
-                b = buf[p]
-                if 0xA0 <= b <= 0xBF:  # a short key, inline: this loop is the hot one
-                    end = p + 1 + (b & 0x1F)
-                    key, p = buf[p + 1:end].decode(), end
-                else:
-                    key, p = _str(buf, view, p)
-                frame[key], p = _array(buf, view, p)
-            frames.append(frame)
-    except (IndexError, struct.error, UnicodeDecodeError):  # truncated or malformed
-        raise _Unexpected from None
-    if p != len(buf):
-        raise _Unexpected
-    return frames
