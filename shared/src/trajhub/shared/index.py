@@ -1,12 +1,11 @@
-"""The packed form of index entries stored in ``{room}:frames`` (and built in Lua)."""
+"""The packed form ``version:hash:slot`` of index entries in ``{room}:frames``.
+
+The commit scripts (Lua) write it; this is the one place Python reads it.
+"""
 
 from __future__ import annotations
 
 from trajhub.shared.events import FrameEntry
-
-
-def pack_entry(version: int, content_hash: str, slot: int) -> str:
-    return f"{version}:{content_hash}:{slot}"
 
 
 def unpack_entry(frame_id: int, packed: str | bytes) -> FrameEntry:

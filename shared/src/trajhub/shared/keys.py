@@ -21,6 +21,7 @@ NOTIFY_MAXLEN = 10_000
 STORAGE_GROUP = "storage"
 SNAPSHOTTER_GROUP = "snapshotter"
 CONSUMER_GROUPS = (STORAGE_GROUP, SNAPSHOTTER_GROUP)
+"""Created by the commit script at a room's first event (control/lua/commit.lua: GROUPS)."""
 
 
 def _tag(room: str) -> str:

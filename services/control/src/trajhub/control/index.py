@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from trajhub.control.scripts import read_index_script
 from trajhub.shared import keys
 from trajhub.shared.events import FrameEntry
+from trajhub.shared.index import unpack_entry
 
 
 class IndexOutOfRange(IndexError):
@@ -35,12 +36,8 @@ class IndexView:
 def _entries(fids: bytes, packed: bytes) -> list[FrameEntry]:
     if not fids:
         return []
-    out = []
-    for fid, entry in zip(fids.split(b","), packed.split(b","), strict=True):
-        version, content_hash, slot = entry.split(b":")
-        out.append(FrameEntry(frame_id=int(fid), version=int(version),
-                              hash=content_hash.decode(), slot=int(slot)))
-    return out
+    return [unpack_entry(int(fid), entry)
+            for fid, entry in zip(fids.split(b","), packed.split(b","), strict=True)]
 
 
 def _arg(value: int | None) -> str:
