@@ -164,7 +164,7 @@ def room_key_functions() -> list[tuple[str, Callable[..., Any]]]:
 
 
 def call_for(fn: Callable[..., Any], room: str) -> list[str]:
-    extra = {"content_hash": H1, "key": "idem-key-1"}
+    extra = {"content_hash": H1, "key": "idem-key-1", "author": "alice {x}"}
     params = list(inspect.signature(fn).parameters)[1:]
     out = fn(room, *(extra[p] for p in params))
     return out if isinstance(out, list) else [out]
@@ -193,7 +193,10 @@ def test_room_keys_differ_between_rooms_and_kinds() -> None:
                 seen[key] = name
     assert keys.blob("a", H1).startswith(keys.blob_prefix("a"))
     assert keys.room_keys("a") == [keys.events("a"), keys.meta("a"), keys.order("a"),
-                                   keys.frames("a"), keys.slots("a")]
+                                   keys.frames("a"), keys.slots("a"), keys.locks("a"),
+                                   keys.lock_frames("a"), keys.lock_expiry("a")]
+    assert keys.undo_stack("a", "bob") != keys.undo_stack("a", "alice")
+    assert keys.undo_stack("a", "bob") != keys.redo_stack("a", "bob")
 
 
 def test_cross_room_keys_have_no_hash_tag() -> None:

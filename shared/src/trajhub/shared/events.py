@@ -8,15 +8,22 @@ it and, if accepted, appends one event to ``{room}:events`` with stream id
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trajhub.shared.hashing import is_hash
-from trajhub.shared.names import check_room_name
+from trajhub.shared.names import check_key_name, check_room_name
 
-EventKind = Literal["frames_inserted", "frames_replaced", "frames_deleted"]
+EventKind = Literal["frames_inserted", "frames_replaced", "frames_patched",
+                    "frames_deleted", "undo", "redo"]
+Effect = Literal["insert", "replace", "delete"]
+"""What an event does to the index: every kind is one of these three changes."""
+EFFECT_OF_KIND: dict[str, Effect] = {"frames_inserted": "insert", "frames_replaced": "replace",
+                                     "frames_patched": "replace", "frames_deleted": "delete"}
 MAX_FRAMES_PER_COMMAND = 100_000
+MAX_LOCK_TTL_MS = 600_000
+MIN_LOCK_TTL_MS = 100
 
 
 class _Model(BaseModel):
@@ -38,10 +45,16 @@ class FrameEntry(_Model):
 
 
 class SlotWrite(_Model):
-    """A slot that storage must materialize from the staged blob ``hash``."""
+    """A slot that storage must materialize from the staged blob ``hash``.
+
+    A patch slot (``base`` set) stores only ``keys`` of the (whole, merged) staged
+    frame; its other keys are read from slot ``base``.
+    """
 
     slot: int
     hash: str
+    base: int | None = None
+    keys: list[str] | None = None
 
 
 class Event(_Model):
@@ -59,9 +72,22 @@ class Event(_Model):
     base_versions: list[int] = Field(default_factory=list)
     new_slots: list[SlotWrite] = Field(default_factory=list)
     n_frames: int
+    prev: list[FrameEntry] = Field(default_factory=list, description=(
+        "replaced/patched (and undo/redo with effect replace): the entries before"))
+    keys: list[str] = Field(default_factory=list, description="patched: the keys that changed")
+    effect: Effect | None = Field(default=None, description="undo/redo: the index change")
+    reverts: int | None = Field(default=None, description="undo/redo: the seq reverted")
+    fence: int | None = Field(default=None, description="the lock fence the commit presented")
 
-    _lists = field_validator("indices", "frames", "base_versions", "new_slots",
-                             mode="before")(_empty_table_as_list)
+    _lists = field_validator("indices", "frames", "base_versions", "new_slots", "prev",
+                             "keys", mode="before")(_empty_table_as_list)
+
+    @property
+    def change(self) -> Effect:
+        """The index change: insert, replace or delete."""
+        if self.effect is not None:
+            return self.effect
+        return EFFECT_OF_KIND[self.kind]
 
     @classmethod
     def from_stream(cls, fields: dict[bytes, bytes] | dict[str, str]) -> Event:
@@ -77,14 +103,25 @@ class Event(_Model):
 
 class _Command(_Model):
     room: str
-    author: str = Field(default="anonymous", max_length=200)
+    author: str = Field(default="anonymous", min_length=1, max_length=200)
     idempotency_key: str | None = Field(default=None, min_length=8, max_length=128,
                                         pattern=r"^[A-Za-z0-9_\-.:]+$")
+    lock_token: str | None = Field(default=None, min_length=8, max_length=64,
+                                   pattern=r"^[A-Za-z0-9_\-]+$", description=(
+                                       "a lock the committer holds; needs its fence"))
+    fence: int | None = Field(default=None, ge=1)
 
     @field_validator("room")
     @classmethod
     def _room(cls, value: str) -> str:
         return check_room_name(value)
+
+    @model_validator(mode="after")
+    def _fence_with_token(self) -> Self:
+        if (self.lock_token is None) != (self.fence is None):
+            raise ValueError("lock_token and fence go together: a commit that presents a "
+                             "lock must present its current fence")
+        return self
 
 
 def _check_hashes(value: list[str]) -> list[str]:
@@ -102,24 +139,98 @@ class InsertFrames(_Command):
     _h = field_validator("hashes")(_check_hashes)
 
 
-class ReplaceFrames(_Command):
+Targets = list[Annotated[int, Field(ge=0)]]
+
+
+class _Targeted(_Command):
+    """Frames addressed by position (``indices``) or by stable ``frame_ids``.
+
+    Frame ids are what an edit should carry: an insert before a frame never moves them,
+    so the edit lands on the frame its author saw (a deleted one is a conflict).
+    """
+
+    indices: Targets | None = Field(default=None, min_length=1,
+                                    max_length=MAX_FRAMES_PER_COMMAND)
+    frame_ids: Targets | None = Field(default=None, min_length=1,
+                                      max_length=MAX_FRAMES_PER_COMMAND)
+    base_versions: list[Annotated[int, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _one_addressing(self) -> Self:
+        if (self.indices is None) == (self.frame_ids is None):
+            raise ValueError("give exactly one of indices or frame_ids")
+        n = len(self.targets)
+        if len(set(self.targets)) != n:
+            what = "indices" if self.frame_ids is None else "frame_ids"
+            raise ValueError(f"{what} must not repeat a frame")
+        if self.base_versions is not None and len(self.base_versions) != n:
+            raise ValueError(f"{len(self.base_versions)} base versions for {n} frames")
+        return self
+
+    @property
+    def targets(self) -> list[int]:
+        return self.frame_ids if self.frame_ids is not None else self.indices or []
+
+    @property
+    def by_frame_id(self) -> bool:
+        return self.frame_ids is not None
+
+
+class ReplaceFrames(_Targeted):
     op: Literal["replace"] = "replace"
-    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1,
-                                                       max_length=MAX_FRAMES_PER_COMMAND)
     hashes: list[str]
-    base_versions: list[int] | None = None
 
     _h = field_validator("hashes")(_check_hashes)
 
+    @model_validator(mode="after")
+    def _hash_per_frame(self) -> Self:
+        if len(self.hashes) != len(self.targets):
+            raise ValueError(f"{len(self.hashes)} hashes for {len(self.targets)} frames")
+        return self
 
-class DeleteFrames(_Command):
+
+class PatchFrames(_Targeted):
+    """Change only ``keys`` of frames. ``hashes`` are of the whole merged frames (staged
+    whole); storage keeps only ``keys`` in the new slot, the rest stays in the old one.
+    Base versions are required: a patch is computed from the frame its author saw."""
+
+    op: Literal["patch"] = "patch"
+    hashes: list[str]
+    keys: list[str] = Field(min_length=1, max_length=1000)
+
+    _h = field_validator("hashes")(_check_hashes)
+
+    @model_validator(mode="after")
+    def _patch_rules(self) -> Self:
+        if len(self.hashes) != len(self.targets):
+            raise ValueError(f"{len(self.hashes)} hashes for {len(self.targets)} frames")
+        if self.base_versions is None:
+            raise ValueError("a patch needs the base version of every frame it touches")
+        for key in self.keys:
+            check_key_name(key)
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("keys must not repeat")
+        return self
+
+
+class DeleteFrames(_Targeted):
     op: Literal["delete"] = "delete"
-    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1,
-                                                       max_length=MAX_FRAMES_PER_COMMAND)
-    base_versions: list[int] | None = None
 
 
-Command = Annotated[InsertFrames | ReplaceFrames | DeleteFrames, Field(discriminator="op")]
+class Undo(_Command):
+    """Revert the author's latest edit not yet undone (a compensating event)."""
+
+    op: Literal["undo"] = "undo"
+
+
+class Redo(_Command):
+    """Revert the author's latest undo not yet redone."""
+
+    op: Literal["redo"] = "redo"
+
+
+Command = Annotated[InsertFrames | ReplaceFrames | PatchFrames | DeleteFrames | Undo | Redo,
+                    Field(discriminator="op")]
 
 
 class Conflict(_Model):
@@ -130,8 +241,27 @@ class Conflict(_Model):
     hash: str
 
 
-CommitStatus = Literal["ok", "conflict", "invalid", "not_found"]
-STATUS_HTTP = {"ok": 200, "conflict": 409, "invalid": 422, "not_found": 404}
+class Holder(_Model):
+    """Who holds a lock or the presenter token (never the secret token itself)."""
+
+    author: str
+    fence: int | None = None
+    expires_at: int = Field(description="ms since the epoch (Redis clock)")
+    message: str | None = None
+    target: dict[str, Any] | None = None
+
+
+class LaterEdit(_Model):
+    """The edit that changed a frame after the one an undo/redo wanted to revert."""
+
+    seq: int
+    kind: str
+    author: str
+    frame_id: int
+
+
+CommitStatus = Literal["ok", "conflict", "invalid", "not_found", "locked"]
+STATUS_HTTP = {"ok": 200, "conflict": 409, "invalid": 422, "not_found": 404, "locked": 423}
 
 
 class CommitResult(_Model):
@@ -139,6 +269,9 @@ class CommitResult(_Model):
     reason: str | None = None
     event: Event | None = None
     conflicts: list[Conflict] = Field(default_factory=list)
+    holder: Holder | None = Field(default=None, description="locked: who holds the lock")
+    later: LaterEdit | None = Field(default=None, description=(
+        "undo/redo conflict: the later edit that changed the frames"))
     replayed: bool = Field(default=False, description="answered from the idempotency record")
 
     _c = field_validator("conflicts", mode="before")(_empty_table_as_list)

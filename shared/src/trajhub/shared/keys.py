@@ -8,6 +8,8 @@ Cross-room keys start with ``trajhub:`` and are only touched outside scripts.
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "trajhub"
 
 # -- cross-room (never touched by a script) ---------------------------------------------
@@ -16,6 +18,9 @@ ROOMS = f"{PREFIX}:rooms"
 NOTIFY = f"{PREFIX}:notify"
 """STREAM of ``{room: name}`` entries: a room has new events (non-atomic hint)."""
 NOTIFY_MAXLEN = 10_000
+BUS = f"{PREFIX}:bus"
+"""PUB/SUB channel: small room messages (lock_changed, room_frame, presenter_changed)
+every gateway relays to its own sockets. At most once, like every broadcast."""
 
 # -- consumer groups on room event streams ------------------------------------------------
 STORAGE_GROUP = "storage"
@@ -82,6 +87,52 @@ def storage_lease(room: str) -> str:
     return f"{_tag(room)}:lease:storage"
 
 
+def locks(room: str) -> str:
+    """HASH lock token -> the lock's JSON record (author, fence, target, expires_at...)."""
+    return f"{_tag(room)}:locks"
+
+
+def lock_frames(room: str) -> str:
+    """HASH frame id (or ``room`` for a whole-room lock) -> token of the lock on it."""
+    return f"{_tag(room)}:lockfids"
+
+
+def fence(room: str) -> str:
+    """STRING counter: the last fencing number handed out with a lock (INCR)."""
+    return f"{_tag(room)}:fence"
+
+
+def lock_expiry(room: str) -> str:
+    """ZSET lock token -> expiry (ms since the epoch); expired locks are purged lazily."""
+    return f"{_tag(room)}:lockexp"
+
+
+def presenter(room: str) -> str:
+    """HASH: the presenter token's ``token``, ``author``, ``session``, ``expires_at``."""
+    return f"{_tag(room)}:presenter"
+
+
+def step(room: str) -> str:
+    """HASH: the room's current step: ``frame``, ``by``, ``step_seq``, ``time``."""
+    return f"{_tag(room)}:step"
+
+
+def _author_tag(author: str) -> str:
+    # Authors are free text: hash them so that key names stay short and brace-free.
+    return hashlib.sha256(author.encode()).hexdigest()[:24]
+
+
+def undo_stack(room: str, author: str) -> str:
+    """LIST of the author's undoable seqs, newest first."""
+    return f"{_tag(room)}:undo:{_author_tag(author)}"
+
+
+def redo_stack(room: str, author: str) -> str:
+    """LIST of the author's redoable (undo) seqs, newest first."""
+    return f"{_tag(room)}:redo:{_author_tag(author)}"
+
+
 def room_keys(room: str) -> list[str]:
     """The fixed keys a commit script touches, in the order the scripts expect."""
-    return [events(room), meta(room), order(room), frames(room), slots(room)]
+    return [events(room), meta(room), order(room), frames(room), slots(room),
+            locks(room), lock_frames(room), lock_expiry(room)]

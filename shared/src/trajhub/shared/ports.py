@@ -5,6 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from trajhub.shared.collab import (
+    LockAcquire,
+    LockList,
+    LockRelease,
+    LockRenew,
+    LockResult,
+    PresenterRelease,
+    PresenterRequest,
+    PresenterResult,
+    SetStep,
+    StepState,
+)
 from trajhub.shared.events import Command, CommitResult
 from trajhub.shared.frames import Frame
 
@@ -52,4 +64,32 @@ class ControlPort(Protocol):
     """How a gateway reaches control: in-process, or over HTTP to control replicas."""
 
     async def commit(self, command: Command) -> CommitResult:
+        ...
+
+    async def acquire_lock(self, request: LockAcquire) -> LockResult:
+        ...
+
+    async def renew_lock(self, request: LockRenew) -> LockResult:
+        ...
+
+    async def release_lock(self, request: LockRelease) -> LockResult:
+        ...
+
+    async def list_locks(self, room: str) -> LockList:
+        ...
+
+    async def request_presenter(self, request: PresenterRequest) -> PresenterResult:
+        """Take the presenter token, or renew it when ``request.token`` is held."""
+        ...
+
+    async def renew_presenter(self, request: PresenterRequest) -> PresenterResult:
+        ...
+
+    async def release_presenter(self, request: PresenterRelease) -> PresenterResult:
+        ...
+
+    async def set_step(self, request: SetStep) -> PresenterResult:
+        ...
+
+    async def get_step(self, room: str) -> StepState:
         ...

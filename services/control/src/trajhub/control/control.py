@@ -1,90 +1,118 @@
-"""Control: commits commands to a room with one atomic Lua script per command."""
+"""Control: commits commands to a room with one atomic Lua script per command, and
+runs the room's locks and presenter token."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from trajhub.control.scripts import CommitOp, commit_script
+from trajhub.control.scripts import CommitOp, commit_script, lock_script, presenter_script
 from trajhub.shared import keys
+from trajhub.shared.collab import (
+    PRESENTER_TTL_MS,
+    LockAcquire,
+    LockList,
+    LockRelease,
+    LockRenew,
+    LockResult,
+    PresenterRelease,
+    PresenterRequest,
+    PresenterResult,
+    SetStep,
+    StepState,
+)
 from trajhub.shared.events import (
     Command,
     CommitResult,
     DeleteFrames,
+    Event,
+    Holder,
     InsertFrames,
+    LaterEdit,
+    PatchFrames,
+    Redo,
     ReplaceFrames,
+    Undo,
 )
 
-_OPS: tuple[CommitOp, ...] = ("insert", "replace", "delete")
+Clock = Callable[[], int]
+"""Milliseconds since the epoch. None (the default) uses the Redis server's clock."""
+
+DEFAULT_UNDO_RETENTION = 10_000
+_OPS: tuple[CommitOp, ...] = ("insert", "replace", "delete", "revert")
+_SCRIPT_OF: dict[str, CommitOp] = {"insert": "insert", "replace": "replace", "patch": "replace",
+                                   "delete": "delete", "undo": "revert", "redo": "revert"}
+_LATER_SCAN_PAGE = 200
 
 
-def _invalid(reason: str) -> CommitResult:
-    return CommitResult(status="invalid", reason=reason)
+def _token() -> str:
+    return secrets.token_urlsafe(24)
 
 
-def _precheck(command: Command) -> CommitResult | None:
-    """Shape errors the command model does not catch (list lengths)."""
-    if isinstance(command, ReplaceFrames) and len(command.hashes) != len(command.indices):
-        return _invalid(f"{len(command.hashes)} hashes for {len(command.indices)} indices")
-    if (isinstance(command, ReplaceFrames | DeleteFrames)
-            and command.base_versions is not None
-            and len(command.base_versions) != len(command.indices)):
-        return _invalid(f"{len(command.base_versions)} base versions for "
-                        f"{len(command.indices)} indices")
-    return None
-
-
-def _keys_and_args(command: Command) -> tuple[list[str], list[str | int]]:
-    room = command.room
-    idem = command.idempotency_key
-    hashes = [] if isinstance(command, DeleteFrames) else command.hashes
-    script_keys = [*keys.room_keys(room), keys.idempotency(room, idem or ""),
-                   *(keys.blob(room, h) for h in dict.fromkeys(hashes))]
-    args: list[str | int] = [
-        "1" if idem else "",
-        idem or uuid.uuid4().hex,
-        repr(time.time()),
-        command.author,
-        room,
-    ]
+def _op_args(command: Command) -> tuple[list[str], list[str | int]]:
+    """The command's blob hashes and its own script arguments."""
     if isinstance(command, InsertFrames):
-        args.append("" if command.at is None else command.at)
-        args.extend(command.hashes)
-        return script_keys, args
+        return command.hashes, ["" if command.at is None else command.at, *command.hashes]
+    if isinstance(command, Undo | Redo):
+        return [], [command.op]
     base = command.base_versions
-    args += [len(command.indices), "1" if base is not None else "0", *command.indices]
-    if isinstance(command, ReplaceFrames):
-        args.extend(command.hashes)
-    args.extend(base or [])
-    return script_keys, args
+    head: list[str | int] = [len(command.targets), "1" if base is not None else "0",
+                             "f" if command.by_frame_id else "i", *command.targets]
+    if isinstance(command, DeleteFrames):
+        return [], [*head, *(base or [])]
+    assert isinstance(command, ReplaceFrames | PatchFrames)
+    tail: list[str | int] = list(command.keys) if isinstance(command, PatchFrames) else []
+    return command.hashes, [command.op, *head, *command.hashes, *(base or []), *tail]
 
 
 class Control:
-    """The in-process ControlPort: runs the commit scripts against a room's keys."""
+    """The in-process ControlPort: runs the scripts against a room's keys."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, clock: Clock | None = None,
+                 undo_retention: int = DEFAULT_UNDO_RETENTION) -> None:
         self.redis = redis
+        self.clock = clock
+        self.undo_retention = undo_retention
         self._scripts = {op: redis.register_script(commit_script(op)) for op in _OPS}
+        self._locks = redis.register_script(lock_script())
+        self._presenter = redis.register_script(presenter_script())
 
+    def _now(self) -> str:
+        return "" if self.clock is None else str(int(self.clock()))
+
+    # -- commits ---------------------------------------------------------------------
     async def commit(self, command: Command) -> CommitResult:
         if command.idempotency_key is None:
             # Every commit is idempotent in the script, so the Redis client may safely
             # resend it after a dropped connection (trajhub.shared.redis_util).
             command = command.model_copy(update={"idempotency_key": f"auto-{uuid.uuid4().hex}"})
-        refused = _precheck(command)
-        if refused is not None:
-            return refused
-        script_keys, args = _keys_and_args(command)
-        replayed, payload = await self._scripts[command.op](keys=script_keys, args=args)
+        room, idem = command.room, command.idempotency_key
+        hashes, op_args = _op_args(command)
+        script_keys = [*keys.room_keys(room), keys.undo_stack(room, command.author),
+                       keys.redo_stack(room, command.author), keys.idempotency(room, idem or ""),
+                       *(keys.blob(room, h) for h in dict.fromkeys(hashes))]
+        args: list[str | int] = [
+            "1" if idem else "", idem or uuid.uuid4().hex, repr(time.time()), command.author,
+            room, self._now(), command.lock_token or "", command.fence or 0,
+            self.undo_retention, *op_args]
+        replayed, payload = await self._scripts[_SCRIPT_OF[command.op]](keys=script_keys,
+                                                                        args=args)
         result = CommitResult.model_validate_json(payload)
         if replayed:
             result = result.model_copy(update={"replayed": True})
         if result.status == "ok":
             # Also on a replay: the first call may have died before announcing.
-            await self._announce(command.room)
+            await self._announce(room)
+        elif result.status == "conflict" and isinstance(command, Undo | Redo):
+            stack = (keys.undo_stack if isinstance(command, Undo) else keys.redo_stack)(
+                room, command.author)
+            result = await self._name_later_edit(room, stack, result)
         return result
 
     async def _announce(self, room: str) -> None:
@@ -93,6 +121,21 @@ class Control:
             pipe.xadd(keys.NOTIFY, {"room": room}, maxlen=keys.NOTIFY_MAXLEN,
                       approximate=True)
             await pipe.execute()
+
+    async def _name_later_edit(self, room: str, stack: str,
+                               result: CommitResult) -> CommitResult:
+        """Find the edit that changed the first conflicting frame (informational, so
+        read after the refusal, outside the script)."""
+        top = await self.redis.lindex(stack, 0)
+        if not result.conflicts or top is None:
+            return result
+        since = int(top)
+        later = await find_later_edit(self.redis, room, since, result.conflicts[0].frame_id)
+        if later is None:
+            return result
+        reason = (f"{result.reason}: frame {later.frame_id} was changed by {later.author} "
+                  f"at seq {later.seq} ({later.kind})")
+        return result.model_copy(update={"later": later, "reason": reason})
 
     async def room_info(self, room: str) -> dict[str, Any] | None:
         """``{room, n_frames, seq, next_fid, next_slot, created}``, or None if the
@@ -106,3 +149,85 @@ class Control:
         return {"room": room, "n_frames": int(n_frames), "seq": int(seq),
                 "next_fid": int(next_fid or 0), "next_slot": int(next_slot or 0),
                 "created": float(created) if created is not None else None}
+
+    # -- locks -----------------------------------------------------------------------
+    def _lock_keys(self, room: str) -> list[str]:
+        return [keys.order(room), keys.frames(room), keys.locks(room),
+                keys.lock_frames(room), keys.lock_expiry(room), keys.fence(room)]
+
+    async def acquire_lock(self, request: LockAcquire) -> LockResult:
+        target = request.target
+        if target.room:
+            kind, targets = "room", []
+        elif target.frame_ids is not None:
+            kind, targets = "f", list(target.frame_ids)
+        else:
+            kind, targets = "i", target.indices() or []
+        payload = await self._locks(keys=self._lock_keys(request.room), args=[
+            "acquire", self._now(), _token(), request.author, request.session or "",
+            request.ttl_ms, request.message or "", kind, *targets])
+        return LockResult.model_validate_json(payload)
+
+    async def renew_lock(self, request: LockRenew) -> LockResult:
+        payload = await self._locks(keys=self._lock_keys(request.room), args=[
+            "renew", self._now(), request.token, request.ttl_ms])
+        return LockResult.model_validate_json(payload)
+
+    async def release_lock(self, request: LockRelease) -> LockResult:
+        payload = await self._locks(keys=self._lock_keys(request.room), args=[
+            "release", self._now(), request.token])
+        return LockResult.model_validate_json(payload)
+
+    async def list_locks(self, room: str) -> LockList:
+        payload = await self._locks(keys=self._lock_keys(room), args=["list", self._now()])
+        holders = json.loads(payload)
+        return LockList(room=room, locks=[Holder.model_validate(h) for h in holders or []])
+
+    # -- presenter -------------------------------------------------------------------
+    def _presenter_keys(self, room: str) -> list[str]:
+        return [keys.presenter(room), keys.step(room), keys.order(room)]
+
+    async def request_presenter(self, request: PresenterRequest) -> PresenterResult:
+        payload = await self._presenter(keys=self._presenter_keys(request.room), args=[
+            "request", self._now(), request.token or "", _token(), request.author,
+            request.session or "", request.ttl_ms])
+        return PresenterResult.model_validate_json(payload)
+
+    async def renew_presenter(self, request: PresenterRequest) -> PresenterResult:
+        if request.token is None:
+            return PresenterResult(status="invalid", reason="renew needs the token")
+        payload = await self._presenter(keys=self._presenter_keys(request.room), args=[
+            "renew", self._now(), request.token, request.ttl_ms])
+        return PresenterResult.model_validate_json(payload)
+
+    async def release_presenter(self, request: PresenterRelease) -> PresenterResult:
+        payload = await self._presenter(keys=self._presenter_keys(request.room), args=[
+            "release", self._now(), request.token])
+        return PresenterResult.model_validate_json(payload)
+
+    async def set_step(self, request: SetStep) -> PresenterResult:
+        payload = await self._presenter(keys=self._presenter_keys(request.room), args=[
+            "set", self._now(), request.token or "", request.frame, request.author,
+            PRESENTER_TTL_MS])
+        return PresenterResult.model_validate_json(payload)
+
+    async def get_step(self, room: str) -> StepState:
+        payload = await self._presenter(keys=self._presenter_keys(room),
+                                        args=["get", self._now()])
+        return StepState.model_validate({"room": room, **json.loads(payload)})
+
+
+async def find_later_edit(redis: aioredis.Redis, room: str, since: int,
+                          frame_id: int) -> LaterEdit | None:
+    """The first event after seq ``since`` whose frames include ``frame_id``."""
+    start = f"{since + 1}-0"
+    while True:
+        page = await redis.xrange(keys.events(room), min=start, count=_LATER_SCAN_PAGE)
+        if not page:
+            return None
+        for _, fields in page:
+            event = Event.from_stream(fields)  # type: ignore[arg-type]
+            if any(f.frame_id == frame_id for f in event.frames):
+                return LaterEdit(seq=event.seq, kind=event.kind, author=event.author,
+                                 frame_id=frame_id)
+        start = f"{event.seq + 1}-0"

@@ -11,7 +11,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Literal
 
-CommitOp = Literal["insert", "replace", "delete"]
+CommitOp = Literal["insert", "replace", "delete", "revert"]
 
 
 def _read(name: str) -> str:
@@ -26,3 +26,13 @@ def commit_script(op: CommitOp) -> str:
 @cache
 def read_index_script() -> str:
     return "\n".join([_read("lib"), _read("read_index")])
+
+
+@cache
+def lock_script() -> str:
+    return "\n".join([_read("lib"), _read("lock")])
+
+
+@cache
+def presenter_script() -> str:
+    return "\n".join([_read("lib"), _read("presenter")])

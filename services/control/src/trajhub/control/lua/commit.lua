@@ -1,17 +1,24 @@
--- Shared part of the commit scripts (insert, replace, delete).
+-- Shared part of the commit scripts (insert, replace, delete, revert).
 --
--- KEYS: events, meta, order, frames, slots (keys.room_keys), idempotency key,
---       then the blob keys of the command's distinct hashes, in first-appearance order.
+-- KEYS: events, meta, order, frames, slots, locks, lock frames, lock expiry
+--       (keys.room_keys), the author's undo and redo stacks, idempotency key, then the
+--       blob keys of the command's distinct hashes, in first-appearance order.
 -- ARGV: 1 "1" if the idempotency key is in use, 2 edit id, 3 time (a JSON number),
---       4 author, 5 room, then the command's own arguments.
+--       4 author, 5 room, 6 now in ms ("" = Redis clock), 7 presented lock token
+--       ("" = none), 8 its fence, 9 undo retention (entries per author, 0 = no limit),
+--       then the command's own arguments from ARGV[A + 1].
 -- Returns {replayed (0/1), CommitResult JSON}. Everything is checked before the
--- first write, so a refused command writes nothing.
+-- first write, so a refused command writes nothing (purging expired locks aside).
 
-local K_EVENTS, K_META, K_ORDER, K_FRAMES, K_SLOTS, K_IDEM =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_EVENTS, K_META, K_ORDER, K_FRAMES, K_SLOTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_LOCKS, K_LOCKFIDS, K_LOCKEXP = KEYS[6], KEYS[7], KEYS[8]
+local K_UNDO, K_REDO, K_IDEM = KEYS[9], KEYS[10], KEYS[11]
 local USE_IDEM = ARGV[1] == '1'
 local EDIT_ID, TIME, AUTHOR, ROOM = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local FIRST_BLOB_KEY = 7
+local NOW_ARG, TOKEN, FENCE = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local RETENTION = tonumber(ARGV[9]) or 0
+local A = 9
+local FIRST_BLOB_KEY = 12
 local IDEM_TTL = 86400
 local GROUPS = {'storage', 'snapshotter'}
 
@@ -22,14 +29,53 @@ local function stored_result()
   return false
 end
 
-local function fail(status, reason, conflicts_json)
+local function fail(status, reason, conflicts_json, holder_json_)
   return {0, '{"status":"' .. status .. '","reason":' .. cjson.encode(reason)
-    .. ',"event":null,"conflicts":' .. (conflicts_json or '[]') .. '}'}
+    .. ',"event":null,"conflicts":' .. (conflicts_json or '[]') .. ',"holder":'
+    .. (holder_json_ or 'null') .. '}'}
 end
 
-local function read_meta()
-  local m = redis.call('HMGET', K_META, 'seq', 'next_fid', 'next_slot')
-  return tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[3]) or 0
+local function describe_holder(rec)
+  local r = cjson.decode(rec)
+  local what = r.room and 'the room' or (#r.frame_ids .. ' frame(s)')
+  local msg = ''
+  if r.message and r.message ~= cjson.null then
+    msg = ' (' .. r.message .. ')'
+  end
+  return what .. ' locked by ' .. r.author .. msg
+end
+
+-- nil when no other live lock covers `fids` (frame ids; the room lock always counts)
+-- and the presented lock, if any, is live with its current fence; else the refusal.
+local function lock_refusal(fids)
+  if TOKEN == '' and redis.call('EXISTS', K_LOCKFIDS) == 0 then
+    return nil
+  end
+  local now = now_ms(NOW_ARG)
+  local fields = {'room'}
+  for i = 1, #fids do
+    fields[i + 1] = fids[i]
+  end
+  local t, rec, exp = other_holder(K_LOCKS, K_LOCKFIDS, K_LOCKEXP, fields, TOKEN, now)
+  local holder = t and holder_json(rec, exp) or nil
+  if TOKEN ~= '' then
+    local mine = redis.call('HGET', K_LOCKS, TOKEN)
+    local mexp = redis.call('ZSCORE', K_LOCKEXP, TOKEN)
+    if not mine or not mexp or tonumber(mexp) <= now then
+      local reason = 'the presented lock (fence ' .. int(FENCE) .. ') has expired or was released'
+      if t then reason = reason .. '; ' .. describe_holder(rec) end
+      return fail('locked', reason, nil, holder)
+    end
+    local fence = cjson.decode(mine).fence
+    if fence ~= FENCE then
+      return fail('locked', 'stale fence ' .. int(FENCE) .. ': the lock\'s fence is ' .. int(fence),
+        nil, holder)
+    end
+  end
+  if t then
+    return fail('locked', describe_holder(rec) .. ' until ' .. int(exp) .. ' ms', nil, holder)
+  end
+  return nil
 end
 
 -- Index arguments ARGV[first .. first+count-1] as numbers.
@@ -90,6 +136,42 @@ local function find_conflicts(indices, fids, entries, base)
   return m, '[' .. table.concat(parts, ',') .. ']'
 end
 
+-- Resolve the targets ARGV[first ..] ("i": indices, "f": frame ids) of count c.
+-- Returns indices, fids (strings); or nil, refusal when one is out of range/deleted.
+local function resolve_targets(by, first, c, n, base)
+  local targets = argv_numbers(first, c)
+  if by == 'i' then
+    local status, reason = check_indices(targets, n)
+    if status then
+      return nil, fail(status, reason)
+    end
+    return targets, resolve(K_ORDER, targets, n)
+  end
+  local fids = {}
+  for i = 1, c do
+    fids[i] = int(targets[i])
+  end
+  local pos = locate(K_ORDER, fids)
+  local parts, m = {}, 0
+  for i = 1, c do
+    if not pos[i] then
+      m = m + 1
+      parts[m] = string.format('{"index":-1,"frame_id":%s,"expected":%d,"actual":0,"hash":""}',
+        fids[i], base[i] or 0)
+    end
+  end
+  if m > 0 then
+    return nil, fail('conflict', string.format('%d of %d frames were deleted', m, c),
+      '[' .. table.concat(parts, ',') .. ']')
+  end
+  return pos, fids
+end
+
+local function read_meta()
+  local m = redis.call('HMGET', K_META, 'seq', 'next_fid', 'next_slot')
+  return tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[3]) or 0
+end
+
 -- Slot of every hash: the room's existing slot, else a new one (first appearance
 -- order, from next_slot) whose blob must be staged. Returns slot_of, the fresh
 -- hashes and their blob keys; or nil, reason when a blob is missing.
@@ -135,8 +217,9 @@ local function assign_slots(hashes, next_slot)
 end
 
 -- Record the new slots, keep their blobs until storage applies them, and return
--- the event's new_slots JSON.
-local function write_new_slots(fresh, blobs, slot_of)
+-- the event's new_slots JSON. `layer` (patches): the JSON tail of each fresh hash's
+-- slot write, naming its base slot and kept keys.
+local function write_new_slots(fresh, blobs, slot_of, layer)
   if #fresh == 0 then
     return '[]'
   end
@@ -146,7 +229,7 @@ local function write_new_slots(fresh, blobs, slot_of)
     local s = int(slot_of[h])
     pairs_[2 * i - 1] = h
     pairs_[2 * i] = s
-    parts[i] = '{"slot":' .. s .. ',"hash":"' .. h .. '"}'
+    parts[i] = '{"slot":' .. s .. ',"hash":"' .. h .. '"' .. (layer and layer[h] or '') .. '}'
     redis.call('PERSIST', blobs[i])
   end
   chunked('HSET', K_SLOTS, pairs_)
@@ -158,12 +241,32 @@ local function entry_json(fid, version, h, slot)
     .. '","slot":' .. int(slot) .. '}'
 end
 
-local function int_list_json(items)
+local function entries_json(fids, entries)
   local parts = {}
-  for i = 1, #items do
-    parts[i] = int(items[i])
+  for i = 1, #fids do
+    local e = entries[i]
+    parts[i] = entry_json(fids[i], e[1], e[2], e[3])
   end
   return '[' .. table.concat(parts, ',') .. ']'
+end
+
+-- The author's undo/redo stacks: an edit goes on the undo stack and clears the redo
+-- stack; an undo moves to the redo stack, a redo back to the undo stack.
+local function push_history(kind, s)
+  if kind == 'undo' then
+    redis.call('LPOP', K_UNDO)
+    redis.call('LPUSH', K_REDO, s)
+    return
+  end
+  if kind == 'redo' then
+    redis.call('LPOP', K_REDO)
+  else
+    redis.call('DEL', K_REDO)
+  end
+  redis.call('LPUSH', K_UNDO, s)
+  if RETENTION > 0 then
+    redis.call('LTRIM', K_UNDO, 0, RETENTION - 1)
+  end
 end
 
 -- Append the event (stream id <seq>-0), bump meta, store the idempotency record.
@@ -182,8 +285,10 @@ local function commit(seq, kind, body, meta)
   redis.call('HSETNX', K_META, 'created', TIME)
   local event = '{"room":' .. cjson.encode(ROOM) .. ',"seq":' .. s .. ',"kind":"' .. kind
     .. '","author":' .. cjson.encode(AUTHOR) .. ',"edit_id":' .. cjson.encode(EDIT_ID)
-    .. ',"time":' .. TIME .. ',' .. body .. '}'
+    .. ',"time":' .. TIME .. (TOKEN ~= '' and (',"fence":' .. int(FENCE)) or '') .. ','
+    .. body .. '}'
   redis.call('XADD', K_EVENTS, s .. '-0', 'seq', s, 'kind', kind, 'data', event)
+  push_history(kind, s)
   local result = '{"status":"ok","reason":null,"event":' .. event .. ',"conflicts":[]}'
   -- Only accepted commands are remembered: a refused one wrote nothing, so a retry
   -- with the same key (say after uploading the missing frame) must be checked afresh.

@@ -1,4 +1,4 @@
--- Insert frames. ARGV[6]: position ("" appends), ARGV[7..]: content hashes.
+-- Insert frames. ARGV[A+1]: position ("" appends), ARGV[A+2..]: content hashes.
 
 local stored = stored_result()
 if stored then
@@ -6,15 +6,19 @@ if stored then
 end
 
 local hashes = {}
-for i = 7, #ARGV do
-  hashes[i - 6] = ARGV[i]
+for i = A + 2, #ARGV do
+  hashes[i - A - 1] = ARGV[i]
 end
 local k = #hashes
 local seq, next_fid, next_slot = read_meta()
 local n = redis.call('LLEN', K_ORDER)
+local refusal = lock_refusal({})
+if refusal then
+  return refusal
+end
 local at = n
-if ARGV[6] ~= '' then
-  at = tonumber(ARGV[6])
+if ARGV[A + 1] ~= '' then
+  at = tonumber(ARGV[A + 1])
   if at > n then
     return fail('not_found', string.format('insert position %d out of range for %d frames', at, n))
   end

@@ -1,30 +1,44 @@
--- Replace frames. ARGV[6]: count c, ARGV[7]: "1" if base versions follow,
--- then c indices, c hashes, and c base versions (if any).
+-- Replace or patch frames. ARGV[A+1]: "replace" or "patch", A+2: count c,
+-- A+3: "1" if base versions follow, A+4: "i" (indices) or "f" (frame ids), then c
+-- targets, c hashes, c base versions (if any) and, for a patch, the changed keys.
 
 local stored = stored_result()
 if stored then
   return {1, stored}
 end
 
-local c = tonumber(ARGV[6])
-local has_base = ARGV[7] == '1'
-local indices = argv_numbers(8, c)
+local patch = ARGV[A + 1] == 'patch'
+local c = tonumber(ARGV[A + 2])
+local has_base = ARGV[A + 3] == '1'
+local by = ARGV[A + 4]
+local first = A + 5
 local hashes = {}
 for i = 1, c do
-  hashes[i] = ARGV[7 + c + i]
+  hashes[i] = ARGV[first + c + i - 1]
 end
 local base = {}
 if has_base then
-  base = argv_numbers(8 + 2 * c, c)
+  base = argv_numbers(first + 2 * c, c)
+end
+local keys_json = '[]'
+if patch then
+  local ks = {}
+  for i = first + (has_base and 3 or 2) * c, #ARGV do
+    ks[#ks + 1] = ARGV[i]
+  end
+  keys_json = cjson.encode(ks)
 end
 
 local seq, next_fid, next_slot = read_meta()
 local n = redis.call('LLEN', K_ORDER)
-local status, reason = check_indices(indices, n)
-if status then
-  return fail(status, reason)
+local indices, fids = resolve_targets(by, first, c, n, base)
+if not indices then
+  return fids
 end
-local fids = resolve(K_ORDER, indices, n)
+local refusal = lock_refusal(fids)
+if refusal then
+  return refusal
+end
 local current = current_entries(fids)
 local n_conflicts, conflicts = find_conflicts(indices, fids, current, base)
 if n_conflicts > 0 then
@@ -37,6 +51,19 @@ if not slot_of then
   return fail('invalid', fresh)
 end
 
+-- A patch's new slot keeps only the changed keys and reads the rest from the slot
+-- the frame had.
+local layer = nil
+if patch then
+  layer = {}
+  for i = 1, c do
+    local h = hashes[i]
+    if not layer[h] then
+      layer[h] = ',"base":' .. int(current[i][3]) .. ',"keys":' .. keys_json
+    end
+  end
+end
+
 local pairs_, entries = {}, {}
 for i = 1, c do
   local h = hashes[i]
@@ -47,9 +74,11 @@ for i = 1, c do
   entries[i] = entry_json(fids[i], version, h, slot)
 end
 chunked('HSET', K_FRAMES, pairs_)
-local new_slots = write_new_slots(fresh, blobs, slot_of)
+local new_slots = write_new_slots(fresh, blobs, slot_of, layer)
 
 local body = '"indices":' .. int_list_json(indices) .. ',"frames":[' .. table.concat(entries, ',')
   .. '],"base_versions":' .. int_list_json(base) .. ',"new_slots":' .. new_slots
+  .. ',"prev":' .. entries_json(fids, current) .. ',"keys":' .. keys_json
   .. ',"n_frames":' .. int(n)
-return commit(seq + 1, 'frames_replaced', body, {'next_slot', int(next_slot + #fresh)})
+return commit(seq + 1, patch and 'frames_patched' or 'frames_replaced', body,
+  {'next_slot', int(next_slot + #fresh)})
