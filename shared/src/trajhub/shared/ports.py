@@ -30,17 +30,24 @@ class FrameStore(Protocol):
     """
 
     def write_slots(self, room: str, start: int, frames: Sequence[Frame],
-                    hashes: Sequence[str]) -> None:
+                    hashes: Sequence[str],
+                    layers: Sequence[tuple[int, Sequence[str]] | None] | None = None
+                    ) -> None:
         """Write ``frames`` to slots ``start .. start+len-1``, one call per key.
 
         Slots below ``n_slots(room)`` are already written and are skipped (write-once),
         so repeating a write is harmless. ``start`` must not exceed ``n_slots(room)``.
+        ``layers[i]`` (patches): None stores ``frames[i]`` whole; ``(base, keys)`` stores
+        only ``keys`` of it (``frames[i]`` is still the whole merged frame and
+        ``hashes[i]`` its hash), the other keys being read from slot ``base`` (< the
+        slot).
         """
         ...
 
     def read_slots(self, room: str, slots: Sequence[int],
                    keys: Sequence[str] | None = None) -> list[Frame]:
-        """Frames at ``slots`` (any order, repeats allowed), restricted to ``keys``."""
+        """Whole frames at ``slots`` (patch slots merged over their base; any order,
+        repeats allowed), restricted to ``keys``."""
         ...
 
     def n_slots(self, room: str) -> int:

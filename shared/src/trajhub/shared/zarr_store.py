@@ -10,14 +10,24 @@ Layout of ``<root>/<room>/`` (see docs/architecture.md, "Zarr layout"):
   ``.shape`` companion, so round trips stay exact.
 - ``K`` for unicode values: variable-length bytes, one ``packb(encode_array(v))`` per
   slot, ``b""`` where the slot has no ``K``.
-- ``_hash``: uint8 ``(slots, 32)``, the raw sha256 content hash of each slot.
+- ``_hash``: uint8 ``(slots, 32)``, the raw sha256 content hash of each slot (of the
+  whole, merged frame for a patch slot).
+- ``_base``: int64 ``(slots,)``, present once a patch was written (group attribute
+  ``layered``): -1 for a slot holding a whole frame; for a patch slot, the slot holding
+  the rest of its frame. A patch slot holds only the keys the patch set (and those of
+  an earlier patch it was made on), so its frame is ``{**frame(_base[s]), **own(s)}``:
+  the base's keys, overridden by every key slot ``s`` holds. Bases are always whole
+  slots (chains are flattened when written), and rows beyond the array's length are -1.
 - ``_order``, ``_frame_id``, ``_version``: int64 ``(n_frames,)``, the projection.
 - group attributes: ``n_slots`` (slots fully written), ``applied_seq``, ``n_frames``,
-  ``projection_sha256`` (detects a projection torn by a crash) and ``trajhub_arrays``
-  (frame key -> ``[[array, dtype, ndim], ...]``, the arrays that hold it).
+  ``projection_sha256`` (detects a projection torn by a crash), ``trajhub_arrays``
+  (frame key -> ``[[array, dtype, ndim], ...]``, the arrays that hold it) and
+  ``layered`` (whether ``_base`` exists).
 
 Plain zarr reads: ``g = zarr.open_group(path); n = g["positions.shape"][s, 0];
-g["positions"][s, :n]``.
+g["positions"][s, :n]``; where the slot lacks the key (``n == -1``) and
+``"_base" in g and s < g["_base"].shape[0] and g["_base"][s] >= 0``, read the key
+from slot ``g["_base"][s]`` the same way.
 
 A store keeps in memory, per room, every ``.shape`` array and the data arrays of small
 per-frame keys (``SMALL_ROW_BYTES``: cell, pbc, energy), loaded on first read and grown
@@ -42,7 +52,7 @@ import time
 import warnings
 from bisect import bisect_left
 from collections.abc import Coroutine, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +85,8 @@ FORMAT_VERSION = 1
 ARRAYS_ATTR = "trajhub_arrays"
 STRING_DTYPE = "U"
 HASH_ARRAY = "_hash"
+BASE_ARRAY = "_base"
+LAYERED_ATTR = "layered"
 PROJECTION_ARRAYS = ("_order", "_frame_id", "_version")
 
 CODEC = "auto"
@@ -122,6 +134,8 @@ class _Variant:
 
 
 Registry = dict[str, tuple[_Variant, ...]]
+Layer = tuple[int, Sequence[str]]
+"""A patch slot's ``(base slot, keys it stores)``; see ``ZarrFrameStore.write_slots``."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,8 @@ class _RoomInfo:
     n_slots: int
     applied_seq: int
     registry: Registry
+    layered: bool = False
+    """The room has a ``_base`` array (some slot is a patch)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +263,7 @@ def _room_info(attrs: Mapping[str, Any] | None) -> _RoomInfo:
     if attrs is None:
         return _RoomInfo(0, 0, {})
     return _RoomInfo(int(attrs.get("n_slots", 0)), int(attrs.get("applied_seq", 0)),
-                     _parse_registry(attrs))
+                     _parse_registry(attrs), bool(attrs.get(LAYERED_ATTR, False)))
 
 
 def _projection_digest(*arrays: Array) -> str:
@@ -402,10 +418,11 @@ class ZarrFrameStore:
 
     def read_slots(self, room: str, slots: Sequence[int],
                    keys: Sequence[str] | None = None) -> list[Frame]:
-        """Frames at ``slots`` (any order, repeats allowed), restricted to ``keys``.
+        """Frames at ``slots`` (any order, repeats allowed), restricted to ``keys``;
+        a patch slot gives its whole frame (merged over its base slot).
 
-        One block read per contiguous run of slots per array; the arrays returned are
-        read-only views into those blocks.
+        One block read per contiguous run of slots (and of their bases) per array; the
+        arrays returned are read-only views into those blocks.
         """
         check_room(room)
         slot_list = [int(s) for s in slots]
@@ -416,8 +433,32 @@ class ZarrFrameStore:
         info = self._room_for(room, max(slot_list))
         wanted = info.registry if keys is None else {
             k: info.registry[k] for k in keys if k in info.registry}
-        by_slot = _run(self._read(room, info, slot_list, wanted))
+        by_slot = _run(self._read_merged(room, info, slot_list, wanted))
         return [dict(by_slot[s]) for s in slot_list]
+
+    async def _read_merged(self, room: str, info: _RoomInfo, slots: list[int],
+                           wanted: Registry) -> dict[int, Frame]:
+        """``_read``, with each patch slot's frame laid over its base's."""
+        bases = await self._bases(room, info, slots)
+        if not bases:
+            return await self._read(room, info, slots, wanted)
+        own = await self._read(room, info, [*slots, *bases.values()], wanted)
+        for s, b in bases.items():
+            own[s] = {**own[b], **own[s]}  # bases are whole: own[b] is final
+        return own
+
+    async def _bases(self, room: str, info: _RoomInfo, slots: Sequence[int]
+                     ) -> dict[int, int]:
+        """Base slot of each patch slot among ``slots`` (all below ``info.n_slots``)."""
+        if not info.layered or not slots:
+            return {}
+        rows = await self._cached_rows(room, BASE_ARRAY, info.n_slots, -1)
+        if rows is None:
+            return {}
+        unique = np.unique(np.asarray(slots, dtype=np.int64))
+        found = rows[unique]
+        patched = found >= 0
+        return dict(zip(unique[patched].tolist(), found[patched].tolist(), strict=True))
 
     async def _read(self, room: str, info: _RoomInfo, slots: list[int],
                     wanted: Registry) -> dict[int, Frame]:
@@ -552,11 +593,19 @@ class ZarrFrameStore:
             return self._write_locks.setdefault(room, threading.Lock())
 
     def write_slots(self, room: str, start: int, frames: Sequence[Frame],
-                    hashes: Sequence[str]) -> None:
+                    hashes: Sequence[str], layers: Sequence[Layer | None] | None = None
+                    ) -> None:
         """Write ``frames`` to slots ``start ..``: one Zarr write per array per call.
 
         Slots below ``n_slots`` are skipped (write-once); ``start > n_slots`` raises.
         ``n_slots`` moves (group attributes) after every chunk is written.
+
+        ``layers[i]`` = ``(base, keys)`` makes slot ``start + i`` a patch slot: of the
+        whole merged frame ``frames[i]`` (hashed by ``hashes[i]``) it stores only
+        ``keys``, the rest being read from slot ``base`` (an earlier slot, also one
+        written by this call). If ``base`` is itself a patch slot, the new slot stores
+        its keys too and takes its base, so a base is always a whole slot. A patch
+        whose frame lacks one of those keys (it would remove a key) is stored whole.
         """
         check_room(room)
         if len(frames) != len(hashes):
@@ -566,12 +615,13 @@ class ZarrFrameStore:
         bad = [h for h in hashes if not is_hash(h)]
         if bad:
             raise ValueError(f"not a sha256 hex digest: {str(bad[0])[:80]!r}")
+        checked = _check_layers(start, len(frames), layers)
         canonical = []
         for i, frame in enumerate(frames):
             canonical.append(_canonical_frame(frame))
             _breathe(i)
         with self._write_lock(room):
-            _run(self._write_slots(room, start, canonical, list(hashes)))
+            _run(self._write_slots(room, start, canonical, list(hashes), checked))
 
     async def _open_group(self, room: str) -> AsyncGroup:
         group = await open_group(store=self.store, path=room, mode="a", zarr_format=3)
@@ -581,7 +631,7 @@ class ZarrFrameStore:
         return group
 
     async def _write_slots(self, room: str, start: int, frames: list[Frame],
-                           hashes: list[str]) -> None:
+                           hashes: list[str], layers: list[Layer | None] | None) -> None:
         group = await self._open_group(room)
         info = _room_info(group.attrs)
         n = info.n_slots
@@ -592,20 +642,91 @@ class ZarrFrameStore:
         if not frames:
             return
         end = n + len(frames)
+        stored, bases = await self._layered(
+            room, info, frames, None if layers is None else layers[n - start:])
         registry = dict(info.registry)
-        plans = _plan(frames, registry)
+        plans = _plan(stored, registry)
         hash_block = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes),
                                    dtype=np.uint8).reshape(len(hashes), 32)
-        await asyncio.gather(
-            *(self._write_variant(group, room, n, end, p) for p in plans),
-            self._write_block(group, room, n, end, HASH_ARRAY, hash_block,
-                              chunks=(MAX_SLOT_CHUNK, 32), fill=0))
+        jobs = [*(self._write_variant(group, room, n, end, p) for p in plans),
+                self._write_block(group, room, n, end, HASH_ARRAY, hash_block,
+                                  chunks=(MAX_SLOT_CHUNK, 32), fill=0)]
+        if bases is not None:
+            jobs.append(self._write_block(group, room, n, end, BASE_ARRAY, bases,
+                                          chunks=(MAX_SLOT_CHUNK,), fill=-1))
+        await asyncio.gather(*jobs)
+        layered = info.layered or bases is not None
         await group.update_attributes({
             "trajhub_format": FORMAT_VERSION, ARRAYS_ATTR: _registry_json(registry),
-            "n_slots": end, "applied_seq": info.applied_seq})
+            "n_slots": end, "applied_seq": info.applied_seq,
+            **({LAYERED_ATTR: True} if layered else {})})
         with self._lock:
-            self._rooms[room] = _RoomInfo(end, info.applied_seq, registry)
+            self._rooms[room] = _RoomInfo(end, info.applied_seq, registry, layered)
             self._extend_row_caches(room, n, end, registry, info.registry, plans)
+            if layered:
+                self._extend_rows(room, BASE_ARRAY, n, end, -1, not info.layered, bases)
+
+    async def _layered(self, room: str, info: _RoomInfo, frames: list[Frame],
+                       layers: list[Layer | None] | None
+                       ) -> tuple[list[Frame], Array | None]:
+        """What to store of ``frames`` (at slots ``info.n_slots ..``): each patch
+        slot's kept keys only, and the ``_base`` rows (None: every slot is whole)."""
+        if layers is None or all(layer is None for layer in layers):
+            return frames, None
+        n = info.n_slots
+        old = await self._bases(room, info, [layer[0] for layer in layers
+                                             if layer is not None and layer[0] < n])
+        held = await self._held_keys(room, info, sorted(old))
+        bases = np.full(len(frames), -1, dtype="<i8")
+        kept: list[set[str]] = [set() for _ in frames]
+        out: list[Frame] = []
+        for i, (frame, layer) in enumerate(zip(frames, layers, strict=True)):
+            if layer is None:
+                out.append(frame)
+                continue
+            base, keep = layer[0], set(layer[1])
+            if base >= n and bases[base - n] >= 0:  # a patch written by this call
+                keep |= kept[base - n]
+                base = int(bases[base - n])
+            elif base in old:  # an earlier patch: flatten the chain
+                keep |= held[base]
+                base = old[base]
+            if not keep <= frame.keys():
+                out.append(frame)  # it would remove a key: store the frame whole
+                continue
+            bases[i], kept[i] = base, keep
+            out.append({k: frame[k] for k in sorted(keep)})
+        return out, (bases if (bases >= 0).any() else None)
+
+    async def _held_keys(self, room: str, info: _RoomInfo, slots: list[int]
+                         ) -> dict[int, set[str]]:
+        """The frame keys each of sorted ``slots`` (below ``info.n_slots``) stores."""
+        held: dict[int, set[str]] = {s: set() for s in slots}
+        if not slots:
+            return held
+        runs = _runs(slots)
+
+        async def variant(key: str, v: _Variant) -> None:
+            if not v.is_string:
+                shapes = await self._cached_rows(room, v.shape_name, info.n_slots, -1)
+                if shapes is not None:
+                    for s in slots:
+                        if shapes[s, 0] >= 0:
+                            held[s].add(key)
+                return
+            array = await self._array(room, v.name, slots[-1], info.n_slots)
+            if array is None:
+                return
+            for a, b in runs:
+                b = min(b, array.shape[0])
+                if a < b:
+                    block = await _fetch(array, (slice(a, b),))
+                    for s in _within(slots, a, b):
+                        if block[s - a]:
+                            held[s].add(key)
+
+        await asyncio.gather(*(variant(k, v) for k, vs in info.registry.items() for v in vs))
+        return held
 
     def _extend_row_caches(self, room: str, n: int, end: int, registry: Registry,
                            before: Registry, plans: list[_Plan]) -> None:
@@ -730,7 +851,7 @@ class ZarrFrameStore:
             "trajhub_format": FORMAT_VERSION, "applied_seq": seq, "n_slots": info.n_slots,
             "n_frames": len(order), "projection_sha256": _projection_digest(*arrays)})
         with self._lock:
-            self._rooms[room] = _RoomInfo(info.n_slots, seq, info.registry)
+            self._rooms[room] = replace(info, applied_seq=seq)
 
     async def _write_projection_array(self, group: AsyncGroup, name: str,
                                       values: Array) -> None:
@@ -784,6 +905,24 @@ class _Plan:
     variant: _Variant
     data: Array
     shapes: Array
+
+
+def _check_layers(start: int, count: int, layers: Sequence[Layer | None] | None
+                  ) -> list[Layer | None] | None:
+    """``layers`` as a list of ``(int, tuple of str)``; raises if one does not fit."""
+    if layers is None:
+        return None
+    out: list[Layer | None] = list(layers)
+    if len(out) != count:
+        raise ValueError(f"{count} frames but {len(out)} layers")
+    for i, layer in enumerate(out):
+        if layer is None:
+            continue
+        base, keys = int(layer[0]), tuple(str(k) for k in layer[1])
+        if not 0 <= base < start + i:
+            raise ValueError(f"slot {start + i}: base slot {base} is not an earlier slot")
+        out[i] = (base, keys)
+    return out
 
 
 def _canonical_frame(frame: Mapping[str, Any]) -> Frame:

@@ -1,8 +1,9 @@
 """Storage: applies each room's events to the FrameStore (Zarr), in seq order.
 
 For a batch of events it writes every ``new_slots`` entry from the staged blobs (one
-store call per contiguous slot range), applies the events to the room's projection
-(logical order -> slot, frame ids, versions) kept in memory, and commits:
+store call per contiguous slot range; a patch's slot keeps only its changed keys over
+its ``base`` slot, see ``FrameStore.write_slots``), applies the events to the room's
+projection (logical order -> slot, frame ids, versions) kept in memory, and commits:
 ``store.commit_projection`` (the commit point), ``HSET {r}:applied``, XACK, then UNLINK
 the applied blobs. Every step is idempotent, so a crash anywhere is repaired by
 re-applying from the store's applied seq.
@@ -77,10 +78,13 @@ class Projection:
                           list(self.versions))
 
     def apply(self, event: Event) -> None:
-        """Apply one event's index change; raises IntegrityError if it does not fit."""
+        """Apply one event's index change (``event.change``: undo/redo and patches
+        too); raises IntegrityError if it does not fit. Insert indices are the final
+        positions, delete indices the positions before the deletion."""
         if event.seq != self.seq + 1:
             raise IntegrityError(f"event seq {event.seq} applied at seq {self.seq}")
-        if event.kind == "frames_deleted":
+        change = event.change  # undo/redo carry theirs in ``effect``
+        if change == "delete":
             self._delete(event.indices)
         else:
             if len(event.frames) != len(event.indices):
@@ -90,7 +94,7 @@ class Projection:
                            key=lambda p: p[0])
             for index, entry in pairs:
                 row = (entry.slot, entry.frame_id, entry.version)
-                if event.kind == "frames_inserted":
+                if change == "insert":
                     self._check(index, len(self.order) + 1, event)
                     self.order.insert(index, row[0])
                     self.frame_ids.insert(index, row[1])
@@ -114,6 +118,13 @@ class Projection:
     def _check(index: int, bound: int, event: Event) -> None:
         if not 0 <= index < bound:
             raise IntegrityError(f"seq {event.seq}: index {index} out of range ({bound})")
+
+
+def _layers(writes: Sequence[SlotWrite]) -> list[tuple[int, list[str]] | None] | None:
+    """The patch layering of ``writes`` for ``FrameStore.write_slots`` (None: all whole)."""
+    if all(w.base is None for w in writes):
+        return None
+    return [None if w.base is None else (w.base, list(w.keys or [])) for w in writes]
 
 
 def _ints(values: Any) -> list[int]:
@@ -412,7 +423,7 @@ class StorageWorker(RoomConsumer):
                     await self.ensure_lease(room)
                     writing = asyncio.ensure_future(asyncio.to_thread(
                         self.store.write_slots, room, chunk[0].slot, frames,
-                        [w.hash for w in chunk]))
+                        [w.hash for w in chunk], _layers(chunk)))
                     writing_end = chunk[-1].slot + 1
                 if got < len(blobs):
                     break
