@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 import uvicorn
 
 from trajhub.gateway.app import create_app
@@ -144,3 +145,31 @@ def room_state(client: httpx.Client, room: str) -> tuple[int, int] | None:
     assert response.status_code == 200, response.text
     info = response.json()
     return info["seq"], info["n_frames"]
+
+
+def redis_snapshot(redis_url: str) -> dict[bytes, Any]:
+    """Every key of the test database with its content, to prove that a refused request
+    stored nothing. Staged blobs that still carry a TTL (uploads not committed) are left
+    out: they are not state, they expire."""
+    client = redis.Redis.from_url(redis_url)
+    out: dict[bytes, Any] = {}
+    try:
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key)
+            if kind == b"string":
+                if b":blob:" in key and client.ttl(key) >= 0:
+                    continue
+                out[key] = client.get(key)
+            elif kind == b"hash":
+                out[key] = client.hgetall(key)
+            elif kind == b"list":
+                out[key] = client.lrange(key, 0, -1)
+            elif kind == b"set":
+                out[key] = client.smembers(key)
+            elif kind == b"zset":
+                out[key] = client.zrange(key, 0, -1, withscores=True)
+            elif kind == b"stream":
+                out[key] = client.xrange(key)
+    finally:
+        client.close()
+    return out

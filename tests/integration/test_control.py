@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 from control_testutil import index, order, snapshot, stage
+from pydantic import ValidationError
 
 from trajhub.control import Control
 from trajhub.shared import keys

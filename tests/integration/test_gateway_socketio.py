@@ -59,11 +59,16 @@ def listener(gateway: GatewayServer) -> Iterator[Listener]:  # noqa: F811
     client.close()
 
 
+NO_STEP = {"frame": None, "by": None, "step_seq": 0, "presenter": None}
+
+
 def test_join_ack_and_bad_names(http: httpx.Client, listener: Listener) -> None:
-    assert listener.call("join_room", {"room": ROOM}) == {"room": ROOM, "seq": 0, "n_frames": 0}
+    assert listener.call("join_room", {"room": ROOM}) == {
+        "room": ROOM, "seq": 0, "n_frames": 0, "step": {"room": ROOM, **NO_STEP}, "locks": []}
     assert post_frames(http, "other", [make_frame(2, seed=1)] * 3).status_code == 201
     assert listener.call("join_room", {"room": "other"}) == {
-        "room": "other", "seq": 1, "n_frames": 3}
+        "room": "other", "seq": 1, "n_frames": 3, "step": {"room": "other", **NO_STEP},
+        "locks": []}
     for bad in ({"room": "a..b"}, {"room": "x" * 100}, {"room": 5}, {}, "a{b}", None):
         assert "error" in listener.call("join_room", bad)
     assert listener.call("leave_room", {"room": ROOM}) == {"ok": True}
@@ -83,12 +88,12 @@ def test_frames_changed_after_writes(http: httpx.Client, listener: Listener) -> 
                        params={"indices": "1"}).status_code == 200
 
     inserted, replaced, deleted = listener.next(), listener.next(), listener.next()
-    assert inserted == {"room": ROOM, "seq": 2, "kind": "frames_inserted", "indices": [0],
-                        "hashes": [frame_hash(frames[2])], "n_frames": 3}
-    assert replaced == {"room": ROOM, "seq": 3, "kind": "frames_replaced", "indices": [2],
-                        "hashes": [frame_hash(frames[3])], "n_frames": 3}
-    assert deleted == {"room": ROOM, "seq": 4, "kind": "frames_deleted", "indices": [1],
-                       "hashes": [frame_hash(frames[0])], "n_frames": 2}
+    assert inserted == {"room": ROOM, "seq": 2, "kind": "frames_inserted", "change": "insert",
+                        "indices": [0], "hashes": [frame_hash(frames[2])], "n_frames": 3}
+    assert replaced == {"room": ROOM, "seq": 3, "kind": "frames_replaced", "change": "replace",
+                        "indices": [2], "hashes": [frame_hash(frames[3])], "n_frames": 3}
+    assert deleted == {"room": ROOM, "seq": 4, "kind": "frames_deleted", "change": "delete",
+                       "indices": [1], "hashes": [frame_hash(frames[0])], "n_frames": 2}
 
 
 def test_only_joined_rooms_are_broadcast(gateway: GatewayServer,  # noqa: F811

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 
 from trajhub.control import ControlUnavailable
 from trajhub.gateway import home
-from trajhub.gateway.errors import install_error_handlers
+from trajhub.gateway.collab_routes import router as collab_router
+from trajhub.gateway.errors import NotStarted, install_error_handlers
 from trajhub.gateway.routes import router
-from trajhub.gateway.runtime import Gateway, NotStarted
+from trajhub.gateway.runtime import Gateway
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.settings import Settings
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings, *, control: ControlPort | None = None,
     api.state.gateway = gw
     install_error_handlers(api, unavailable=(ControlUnavailable, NotStarted))
     api.include_router(router)
+    api.include_router(collab_router)
     api.include_router(home.router)
     app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")
     app.gateway = gw

@@ -96,3 +96,37 @@ def decode_optional_map(body: bytes | bytearray, kind: str, limit: int) -> dict[
     if kind and kind not in MSGPACK_TYPES:
         raise ApiError(415, f"expected application/json or {MSGPACK}, got {kind[:80]!r}")
     return decode_msgpack_map(body, limit)
+
+
+JSON = "application/json"
+JSON_BODY_LIMIT = 8 * 2**20
+"""A lock target may list up to 100,000 frames."""
+
+
+async def read_json_object(request: Request, *, required: bool = False) -> dict[str, Any]:
+    """A JSON object body (``{}`` when the body is empty and not ``required``): 415 for
+    another content type, 400 for malformed JSON, 422 for anything but an object."""
+    body = await read_body(request, JSON_BODY_LIMIT)
+    if not body.strip():
+        if required:
+            raise ApiError(400, "request body is empty; expected a JSON object")
+        return {}
+    kind = content_type(request)
+    if kind and kind != JSON:
+        raise ApiError(415, f"expected Content-Type {JSON}, got {kind[:80]!r}")
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, f"request body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def only_fields(message: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The body's fields, refusing (422) any not in ``allowed``."""
+    unknown = sorted(str(k) for k in message if k not in allowed)
+    if unknown:
+        raise ApiError(422, f"unknown field(s) {', '.join(unknown)}; this request takes "
+                            f"{', '.join(allowed) or 'no fields'}")
+    return message

@@ -27,7 +27,7 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 
 def event_message(event: Event) -> dict[str, Any]:
-    return {"room": event.room, "seq": event.seq, "kind": event.kind,
+    return {"room": event.room, "seq": event.seq, "kind": event.kind, "change": event.change,
             "indices": event.indices, "hashes": event.hashes, "n_frames": event.n_frames}
 
 

@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = "2"
 
 
+class NotStarted(RuntimeError):
+    """A gateway part was used before the gateway started (or after it stopped)."""
+
+
 class ApiError(Exception):
     """An error answered with ``status`` and ``{"detail": detail, **extra}``."""
 

@@ -29,8 +29,10 @@ from trajhub.gateway.writes import (
     commit,
     delete_answer,
     int_list,
+    lock_fields,
     optional_int_list,
     pick_author,
+    targets_field,
     write_answer,
 )
 from trajhub.shared.events import DeleteFrames, InsertFrames, ReplaceFrames
@@ -41,6 +43,8 @@ OptInt = Annotated[int | None, Query()]
 OptStr = Annotated[str | None, Query()]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 Author = Annotated[str | None, Header(alias="X-Trajhub-Author")]
+LockToken = Annotated[str | None, Header(alias="X-Trajhub-Lock")]
+LockFence = Annotated[str | None, Header(alias="X-Trajhub-Fence")]
 DELETE_BODY_LIMIT = 16 * 2**20
 MAX_FRAMES_PER_READ = 10_000
 """One response is built in memory: larger selections must be paged (the client does)."""
@@ -146,14 +150,16 @@ async def receive_frames(gw: Gateway, request: Request) -> tuple[dict[str, Any],
 
 @router.post("/api/v1/rooms/{room}/frames", status_code=201)
 async def insert_frames(room: str, request: Request, at: Annotated[int | None, Query(ge=0)] = None,
-                        idempotency_key: IdemKey = None, author: Author = None) -> JSONResponse:
+                        idempotency_key: IdemKey = None, author: Author = None,
+                        lock: LockToken = None, fence: LockFence = None) -> JSONResponse:
     gw = gateway(request)
     check_room(room)
+    held = lock_fields(lock, fence)
     with gw.writing():
         message, frames = await receive_frames(gw, request)
         command = build_command(InsertFrames, room=room, at=at, hashes=frames.hashes,
                                 author=pick_author(message.get("author"), author),
-                                idempotency_key=idempotency_key)
+                                idempotency_key=idempotency_key, **held)
         await gw.stager.stage(room, frames.hashes, frames.blobs)
         result = await commit(gw.control, command)
     return JSONResponse(write_answer(result), status_code=201)
@@ -161,22 +167,22 @@ async def insert_frames(room: str, request: Request, at: Annotated[int | None, Q
 
 @router.put("/api/v1/rooms/{room}/frames")
 async def replace_frames(room: str, request: Request, idempotency_key: IdemKey = None,
-                         author: Author = None) -> JSONResponse:
+                         author: Author = None, lock: LockToken = None,
+                         fence: LockFence = None) -> JSONResponse:
     gw = gateway(request)
     check_room(room)
+    held = lock_fields(lock, fence)
     with gw.writing():
         message, frames = await receive_frames(gw, request)
-        if "indices" not in message:
-            raise ApiError(422, "request body has no 'indices' list")
-        indices = int_list(message["indices"], "indices")
-        if len(indices) != len(frames.hashes):
-            raise ApiError(422, f"{len(indices)} indices but {len(frames.hashes)} frames")
+        addressing, targets = targets_field(message)
+        if len(targets) != len(frames.hashes):
+            raise ApiError(422, f"{len(targets)} {addressing} but {len(frames.hashes)} frames")
         command = build_command(
-            ReplaceFrames, room=room, indices=indices, hashes=frames.hashes,
+            ReplaceFrames, room=room, hashes=frames.hashes,
             base_versions=optional_int_list(message.get("base_versions"), "base_versions",
-                                            len(indices)),
+                                            len(targets)),
             author=pick_author(message.get("author"), author),
-            idempotency_key=idempotency_key)
+            idempotency_key=idempotency_key, **{addressing: targets}, **held)
         await gw.stager.stage(room, frames.hashes, frames.blobs)
         result = await commit(gw.control, command)
     return JSONResponse(write_answer(result), status_code=200)
@@ -195,22 +201,35 @@ async def resolve_delete(gw: Gateway, room: str, sel: Selection) -> tuple[list[i
 @router.delete("/api/v1/rooms/{room}/frames")
 async def delete_frames(room: str, request: Request, indices: OptStr = None,
                         start: OptInt = None, stop: OptInt = None, step: OptInt = None,
-                        idempotency_key: IdemKey = None, author: Author = None) -> JSONResponse:
+                        idempotency_key: IdemKey = None, author: Author = None,
+                        lock: LockToken = None, fence: LockFence = None) -> JSONResponse:
     gw = gateway(request)
     check_room(room)
+    held = lock_fields(lock, fence)
     sel = parse_selection(indices, start, stop, step)
     body = await read_body(request, min(DELETE_BODY_LIMIT, gw.settings.max_upload_bytes))
     message = decode_optional_map(body, content_type(request), DELETE_BODY_LIMIT)
-    targets, view = await resolve_delete(gw, room, sel)
-    if not targets:
-        if view is None:
-            raise ApiError(422, "indices is empty; nothing to delete")
-        return JSONResponse({"room": room, "seq": view.seq, "n_frames": view.n_frames,
-                             "indices": []})
+    addressing = "indices"
+    if "frame_ids" in message:
+        if sel.indices is not None or sel.start is not None or sel.stop is not None \
+                or sel.step is not None:
+            raise ApiError(422, "give either a query selection or 'frame_ids' in the body, "
+                                "not both")
+        addressing, targets = "frame_ids", int_list(message["frame_ids"], "frame_ids")
+        if not targets:
+            raise ApiError(422, "frame_ids is empty; nothing to delete")
+    else:
+        targets, view = await resolve_delete(gw, room, sel)
+        if not targets:
+            if view is None:
+                raise ApiError(422, "indices is empty; nothing to delete")
+            return JSONResponse({"room": room, "seq": view.seq, "n_frames": view.n_frames,
+                                 "indices": []})
     command = build_command(
-        DeleteFrames, room=room, indices=targets,
+        DeleteFrames, room=room,
         base_versions=optional_int_list(message.get("base_versions"), "base_versions",
                                         len(targets)),
-        author=pick_author(message.get("author"), author), idempotency_key=idempotency_key)
+        author=pick_author(message.get("author"), author), idempotency_key=idempotency_key,
+        **{addressing: targets}, **held)
     result = await commit(gw.control, command)
     return JSONResponse(delete_answer(result), status_code=200)

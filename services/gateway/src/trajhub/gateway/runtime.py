@@ -17,12 +17,21 @@ from typing import Any
 import redis.asyncio as aioredis
 import socketio
 
-from trajhub.control import Control, HttpControl, IndexReader
+from trajhub.control import Control, ControlUnavailable, HttpControl, IndexReader
 from trajhub.gateway.broadcaster import Broadcaster
+from trajhub.gateway.bus import Bus
 from trajhub.gateway.cache import FrameCache
-from trajhub.gateway.errors import ApiError
+from trajhub.gateway.collab import Collab
+from trajhub.gateway.collab_sockets import CollabSockets
+from trajhub.gateway.errors import ApiError, NotStarted
 from trajhub.gateway.reader import FrameLoader
-from trajhub.gateway.sockets import Membership, make_emitter, register_socket_handlers
+from trajhub.gateway.sessions import Sessions
+from trajhub.gateway.sockets import (
+    Membership,
+    make_bus_emitter,
+    make_emitter,
+    register_socket_handlers,
+)
 from trajhub.gateway.staging import Stager
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.redis_util import async_client
@@ -30,10 +39,6 @@ from trajhub.shared.settings import Settings
 from trajhub.shared.zarr_store import open_store
 
 log = logging.getLogger(__name__)
-
-
-class NotStarted(RuntimeError):
-    pass
 
 
 async def _close(resource: Any) -> None:
@@ -63,7 +68,14 @@ class Gateway:
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
         self.broadcaster = Broadcaster(settings.redis_url, make_emitter(self.sio))
         self.membership = Membership(self.broadcaster)
-        register_socket_handlers(self.sio, self.membership, lambda: self.redis)
+        self.bus = Bus(settings.redis_url, make_bus_emitter(self.sio), lambda: self.redis)
+        self.collab = Collab(lambda: self.control, self.bus)
+        self.sessions = Sessions()
+        self.collab_sockets = CollabSockets(self.sio, self.sessions, self.collab)
+        register_socket_handlers(self.sio, self.membership, lambda: self.redis,
+                                 hooks=self.collab_sockets,
+                                 unavailable=(ControlUnavailable, NotStarted))
+        self.collab_sockets.register()
         self._writes_in_flight = 0
         self._last_write_end = 0.0
 
@@ -82,8 +94,11 @@ class Gateway:
         except ApiError as exc:  # serve anyway; /readyz reports it and reads retry
             log.error("gateway: %s", exc.detail)
         self.broadcaster.start()
+        await self.bus.start()
 
     async def stop(self) -> None:
+        await self.collab.stop()
+        await self.bus.stop()
         await self.broadcaster.stop()
         for resource in reversed(self._owned):
             try:
@@ -123,7 +138,7 @@ class Gateway:
             control = HttpControl(self.settings)
             self._owned.append(control)
         else:
-            control = Control(redis)
+            control = Control(redis, undo_retention=self.settings.undo_retention)
         return control
 
     # -- parts ----------------------------------------------------------------------------

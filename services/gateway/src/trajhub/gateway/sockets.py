@@ -1,10 +1,11 @@
-"""The Socket.IO control channel: joining rooms to receive ``frames_changed``."""
+"""The Socket.IO control channel: joining rooms to receive ``frames_changed`` (and the
+collaboration messages relayed from the bus); see ``collab_sockets`` for the rest."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import socketio
@@ -62,13 +63,35 @@ def room_argument(data: Any) -> str:
     return check_room_name(room)
 
 
+class SocketHooks(Protocol):
+    """What the collaboration layer adds to connecting, disconnecting and joining."""
+
+    def connected(self, sid: str, auth: Any) -> None:
+        """May raise socketio's ConnectionRefusedError."""
+        ...
+
+    async def disconnected(self, sid: str) -> None:
+        ...
+
+    async def join_state(self, room: str) -> dict[str, Any]:
+        ...
+
+
 def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
-                             redis: Callable[[], aioredis.Redis]) -> None:
+                             redis: Callable[[], aioredis.Redis],
+                             hooks: SocketHooks | None = None,
+                             unavailable: tuple[type[Exception], ...] = ()) -> None:
+    failures: tuple[type[Exception], ...] = (RedisError, OSError, *unavailable)
+
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        if hooks is not None:
+            hooks.connected(sid, auth)
         return True
 
     async def disconnect(sid: str, *reason: Any) -> None:
         membership.drop(sid)
+        if hooks is not None:
+            await hooks.disconnected(sid)
 
     async def join_room(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         try:
@@ -77,12 +100,13 @@ def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
             return {"error": str(exc)}
         try:
             head = await room_head(redis(), room)
-        except (RedisError, OSError) as exc:
+            extra = await hooks.join_state(room) if hooks is not None else {}
+        except failures as exc:
             log.warning("join_room %s: Redis unavailable: %r", room, exc)
             return {"error": f"server unavailable ({exc}); retry later"}
         membership.join(sid, room, head.seq)
         await sio.enter_room(sid, sio_room(room))
-        return {"room": room, "seq": head.seq, "n_frames": head.n_frames}
+        return {"room": room, "seq": head.seq, "n_frames": head.n_frames, **extra}
 
     async def leave_room(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         try:
@@ -105,4 +129,12 @@ def make_emitter(sio: socketio.AsyncServer) -> Callable[[str, dict[str, Any]],
                                                          Awaitable[None]]:
     async def emit(room: str, message: dict[str, Any]) -> None:
         await sio.emit("frames_changed", message, room=sio_room(room))
+    return emit
+
+
+def make_bus_emitter(sio: socketio.AsyncServer) -> Callable[[str, str, dict[str, Any]],
+                                                             Awaitable[None]]:
+    """Relays a bus message (``event`` with ``data``) to the room's local sockets."""
+    async def emit(room: str, event: str, data: dict[str, Any]) -> None:
+        await sio.emit(event, data, room=sio_room(room))
     return emit

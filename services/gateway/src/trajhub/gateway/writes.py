@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from trajhub.gateway.errors import ApiError
-from trajhub.shared.events import CommitResult, DeleteFrames, InsertFrames, ReplaceFrames
+from trajhub.shared.events import Command, CommitResult
 from trajhub.shared.names import InvalidName, check_room_name
 from trajhub.shared.ports import ControlPort
 
@@ -57,9 +57,35 @@ def optional_int_list(value: Any, name: str, length: int) -> list[int] | None:
     return out
 
 
-async def commit(control: ControlPort,
-                 command: InsertFrames | ReplaceFrames | DeleteFrames) -> CommitResult:
-    """Commit through control; any refusal becomes an ApiError with control's reason."""
+def lock_fields(token: str | None, fence: str | None) -> dict[str, Any]:
+    """``lock_token``/``fence`` for a command from the X-Trajhub-Lock and X-Trajhub-Fence
+    headers (both or neither; 422 otherwise)."""
+    if token is None and fence is None:
+        return {}
+    if token is None or fence is None:
+        raise ApiError(422, "X-Trajhub-Lock and X-Trajhub-Fence go together: a write that "
+                            "presents a lock sends its token and its fence")
+    try:
+        number = int(fence.strip())
+    except ValueError:
+        raise ApiError(422, f"X-Trajhub-Fence must be an integer, got {fence[:40]!r}") from None
+    return {"lock_token": token.strip(), "fence": number}
+
+
+def targets_field(message: dict[str, Any]) -> tuple[str, list[int]]:
+    """``("indices", [...])`` or ``("frame_ids", [...])`` of a body (exactly one)."""
+    given = [name for name in ("indices", "frame_ids") if name in message]
+    if len(given) != 1:
+        raise ApiError(422, "request body needs exactly one of 'indices' or 'frame_ids'"
+                       if given else "request body has no 'indices' (or 'frame_ids') list")
+    name = given[0]
+    return name, int_list(message[name], name)
+
+
+async def commit(control: ControlPort, command: Command) -> CommitResult:
+    """Commit through control; any refusal becomes an ApiError with control's reason
+    (and, next to ``detail``, the ``conflicts``, the lock ``holder`` or the ``later``
+    edit that explain it)."""
     result = await control.commit(command)
     if result.status == "ok":
         if result.event is None:
@@ -69,6 +95,10 @@ async def commit(control: ControlPort,
     extra: dict[str, Any] = {}
     if result.status == "conflict":
         extra["conflicts"] = [c.model_dump() for c in result.conflicts]
+    if result.holder is not None:
+        extra["holder"] = result.holder.model_dump()
+    if result.later is not None:
+        extra["later"] = result.later.model_dump()
     raise ApiError(result.http_status, detail, extra=extra)
 
 
