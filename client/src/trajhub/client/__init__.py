@@ -1,11 +1,14 @@
-"""The trajhub Python client: ``Room`` (a room as a list of ase.Atoms), the frame
-conversion and the exceptions it raises."""
+"""The trajhub Python client: ``Room`` (a room as a list of ase.Atoms), its ``Lock``,
+the frame conversion and the exceptions it raises."""
 
 from trajhub.client.convert import atoms_to_frame, frame_to_atoms
 from trajhub.client.errors import (
     BadRequest,
     ConflictError,
     FrameIndexError,
+    LockedError,
+    NothingToRedo,
+    NothingToUndo,
     PayloadTooLarge,
     RoomNotFound,
     ServerError,
@@ -13,12 +16,17 @@ from trajhub.client.errors import (
     TrajhubConnectionError,
     TrajhubError,
 )
+from trajhub.client.locks import Lock
 from trajhub.client.room import Room
 
 __all__ = [
     "BadRequest",
     "ConflictError",
     "FrameIndexError",
+    "Lock",
+    "LockedError",
+    "NothingToRedo",
+    "NothingToUndo",
     "PayloadTooLarge",
     "Room",
     "RoomNotFound",

@@ -7,17 +7,21 @@ They subclass the built-in exception a Python user expects for the same situatio
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TrajhubError(Exception):
-    """Base class. ``status`` is the HTTP status (None without a response)."""
+    """Base class. ``status`` is the HTTP status (None without a response), ``detail``
+    the server's reason and ``body`` its whole (JSON) error answer, if any."""
 
     def __init__(self, message: str, *, status: int | None = None, url: str | None = None,
-                 detail: object = None) -> None:
+                 detail: object = None, body: object = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.url = url
         self.detail = detail
+        self.body = body
 
     def __str__(self) -> str:
         return self.message
@@ -35,7 +39,45 @@ class RoomNotFound(TrajhubError, KeyError):
 
 
 class ConflictError(TrajhubError):
-    """The frames changed under an edit (HTTP 409); ``detail`` has the server's data."""
+    """The frames changed under an edit (HTTP 409); nothing was written.
+
+    ``detail`` is the server's reason; ``conflicts`` lists the frames that changed
+    (``{"index", "frame_id", "expected", "actual", "hash"}`` each) and, for an undo or
+    redo, ``later`` names the later edit that prevents it (``{"seq", "kind", "author",
+    "frame_id"}``); ``body`` is the whole answer.
+    """
+
+    @property
+    def conflicts(self) -> list[dict[str, Any]]:
+        value = self.body.get("conflicts") if isinstance(self.body, dict) else None
+        return value if isinstance(value, list) else []
+
+    @property
+    def later(self) -> dict[str, Any] | None:
+        value = self.body.get("later") if isinstance(self.body, dict) else None
+        return value if isinstance(value, dict) else None
+
+
+class LockedError(TrajhubError):
+    """Someone else holds a lock (or the presenter token) on what a request wanted
+    (HTTP 423), or a lock of ours was lost; nothing was written.
+
+    ``holder`` is who holds it, ``{"author", "fence", "expires_at" (ms since the epoch),
+    "message", "target"}``, when the server named one.
+    """
+
+    @property
+    def holder(self) -> dict[str, Any] | None:
+        value = self.body.get("holder") if isinstance(self.body, dict) else None
+        return value if isinstance(value, dict) else None
+
+
+class NothingToUndo(TrajhubError, LookupError):
+    """``Room.undo()`` found no edit of this author left to undo (HTTP 404)."""
+
+
+class NothingToRedo(TrajhubError, LookupError):
+    """``Room.redo()`` found no undo of this author left to redo (HTTP 404)."""
 
 
 class PayloadTooLarge(TrajhubError):

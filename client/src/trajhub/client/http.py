@@ -33,6 +33,9 @@ from trajhub.client.errors import (
     BadRequest,
     ConflictError,
     FrameIndexError,
+    LockedError,
+    NothingToRedo,
+    NothingToUndo,
     PayloadTooLarge,
     RoomNotFound,
     ServerError,
@@ -50,6 +53,7 @@ from trajhub.shared.codec import (
 )
 
 MSGPACK = "application/msgpack"
+JSON = "application/json"
 API = "/api/v1"
 USER_AGENT = "trajhub-python"
 POOL_SIZE = 4  # concurrent requests per server kept alive (uploads overlap one request)
@@ -109,12 +113,36 @@ class Response:
         return json.loads(self.content)
 
 
-def _detail(response: Response) -> object:
+def _json_body(response: Response) -> object:
+    """The error answer as JSON, or None if it is not JSON."""
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
+        return None
+
+
+def _detail(response: Response, body: object) -> object:
+    if body is None:
         return response.text[:500] or response.reason_phrase
     return body.get("detail", body) if isinstance(body, dict) else body
+
+
+def _who(holder: Mapping[str, Any]) -> str:
+    message = holder.get("message")
+    return f"{holder.get('author', '?')}" + (f" ({message})" if message else "")
+
+
+def _explain(status: int, text: str, body: object) -> str:
+    """The server's reason, plus the holder or the later edit when it does not say."""
+    if not isinstance(body, dict):
+        return text
+    holder, later = body.get("holder"), body.get("later")
+    if status == 423 and isinstance(holder, dict) and str(holder.get("author")) not in text:
+        text = f"{text}; held by {_who(holder)}"
+    if status == 409 and isinstance(later, dict):
+        text = (f"{text}; later edit: seq {later.get('seq')} ({later.get('kind')}) by "
+                f"{later.get('author')} on frame id {later.get('frame_id')}")
+    return text
 
 
 def _detail_text(detail: object) -> str:
@@ -185,29 +213,96 @@ class Transport:
                                status=response.status_code, url=response.url) from None
 
     def post_frames(self, room: str, body: bytes, *, at: int | None = None,
-                    idempotency_key: str | None = None) -> dict[str, Any]:
+                    idempotency_key: str | None = None,
+                    headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Insert the frames of a msgpack ``{"frames": [...]}`` body (append if at is None)."""
         params = {"at": str(at)} if at is not None else None
         response = self.request("POST", self._frames_path(room), params=params,
-                                content=body, idempotency_key=idempotency_key)
+                                content=body, idempotency_key=idempotency_key,
+                                headers=headers)
         return response.json()  # type: ignore[no-any-return]
 
-    def put_frames(self, room: str, body: bytes, *,
-                   idempotency_key: str | None = None) -> dict[str, Any]:
-        """Replace frames: msgpack ``{"indices": [...], "frames": [...]}``."""
+    def put_frames(self, room: str, body: bytes, *, idempotency_key: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Replace frames: msgpack ``{"indices" | "frame_ids": [...], "frames": [...],
+        "base_versions"?: [...]}``."""
         response = self.request("PUT", self._frames_path(room), content=body,
-                                idempotency_key=idempotency_key)
+                                idempotency_key=idempotency_key, headers=headers)
         return response.json()  # type: ignore[no-any-return]
 
     def delete_frames(self, room: str, indices: Sequence[int] | None = None, *,
                       start: int | None = None, stop: int | None = None,
-                      step: int | None = None,
-                      idempotency_key: str | None = None) -> dict[str, Any]:
-        """Delete explicit ``indices`` or the slice ``start:stop:step`` (one event)."""
+                      step: int | None = None, body: bytes | None = None,
+                      idempotency_key: str | None = None,
+                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Delete explicit ``indices`` or the slice ``start:stop:step`` (one event), or
+        the frames a msgpack ``body`` names (``{"frame_ids", "base_versions"?}``)."""
         response = self.request("DELETE", self._frames_path(room),
                                 params=_selection(indices, start, stop, step),
-                                idempotency_key=idempotency_key)
+                                content=body, idempotency_key=idempotency_key,
+                                headers=headers)
         return response.json()  # type: ignore[no-any-return]
+
+    def patch_frame(self, room: str, index: int, body: bytes, *,
+                    headers: Mapping[str, str] | None = None,
+                    idempotency_key: str | None = None) -> dict[str, Any]:
+        """Change some keys of frame ``index``: msgpack ``{"frame", "base_version",
+        "frame_id"?}``."""
+        response = self.request("PATCH", f"{self._frames_path(room)}/{index}", content=body,
+                                headers=headers, idempotency_key=idempotency_key)
+        return response.json()  # type: ignore[no-any-return]
+
+    # -- collaboration ---------------------------------------------------------------
+
+    def acquire_lock(self, room: str, target: object, ttl_ms: int,
+                     message: str | None = None) -> dict[str, Any]:
+        """``{"token", "fence", "expires_at", "target"}``; LockedError (423) if held."""
+        body: dict[str, Any] = {"target": target, "ttl_ms": ttl_ms}
+        if message is not None:
+            body["message"] = message
+        return self._json("POST", f"{self._room_path(room)}/locks", body)
+
+    def renew_lock(self, room: str, token: str, ttl_ms: int) -> dict[str, Any]:
+        """``{"token", "fence", "expires_at"}``; LockedError (404) if no longer held."""
+        return self._json("PUT", self._lock_path(room, token), {"ttl_ms": ttl_ms},
+                          not_found=LockedError)
+
+    def release_lock(self, room: str, token: str) -> dict[str, Any]:
+        """``{"status", "fence"}``; LockedError (404) if no longer held."""
+        return self._json("DELETE", self._lock_path(room, token), None,
+                          not_found=LockedError)
+
+    def list_locks(self, room: str) -> dict[str, Any]:
+        return self._json("GET", f"{self._room_path(room)}/locks", None,
+                          not_found=RoomNotFound)
+
+    def undo(self, room: str, *, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self._json("POST", f"{self._room_path(room)}/undo", {}, headers=headers,
+                          not_found=NothingToUndo)
+
+    def redo(self, room: str, *, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self._json("POST", f"{self._room_path(room)}/redo", {}, headers=headers,
+                          not_found=NothingToRedo)
+
+    def history(self, room: str, *, since: int = 0, limit: int | None = None
+                ) -> dict[str, Any]:
+        """One page: ``{"room", "events": [...], "next": seq or None}``."""
+        params = {"since": str(since)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        response = self.request("GET", f"{self._room_path(room)}/history", params=params,
+                                not_found=RoomNotFound)
+        return response.json()  # type: ignore[no-any-return]
+
+    def get_step(self, room: str) -> dict[str, Any]:
+        return self._json("GET", f"{self._room_path(room)}/step", None,
+                          not_found=RoomNotFound)
+
+    def set_step(self, room: str, frame: int, token: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"frame": frame}
+        if token is not None:
+            body["token"] = token
+        return self._json("PUT", f"{self._room_path(room)}/step", body)
 
     def close(self) -> None:
         self._pool.clear()
@@ -220,19 +315,37 @@ class Transport:
     def _frames_path(self, room: str) -> str:
         return f"{self._room_path(room)}/frames"
 
+    def _lock_path(self, room: str, token: str) -> str:
+        return f"{self._room_path(room)}/locks/{quote(token, safe='')}"
+
+    def _json(self, method: str, path: str, body: object, *,
+              headers: Mapping[str, str] | None = None,
+              not_found: type[TrajhubError] = FrameIndexError) -> dict[str, Any]:
+        """A request with an optional JSON body whose answer is a JSON object."""
+        content = None if body is None else json.dumps(body).encode()
+        response = self.request(method, path, content=content, content_type=JSON,
+                                headers=headers, not_found=not_found)
+        return response.json()  # type: ignore[no-any-return]
+
     def request(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                 content: bytes | None = None, idempotency_key: str | None = None,
-                not_found: type[TrajhubError] = FrameIndexError) -> Response:
+                not_found: type[TrajhubError] = FrameIndexError,
+                headers: Mapping[str, str] | None = None,
+                content_type: str = MSGPACK) -> Response:
         """Send with retries; return a 2xx response or raise the mapped exception.
 
         Writes always get an Idempotency-Key (a new one unless given), the same on
-        every attempt, which is what makes retrying them safe.
+        every attempt, which is what makes retrying them safe. ``headers`` are added to
+        the defaults (e.g. the lock a write presents).
         """
-        headers = dict(self._headers)
+        sent = dict(self._headers)
+        if headers:
+            sent.update(headers)
+        headers = sent
         if method != "GET":
             headers["Idempotency-Key"] = idempotency_key or new_idempotency_key()
         if content is not None:
-            headers["Content-Type"] = MSGPACK
+            headers["Content-Type"] = content_type
         url = f"{self.base_url}{path}"
         full_url = f"{url}?{urlencode(params)}" if params else url
         busy = connect = 0
@@ -267,16 +380,19 @@ class Transport:
         return max(0.0, min(wait, self.max_wait_s))
 
     def _error(self, response: Response, not_found: type[TrajhubError]) -> TrajhubError:
-        detail = _detail(response)
+        body = _json_body(response)
+        detail = _detail(response, body)
         status = response.status_code
         where = f"{response.method} {response.url}"
         classes: dict[int, type[TrajhubError]] = {
             400: BadRequest, 404: not_found, 409: ConflictError, 413: PayloadTooLarge,
-            415: BadRequest, 422: BadRequest, 503: ServerUnavailable,
+            415: BadRequest, 422: BadRequest, 423: LockedError, 428: BadRequest,
+            503: ServerUnavailable,
         }
         cls = classes.get(status, ServerError)
-        return cls(f"{_detail_text(detail)} (HTTP {status} from {where})",
-                   status=status, url=response.url, detail=detail)
+        text = _explain(status, _detail_text(detail), body)
+        return cls(f"{text} (HTTP {status} from {where})",
+                   status=status, url=response.url, detail=detail, body=body)
 
 
 # -- decoding a frames answer without copying the arrays -----------------------------------

@@ -14,6 +14,23 @@ frames (``vis[1:3] = [a]``) is a delete event followed by an insert event.
 Reads of many frames are split into requests of about ``read_bytes`` each (at most
 ``read_frames`` frames), sized from the frames already received, so that memory stays
 bounded on both sides however large a frame is.
+
+Working with others in the same room:
+
+- Base versions. The Room remembers, from its reads (and its own edits), which frame (by
+  stable id) and which version it saw at each index (the last ``seen_limit`` indices).
+  ``vis[i] = atoms``, ``del vis[i]`` and ``patch`` of frames it has seen go by frame id
+  with the version seen: someone's insert before the frame never redirects the edit to
+  another frame, and an edit of a frame someone changed since raises ``ConflictError``
+  (nothing is written). Frames it has not seen are addressed by index, unconditionally
+  (``patch`` reads their version first). Its own inserts and deletes forget the indices
+  they shift.
+- Locks. ``with vis.lock():`` / ``with vis.lock(frames=[3, 4]):`` (see ``Lock``): inside,
+  every write of this Room presents the lock. A write refused because someone else holds
+  a lock (HTTP 423) is retried with backoff for ``lock_wait`` seconds, then raises
+  ``LockedError`` naming the holder; retries reuse the request's Idempotency-Key, so a
+  chunk is never written twice or skipped.
+- ``patch``, ``undo``/``redo``, ``history``, ``locks`` and the playback ``step``.
 """
 
 from __future__ import annotations
@@ -30,11 +47,13 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from trajhub.client.convert import atoms_to_frame, frame_to_atoms
 from trajhub.client.errors import FrameIndexError
-from trajhub.client.http import Transport
-from trajhub.shared.codec import frame_to_bytes, packb
+from trajhub.client.http import Transport, new_idempotency_key
+from trajhub.client.locks import Lock, wait_while_locked
+from trajhub.client.versions import SEEN_LIMIT, SeenVersions
+from trajhub.shared.codec import encode_frame, frame_to_bytes, packb
 from trajhub.shared.events import MAX_FRAMES_PER_COMMAND
-from trajhub.shared.frames import Frame, validate_frame
-from trajhub.shared.names import check_key_name, check_room_name
+from trajhub.shared.frames import Frame, FrameError, canonical_array, validate_frame
+from trajhub.shared.names import InvalidName, check_key_name, check_room_name
 
 FrameLike = ase.Atoms | Mapping[str, Any]
 Indices = Sequence[SupportsIndex] | np.ndarray[Any, Any]
@@ -51,6 +70,7 @@ READ_FIRST_FRAMES = 8
 # proxies and servers commonly accept (a comma is sent as %2C).
 MAX_INDICES_CHARS = 6000
 PROGRESS_MIN_FRAMES = 100
+HISTORY_PAGE = 1000  # the server's largest page
 _MANY = (slice, np.ndarray, Sequence)  # as opposed to one index (int, numpy integer)
 
 
@@ -59,6 +79,7 @@ class _Chunk:
     body: bytes
     offset: int  # position of the chunk's first frame in the whole upload
     count: int
+    head: Mapping[str, Any] | None = None  # replace: how its frames are addressed
 
 
 def _to_frame(value: object) -> Frame:
@@ -78,13 +99,27 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _body(frames: list[bytes], indices: Sequence[int] | None) -> bytes:
-    """``{["indices": [...],] "frames": [...]}`` from frames packed one by one."""
-    parts = [bytes([0x80 | (1 if indices is None else 2)])]
-    if indices is not None:
-        parts += [packb("indices"), packb(list(indices))]
+def _body(frames: list[bytes], head: Mapping[str, Any] | None) -> bytes:
+    """``{**head, "frames": [...]}`` from frames packed one by one."""
+    head = head or {}
+    parts = [bytes([0x80 | (len(head) + 1)])]
+    for key, value in head.items():
+        parts += [packb(key), packb(value)]
     parts += [packb("frames"), _array_header(len(frames)), *frames]
     return b"".join(parts)
+
+
+def _patch_frame(changes: Mapping[str, Any]) -> Frame:
+    """The keys of a patch in canonical form (ValueError naming a bad key)."""
+    if not changes:
+        raise ValueError("patch() needs at least one key to change, e.g. positions=...")
+    out: Frame = {}
+    for key, value in changes.items():
+        try:
+            out[check_key_name(key)] = canonical_array(value, key)
+        except (InvalidName, FrameError) as exc:
+            raise ValueError(f"patch key {key!r}: {exc}") from None
+    return out
 
 
 def _as_list(values: Iterable[FrameLike]) -> list[FrameLike]:
@@ -119,16 +154,19 @@ def _fit_query(indices: list[int]) -> list[int]:
 class Room(MutableSequence[ase.Atoms]):
     """A room on a trajhub server, used like a list of ``ase.Atoms``.
 
-    ``Room(url, room, author=None, timeout=60.0)``. ``author`` is recorded in the
-    room's events (the server's default when None); ``timeout`` is per HTTP request,
-    in seconds (None waits forever).
+    ``Room(url, room, author=None, timeout=60.0, lock_wait=30.0)``. ``author`` is
+    recorded in the room's events and names this Room in locks (the server's default
+    when None); ``timeout`` is per HTTP request, in seconds (None waits forever);
+    ``lock_wait`` is how long a write refused by someone else's lock is retried before
+    ``LockedError``; ``seen_limit`` bounds the remembered base versions.
     """
 
     def __init__(self, url: str, room: str, *, author: str | None = None,
                  timeout: float | None = 60.0, chunk_bytes: int = CHUNK_BYTES,
                  chunk_frames: int = CHUNK_FRAMES, overlap: bool = True,
                  transport: Transport | None = None, read_bytes: int = READ_BYTES,
-                 read_frames: int = READ_FRAMES) -> None:
+                 read_frames: int = READ_FRAMES, lock_wait: float = 30.0,
+                 seen_limit: int = SEEN_LIMIT) -> None:
         self.url = url.rstrip("/")
         self.room = check_room_name(room)
         self.chunk_bytes = chunk_bytes
@@ -136,7 +174,10 @@ class Room(MutableSequence[ase.Atoms]):
         self.read_bytes = read_bytes
         self.read_frames = read_frames
         self.overlap = overlap  # encode the next chunk while the current one uploads
+        self.lock_wait = lock_wait
         self.transport = transport or Transport(self.url, timeout=timeout, author=author)
+        self.seen = SeenVersions(seen_limit)
+        self._locks: list[Lock] = []  # held by `with`, innermost last
 
     # -- reading ---------------------------------------------------------------------
 
@@ -249,6 +290,132 @@ class Room(MutableSequence[ase.Atoms]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- collaboration ---------------------------------------------------------------
+
+    def lock(self, frames: SupportsIndex | Indices | None = None, *, start: int | None = None,
+             stop: int | None = None, ttl: float = 30.0, wait: float = 30.0,
+             message: str | None = None) -> Lock:
+        """A lock on the whole room, or on ``frames`` (indices) or ``start <= i < stop``;
+        taken by ``with`` (``with vis.lock(frames=[3, 4], message="relaxing"): ...``).
+
+        Inside the ``with`` block every write of this Room presents the lock, and the
+        lock is renewed in the background every ``ttl / 3`` seconds; leaving the block
+        (also by an exception) releases it. ``ttl`` (0.1..600 s) is how long it outlives
+        a crashed client. If someone else holds a conflicting lock, taking it is retried
+        for ``wait`` seconds, then ``LockedError`` names the holder. Frames this Room has
+        seen are locked by frame id (the frames it saw, wherever they moved since).
+        Other people's inserts are blocked only by a room lock. Locks do not nest: a
+        room lock conflicts with any other lock, even this Room's own.
+        """
+        if frames is not None and (start is not None or stop is not None):
+            raise TypeError("lock() takes frames or start/stop, not both")
+        if frames is None and start is None and stop is None:
+            return Lock(self, "room", ttl=ttl, wait=wait, message=message)
+        if frames is not None:
+            if isinstance(frames, SupportsIndex) and not isinstance(frames, np.ndarray):
+                frames = [frames]
+            indices = list(self._resolve_many(frames))
+            target: dict[str, Any] = {"frames": indices}
+        else:
+            indices = list(self._resolve_many(slice(start, stop)))
+            target = {"start": indices[0], "stop": indices[-1] + 1} if indices else {}
+        if not indices:
+            raise ValueError("lock() got no frames to lock")
+        seen = self.seen.lookup_all(sorted(set(indices)))
+        if seen is not None:
+            target = {"frame_ids": seen[0]}
+        return Lock(self, target, ttl=ttl, wait=wait, message=message)
+
+    def locks(self) -> list[dict[str, Any]]:
+        """The room's live locks: ``{"author", "fence", "expires_at" (ms since the epoch),
+        "message", "target"}`` each (never their tokens)."""
+        answer = self.transport.list_locks(self.room)
+        return list(answer.get("locks", []))
+
+    def patch(self, index: SupportsIndex, frame: Mapping[str, Any] | None = None, /,
+              **keys: Any) -> int:
+        """Change only some keys of frame ``index``; returns the frame's new version.
+
+        Keys are frame keys, given as a dict and/or as keywords:
+        ``vis.patch(3, positions=new_positions)``,
+        ``vis.patch(3, {"arrays.forces": f, "info.energy": -1.5})``. The other keys of
+        the frame stay. The edit is made against the version of the frame this Room last
+        saw (read first if it has not seen it): if someone changed the frame since,
+        ``ConflictError`` and nothing is written.
+        """
+        i = self._resolve(index)
+        changes = _patch_frame({**(frame or {}), **keys})
+        seen = self.seen.get(i)
+        if seen is None:
+            for _ in self._read_chunks([i], keys=["numbers"]):
+                pass
+            seen = self.seen.get(i)
+            if seen is None:
+                raise FrameIndexError(f"frame {i} of room {self.room!r}: the server did not "
+                                      "say its version")
+        frame_id, version = seen
+        body = packb({"frame": encode_frame(changes), "base_version": version,
+                      "frame_id": frame_id})
+        key = new_idempotency_key()
+        answer = self._committing(lambda headers: self.transport.patch_frame(
+            self.room, i, body, headers=headers, idempotency_key=key))
+        self._remember_edit([i], {"frame_ids": [frame_id]}, answer)
+        return int(answer["versions"][0])
+
+    def undo(self) -> dict[str, Any]:
+        """Revert this author's latest edit not yet undone (a new event); returns the
+        server's answer (``seq``, ``reverts``, ``change``, ``indices``, ``frame_ids``,
+        ...). ``NothingToUndo`` if there is none; ``ConflictError`` naming the later edit
+        if someone changed those frames since."""
+        answer = self._committing(lambda headers: self.transport.undo(self.room,
+                                                                      headers=headers))
+        self.seen.clear()
+        return answer
+
+    def redo(self) -> dict[str, Any]:
+        """Revert this author's latest undo (see ``undo``); ``NothingToRedo`` if none."""
+        answer = self._committing(lambda headers: self.transport.redo(self.room,
+                                                                      headers=headers))
+        self.seen.clear()
+        return answer
+
+    def history(self, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The room's events after seq ``since``, oldest first, at most ``limit`` (all if
+        None): ``{"seq", "kind", "change", "author", "time", "edit_id", "indices",
+        "frame_ids", "versions", "base_versions", "keys", "reverts"}`` each."""
+        events: list[dict[str, Any]] = []
+        while limit is None or len(events) < limit:
+            size = HISTORY_PAGE if limit is None else min(HISTORY_PAGE, limit - len(events))
+            page = self.transport.history(self.room, since=since, limit=size)
+            got = page.get("events", [])
+            events.extend(got)
+            if not got or page.get("next") is None:
+                break
+            since = int(got[-1]["seq"])
+        return events
+
+    @property
+    def step(self) -> int | None:
+        """The room's current step (the frame everyone's viewer shows), None if unset.
+
+        Setting it (``vis.step = 10``, negative indices allowed) raises ``LockedError``
+        naming the presenter while someone presents (drives the playback)."""
+        return self.transport.get_step(self.room).get("frame")
+
+    @step.setter
+    def step(self, frame: SupportsIndex) -> None:
+        self.transport.set_step(self.room, self._resolve(frame))
+
+    def _push_lock(self, lock: Lock) -> None:
+        if lock.room is not self:
+            raise ValueError("a Lock is used with the Room that made it")
+        if lock not in self._locks:
+            self._locks.append(lock)
+
+    def _pop_lock(self, lock: Lock) -> None:
+        if lock in self._locks:
+            self._locks.remove(lock)
+
     # -- index resolution ------------------------------------------------------------
 
     def _resolve(self, index: SupportsIndex) -> int:
@@ -314,6 +481,8 @@ class Room(MutableSequence[ase.Atoms]):
                 part = _fit_query(list(part))
                 answer = self.transport.get_frames(self.room, indices=part, keys=keys)
             frames: list[Frame] = answer["frames"]
+            self.seen.record(answer.get("indices", ()), answer.get("frame_ids", ()),
+                             answer.get("versions", ()))
             yield frames
             pos += len(part)
             per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
@@ -321,8 +490,10 @@ class Room(MutableSequence[ase.Atoms]):
             del answer, frames  # before the next answer arrives
 
     def _chunks(self, values: Iterable[FrameLike],
-                indices: Sequence[int] | None = None) -> Iterator[_Chunk]:
-        """Request bodies of at most chunk_bytes / chunk_frames each.
+                address: Callable[[int, int], Mapping[str, Any]] | None = None
+                ) -> Iterator[_Chunk]:
+        """Request bodies of at most chunk_bytes / chunk_frames each; ``address(offset,
+        count)`` gives the fields that say which frames a chunk replaces.
 
         Each frame is packed to bytes as soon as it is taken from ``values``: that is
         its snapshot, so a generator that yields the same Atoms again and again (an MD
@@ -332,8 +503,8 @@ class Room(MutableSequence[ase.Atoms]):
         size = offset = 0
 
         def flush() -> _Chunk:
-            part = None if indices is None else indices[offset:offset + len(batch)]
-            return _Chunk(_body(batch, part), offset, len(batch))
+            head = None if address is None else address(offset, len(batch))
+            return _Chunk(_body(batch, head), offset, len(batch), head)
 
         for value in values:
             packed = frame_to_bytes(_to_frame(value))
@@ -376,9 +547,13 @@ class Room(MutableSequence[ase.Atoms]):
         bar: Any = tqdm(total=total, unit="frame", desc=self.room) if show_now else None
 
         def send(chunk: _Chunk) -> object:
-            return self.transport.post_frames(
-                self.room, chunk.body, at=None if at is None else at + chunk.offset)
+            key = new_idempotency_key()  # the same for every retry: never twice
+            return self._committing(lambda headers: self.transport.post_frames(
+                self.room, chunk.body, at=None if at is None else at + chunk.offset,
+                idempotency_key=key, headers=headers))
 
+        if at is not None:
+            self.seen.forget_from(at)
         try:
             for chunk in self._send(self._chunks(values), send):
                 if bar is None and progress is None and chunk.offset > 0:
@@ -391,25 +566,72 @@ class Room(MutableSequence[ase.Atoms]):
             if bar is not None:
                 bar.close()
 
-    def _replace(self, indices: list[int], values: Sequence[FrameLike]) -> None:
-        def send(chunk: _Chunk) -> object:
-            return self.transport.put_frames(self.room, chunk.body)
+    def _address(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Frame ids and the versions seen if every one of ``indices`` was seen, else the
+        indices themselves (no base versions)."""
+        seen = self.seen.lookup_all(indices)
+        if seen is None:
+            return {"indices": list(indices)}
+        return {"frame_ids": seen[0], "base_versions": seen[1]}
 
-        for _ in self._send(self._chunks(values, indices), send):
+    def _remember_edit(self, indices: Sequence[int], head: Mapping[str, Any] | None,
+                       answer: Mapping[str, Any]) -> None:
+        """After a replace or patch: the new versions of the frames at ``indices``."""
+        fids, versions = answer.get("frame_ids", []), answer.get("versions", [])
+        if head is not None and "frame_ids" in head:
+            new = dict(zip(fids, versions, strict=False))
+            if all(f in new for f in head["frame_ids"]):
+                self.seen.record(indices, head["frame_ids"],
+                                 [new[f] for f in head["frame_ids"]])
+        else:
+            self.seen.record(answer.get("indices", []), fids, versions)
+
+    def _replace(self, indices: list[int], values: Sequence[FrameLike]) -> None:
+        def address(offset: int, count: int) -> dict[str, Any]:
+            return self._address(indices[offset:offset + count])
+
+        def send(chunk: _Chunk) -> object:
+            key = new_idempotency_key()
+            answer = self._committing(lambda headers: self.transport.put_frames(
+                self.room, chunk.body, idempotency_key=key, headers=headers))
+            self._remember_edit(indices[chunk.offset:chunk.offset + chunk.count],
+                                chunk.head, answer)
+            return answer
+
+        for _ in self._send(self._chunks(values, address), send):
             pass
 
     def _delete(self, indices: range | list[int]) -> None:
         """Delete ascending ``indices`` (a range goes as start/stop/step, one event per
-        MAX_FRAMES_PER_COMMAND). Chunks go from the end so that the indices of the
-        chunks still to come do not shift."""
+        MAX_FRAMES_PER_COMMAND; seen frames by id with base versions). Chunks go from
+        the end so that the indices of the chunks still to come do not shift."""
         size = MAX_FRAMES_PER_COMMAND if isinstance(indices, range) else self.chunk_frames
         for start in reversed(range(0, len(indices), size)):
             part = indices[start:start + size]
-            if isinstance(part, range):
-                self.transport.delete_frames(self.room, start=part.start, stop=part[-1] + 1,
-                                             step=part.step)
-            else:
-                self.transport.delete_frames(self.room, list(part))
+            self._delete_part(part)
+            self.seen.forget_from(part[0])
+
+    def _delete_part(self, part: range | list[int]) -> None:
+        selection: dict[str, Any] = {"idempotency_key": new_idempotency_key()}
+        seen = self.seen.lookup_all(part)
+        if seen is not None:
+            selection["body"] = packb({"frame_ids": seen[0], "base_versions": seen[1]})
+        elif isinstance(part, range):
+            selection.update(start=part.start, stop=part[-1] + 1, step=part.step)
+        else:
+            selection["indices"] = list(part)
+        self._committing(lambda headers: self.transport.delete_frames(
+            self.room, headers=headers, **selection))
+
+    def _committing(self, send: Callable[[Mapping[str, str]], T]) -> T:
+        """``send(headers presenting our lock, if any)``; while someone else's lock
+        refuses it (423), again with backoff for ``lock_wait`` seconds. A lock of ours
+        that was lost raises LockedError before anything is sent."""
+        def attempt() -> T:
+            return send(self._locks[-1].headers() if self._locks else {})
+
+        return wait_while_locked(attempt, self.lock_wait,
+                                 f"could not write to room {self.room!r}")
 
     def _set_slice(self, index: slice, values: list[FrameLike]) -> None:
         n = len(self)

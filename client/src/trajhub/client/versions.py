@@ -1,0 +1,62 @@
+"""What a ``Room`` has seen: index -> (frame id, version), for edits that name their base.
+
+An edit of a frame the Room has read goes by the frame's stable id with the version
+read, so that it lands on that very frame however others' inserts and deletes moved it,
+and is refused (409) if someone changed the frame since. Keys are indices as this Room
+last saw them; its own inserts and deletes shift indices (list semantics), so they
+forget the entries from the first shifted index on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+SEEN_LIMIT = 100_000
+
+
+class SeenVersions:
+    """A bounded (least recently recorded goes first), thread-safe index -> (frame_id,
+    version) map."""
+
+    def __init__(self, limit: int = SEEN_LIMIT) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._mutex = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, indices: Sequence[int], frame_ids: Sequence[int],
+               versions: Sequence[int]) -> None:
+        if not (len(indices) == len(frame_ids) == len(versions)):
+            return  # not an answer we understand: remember nothing rather than wrong ids
+        with self._mutex:
+            for index, frame_id, version in zip(indices, frame_ids, versions, strict=True):
+                self._entries[int(index)] = (int(frame_id), int(version))
+                self._entries.move_to_end(int(index))
+            while len(self._entries) > self.limit:
+                self._entries.popitem(last=False)
+
+    def get(self, index: int) -> tuple[int, int] | None:
+        with self._mutex:
+            return self._entries.get(index)
+
+    def lookup_all(self, indices: Sequence[int]) -> tuple[list[int], list[int]] | None:
+        """(frame_ids, versions) of ``indices`` if every one was seen, else None."""
+        with self._mutex:
+            found = [self._entries.get(i) for i in indices]
+        if not found or any(entry is None for entry in found):
+            return None
+        return [e[0] for e in found if e], [e[1] for e in found if e]
+
+    def forget_from(self, index: int) -> None:
+        """Drop the entries at ``index`` and after (their indices are about to shift)."""
+        with self._mutex:
+            for key in [k for k in self._entries if k >= index]:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._mutex:
+            self._entries.clear()
