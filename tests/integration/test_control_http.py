@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
+from control_server import serve
 from control_testutil import order, stage
 
-from trajhub.control import Control, ControlUnavailable, HttpControl, create_app
+from trajhub.control import Control, ControlUnavailable, HttpControl
 from trajhub.control.__main__ import port_for
+from trajhub.shared.collab import LockAcquire
 from trajhub.shared.events import (
     Command,
     CommitResult,
@@ -25,30 +23,8 @@ from trajhub.shared.events import (
     InsertFrames,
     ReplaceFrames,
 )
+from trajhub.shared.names import InvalidName
 from trajhub.shared.settings import Settings
-
-
-@contextlib.contextmanager
-def serve(redis_url: str) -> Iterator[str]:
-    """Control's app under uvicorn on a free port, in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(Settings(redis_url=redis_url))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("control server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +107,73 @@ async def test_malformed_commands_get_422(control_url: str, redis_url: str, body
     assert result.reason is not None and reason in result.reason
 
 
+async def test_collab_routes_answer_with_the_result_status(r: aioredis.Redis,
+                                                           control_url: str) -> None:
+    await stage(r, "routes", [0])
+    async with httpx.AsyncClient(base_url=control_url) as client:
+        async def post(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            answer = await client.post(path, json=body)
+            return answer.status_code, answer.json()
+
+        room = {"room": "routes"}
+        code, lock = await post("/v1/locks/acquire", {**room, "author": "ann", "ttl_ms": 5000})
+        assert code == 200 and lock["status"] == "ok" and lock["target"] == {"room": True}
+        code, refused = await post("/v1/locks/acquire", {**room, "author": "bob"})
+        assert code == 423 and refused["holder"]["author"] == "ann"
+        assert (await post("/v1/locks/renew", {**room, "token": lock["token"]}))[0] == 200
+        assert (await post("/v1/locks/renew", {**room, "token": "x" * 32}))[0] == 404
+        code, locks = await post("/v1/locks/list", room)
+        assert code == 200 and [h["author"] for h in locks["locks"]] == ["ann"]
+        assert "token" not in locks["locks"][0]
+        assert (await post("/v1/locks/release", {**room, "token": lock["token"]}))[0] == 200
+        assert (await post("/v1/locks/list", room))[1] == {**room, "locks": []}
+
+        code, presenter = await post("/v1/presenter/request", {**room, "author": "ann"})
+        assert code == 200 and presenter["token"]
+        assert (await post("/v1/presenter/request", {**room, "author": "bob"}))[0] == 423
+        renew = {**room, "token": presenter["token"]}
+        assert (await post("/v1/presenter/renew", renew))[0] == 200
+        assert (await post("/v1/presenter/renew", room))[0] == 422
+        assert (await post("/v1/step/set", {**room, "frame": 0, "author": "bob"}))[0] == 423
+        assert (await post("/v1/presenter/release", renew))[0] == 200
+        assert (await post("/v1/presenter/release", renew))[0] == 404
+        code, step = await post("/v1/step/get", room)
+        assert code == 200 and step["presenter"] is None and step["step_seq"] == 0
+
+
+@pytest.mark.parametrize(("path", "body", "reason"), [
+    ("/v1/locks/acquire", b"{not json", "Invalid JSON"),
+    ("/v1/locks/acquire", b'{"room": "x", "target": "all"}', "unknown lock target"),
+    ("/v1/locks/acquire", b'{"room": "x", "ttl_ms": 5}', "ttl_ms"),
+    ("/v1/locks/acquire", b'{"room": "x", "target": {"start": 3, "stop": 3}}', "empty range"),
+    ("/v1/locks/renew", b'{"room": "x", "token": "short"}', "token"),
+    ("/v1/locks/release", b'{"room": "x"}', "token: Field required"),
+    ("/v1/locks/list", b'{"room": "../x"}', "room"),
+    ("/v1/locks/list", b"[]", "should be an object"),
+    ("/v1/presenter/request", b'{"room": "x", "extra": 1}', "extra: Extra inputs"),
+    ("/v1/presenter/renew", b'{"room": "x", "ttl_ms": 60001}', "ttl_ms"),
+    ("/v1/presenter/release", b"", "Invalid JSON"),
+    ("/v1/step/set", b'{"room": "x", "frame": -1}', "frame"),
+    ("/v1/step/get", b'{"room": ""}', "room name is empty"),
+])
+async def test_malformed_collab_requests_get_422(control_url: str, redis_url: str, path: str,
+                                                 body: bytes, reason: str) -> None:
+    async with httpx.AsyncClient(base_url=control_url) as client:
+        answer = await client.post(path, content=body)
+    assert answer.status_code == 422
+    result = answer.json()
+    assert result["status"] == "invalid"
+    assert reason in result["reason"], result["reason"]
+
+
+async def test_http_control_refuses_a_bad_room_name_before_sending(
+        http_control: HttpControl) -> None:
+    with pytest.raises(InvalidName, match="may not contain"):
+        await http_control.list_locks("../x")
+    with pytest.raises(InvalidName, match="empty"):
+        await http_control.get_step("")
+
+
 async def test_health_and_readiness(control_url: str, redis_url: str) -> None:
     async with httpx.AsyncClient(base_url=control_url) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
@@ -152,6 +195,8 @@ async def test_unreachable_control_raises_a_clear_error() -> None:
     async with HttpControl(f"http://127.0.0.1:{port}") as control:
         with pytest.raises(ControlUnavailable, match=f"127.0.0.1:{port} is unreachable"):
             await control.commit(DeleteFrames(room="x", indices=[0]))
+        with pytest.raises(ControlUnavailable, match="is unreachable"):
+            await control.acquire_lock(LockAcquire(room="x"))
 
 
 async def test_non_control_answer_raises(control_url: str) -> None:
@@ -180,3 +225,5 @@ async def test_redis_down_gives_503(redis_url: str) -> None:
         async with HttpControl(url) as control:
             with pytest.raises(ControlUnavailable, match=r"answered 503.*redis unavailable"):
                 await control.commit(DeleteFrames(room="x", indices=[0]))
+            with pytest.raises(ControlUnavailable, match=r"answered 503.*redis unavailable"):
+                await control.get_step("x")

@@ -1,14 +1,21 @@
-"""Control's HTTP API (a Starlette app) and the ControlPort that calls it."""
+"""Control's HTTP API (a Starlette app) and the ControlPort that calls it.
+
+One ``POST /v1/...`` route per ControlPort method: the body is the method's request
+model as JSON, the answer its result model as JSON with the result's HTTP status
+(``list``/``get`` answer 200). A body that is not JSON or breaks the model gets 422
+``{"status": "invalid", "reason"}`` (the commit/lock/presenter result shapes).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
+from typing import Any, TypeVar
 
 import httpx
 import redis.asyncio as aioredis
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,13 +24,71 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from trajhub.control.control import Control
+from trajhub.control.control import Clock, Control
+from trajhub.shared.collab import (
+    LockAcquire,
+    LockList,
+    LockRelease,
+    LockRenew,
+    LockResult,
+    PresenterRelease,
+    PresenterRequest,
+    PresenterResult,
+    SetStep,
+    StepState,
+)
 from trajhub.shared.events import Command, CommitResult
+from trajhub.shared.names import check_room_name
 from trajhub.shared.redis_util import async_client
 from trajhub.shared.settings import Settings
 
-COMMAND = TypeAdapter[Command](Command)
 JSON = "application/json"
+Res = TypeVar("Res", bound=BaseModel)
+
+
+class RoomQuery(BaseModel):
+    """The body of ``/v1/locks/list`` and ``/v1/step/get``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    room: str
+
+    _r = field_validator("room")(check_room_name)
+
+
+Answer = CommitResult | LockResult | PresenterResult | LockList | StepState
+Parser = Callable[[bytes], Any]
+Runner = Callable[[Control, Any], Awaitable[Answer]]
+Invalid = Callable[[str], BaseModel]
+
+
+def _parser(model: type[BaseModel] | TypeAdapter[Any]) -> Parser:
+    return model.validate_json if isinstance(model, TypeAdapter) else model.model_validate_json
+
+
+# path -> (parse the body, run it on control, the 422 answer). ``status`` and ``reason``
+# are in every invalid answer; list/get have no result shape with them, so use LockResult's.
+_ROUTES: dict[str, tuple[Parser, Runner, Invalid]] = {
+    "/v1/commit": (_parser(TypeAdapter[Command](Command)), Control.commit,
+                   lambda r: CommitResult(status="invalid", reason=r)),
+    "/v1/locks/acquire": (_parser(LockAcquire), Control.acquire_lock,
+                          lambda r: LockResult(status="invalid", reason=r)),
+    "/v1/locks/renew": (_parser(LockRenew), Control.renew_lock,
+                        lambda r: LockResult(status="invalid", reason=r)),
+    "/v1/locks/release": (_parser(LockRelease), Control.release_lock,
+                          lambda r: LockResult(status="invalid", reason=r)),
+    "/v1/locks/list": (_parser(RoomQuery), lambda c, q: c.list_locks(q.room),
+                       lambda r: LockResult(status="invalid", reason=r)),
+    "/v1/presenter/request": (_parser(PresenterRequest), Control.request_presenter,
+                              lambda r: PresenterResult(status="invalid", reason=r)),
+    "/v1/presenter/renew": (_parser(PresenterRequest), Control.renew_presenter,
+                            lambda r: PresenterResult(status="invalid", reason=r)),
+    "/v1/presenter/release": (_parser(PresenterRelease), Control.release_presenter,
+                              lambda r: PresenterResult(status="invalid", reason=r)),
+    "/v1/step/set": (_parser(SetStep), Control.set_step,
+                     lambda r: PresenterResult(status="invalid", reason=r)),
+    "/v1/step/get": (_parser(RoomQuery), lambda c, q: c.get_step(q.room),
+                     lambda r: LockResult(status="invalid", reason=r)),
+}
 
 
 def _reason(exc: ValidationError) -> str:
@@ -40,14 +105,20 @@ def _control(request: Request) -> Control:
     return control
 
 
-async def commit(request: Request) -> Response:
-    try:
-        command = COMMAND.validate_json(await request.body())
-    except ValidationError as exc:
-        result = CommitResult(status="invalid", reason=_reason(exc))
-    else:
-        result = await _control(request).commit(command)
-    return Response(result.model_dump_json(), status_code=result.http_status, media_type=JSON)
+def _json(model: BaseModel, status: int) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type=JSON)
+
+
+def _endpoint(parse: Parser, run: Runner,
+              invalid: Invalid) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            body = parse(await request.body())
+        except ValidationError as exc:
+            return _json(invalid(_reason(exc)), 422)
+        result = await run(_control(request), body)
+        return _json(result, getattr(result, "http_status", 200))
+    return endpoint
 
 
 async def healthz(request: Request) -> Response:
@@ -66,26 +137,26 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": f"redis unavailable: {exc}"}, status_code=503)
 
 
-def create_app(settings: Settings, *, redis: aioredis.Redis | None = None) -> Starlette:
+def create_app(settings: Settings, *, redis: aioredis.Redis | None = None,
+               clock: Clock | None = None) -> Starlette:
     """The control API. Without ``redis`` the app opens (and closes) its own client
-    to ``settings.redis_url``."""
+    to ``settings.redis_url``; ``clock`` replaces the Redis server's clock (tests)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis if redis is not None else async_client(settings.redis_url)
-        app.state.control = Control(client)
+        app.state.control = Control(client, clock=clock)
         try:
             yield
         finally:
             if redis is None:
                 await client.aclose()
 
+    routes = [Route(path, _endpoint(*spec), methods=["POST"]) for path, spec in _ROUTES.items()]
     return Starlette(
-        routes=[
-            Route("/v1/commit", commit, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
+        routes=[*routes,
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/readyz", readyz, methods=["GET"])],
         exception_handlers={RedisConnectionError: _redis_unavailable,
                             RedisTimeoutError: _redis_unavailable},
         lifespan=lifespan,
@@ -93,7 +164,7 @@ def create_app(settings: Settings, *, redis: aioredis.Redis | None = None) -> St
 
 
 class ControlUnavailable(RuntimeError):
-    """Control could not be reached or did not answer with a commit result."""
+    """Control could not be reached or did not answer with a result."""
 
 
 class HttpControl:
@@ -111,19 +182,50 @@ class HttpControl:
             transport=transport or httpx.AsyncHTTPTransport(retries=1),
             headers={"content-type": JSON})
 
-    async def commit(self, command: Command) -> CommitResult:
+    async def _call(self, path: str, body: str, model: type[Res]) -> Res:
         try:
-            response = await self._client.post("/v1/commit", content=command.model_dump_json())
+            response = await self._client.post(path, content=body)
         except httpx.HTTPError as exc:
             raise ControlUnavailable(
                 f"control at {self.base_url} is unreachable: {exc!r}") from exc
         try:
-            result = CommitResult.model_validate_json(response.content)
+            return model.model_validate_json(response.content)
         except ValidationError:
-            raise ControlUnavailable(
-                f"control at {self.base_url} answered {response.status_code}: "
-                f"{response.text[:300]}") from None
-        return result
+            raise ControlUnavailable(f"control at {self.base_url} answered "
+                                     f"{response.status_code}: {response.text[:300]}") from None
+
+    async def commit(self, command: Command) -> CommitResult:
+        return await self._call("/v1/commit", command.model_dump_json(), CommitResult)
+
+    async def acquire_lock(self, request: LockAcquire) -> LockResult:
+        return await self._call("/v1/locks/acquire", request.model_dump_json(), LockResult)
+
+    async def renew_lock(self, request: LockRenew) -> LockResult:
+        return await self._call("/v1/locks/renew", request.model_dump_json(), LockResult)
+
+    async def release_lock(self, request: LockRelease) -> LockResult:
+        return await self._call("/v1/locks/release", request.model_dump_json(), LockResult)
+
+    async def list_locks(self, room: str) -> LockList:
+        return await self._call("/v1/locks/list", _room_body(room), LockList)
+
+    async def request_presenter(self, request: PresenterRequest) -> PresenterResult:
+        return await self._call("/v1/presenter/request", request.model_dump_json(),
+                                PresenterResult)
+
+    async def renew_presenter(self, request: PresenterRequest) -> PresenterResult:
+        return await self._call("/v1/presenter/renew", request.model_dump_json(),
+                                PresenterResult)
+
+    async def release_presenter(self, request: PresenterRelease) -> PresenterResult:
+        return await self._call("/v1/presenter/release", request.model_dump_json(),
+                                PresenterResult)
+
+    async def set_step(self, request: SetStep) -> PresenterResult:
+        return await self._call("/v1/step/set", request.model_dump_json(), PresenterResult)
+
+    async def get_step(self, room: str) -> StepState:
+        return await self._call("/v1/step/get", _room_body(room), StepState)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -136,3 +238,6 @@ class HttpControl:
         await self.aclose()
 
 
+def _room_body(room: str) -> str:
+    """``{"room": room}``; a bad name raises InvalidName here, as control would refuse it."""
+    return RoomQuery(room=check_room_name(room)).model_dump_json()
