@@ -30,6 +30,8 @@ class Settings(BaseModel):
         "TRAJHUB_STAGING_BUDGET_MB: refuse uploads (503) when Redis uses more than this"))
     cache_mb: float = Field(64.0, ge=0, description=(
         "TRAJHUB_CACHE_MB: the gateway's in-memory cache of encoded frames (0 disables)"))
+    undo_retention: int = Field(10_000, ge=0, description=(
+        "TRAJHUB_UNDO_RETENTION: undoable edits kept per author and room (0: no limit)"))
     consumer_name: str = Field(default_factory=_default_consumer,
                                description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
     log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")
