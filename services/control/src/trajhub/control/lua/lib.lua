@@ -18,6 +18,12 @@ local function int_list_json(items)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
+-- A JSON answer {status, reason, ...}; `extra` is more JSON fields, each led by a comma.
+local function json_answer(status, reason, extra)
+  return '{"status":"' .. status .. '","reason":' .. cjson.encode(reason or cjson.null)
+    .. (extra or '') .. '}'
+end
+
 -- Run `cmd key items[1..n]` in chunks of CHUNK arguments (CHUNK is even, so
 -- field/value pairs are never split).
 local function chunked(cmd, key, items)

@@ -11,10 +11,7 @@ local K_ORDER, K_FRAMES, K_LOCKS, K_LOCKFIDS, K_LOCKEXP, K_FENCE =
 local op = ARGV[1]
 local now = now_ms(ARGV[2])
 
-local function answer(status, reason, extra)
-  return '{"status":"' .. status .. '","reason":' .. cjson.encode(reason or cjson.null)
-    .. (extra or '') .. '}'
-end
+local answer = json_answer
 
 local function refused(t, rec, exp)
   local r = cjson.decode(rec)

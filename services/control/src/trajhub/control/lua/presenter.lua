@@ -11,10 +11,7 @@ local K_PRESENTER, K_STEP, K_ORDER = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 local now = now_ms(ARGV[2])
 
-local function answer(status, reason, extra)
-  return '{"status":"' .. status .. '","reason":' .. cjson.encode(reason or cjson.null)
-    .. (extra or '') .. '}'
-end
+local answer = json_answer
 
 local p = redis.call('HMGET', K_PRESENTER, 'token', 'author', 'expires_at')
 local live = p[1] and tonumber(p[3]) > now
