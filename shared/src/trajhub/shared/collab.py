@@ -62,6 +62,11 @@ class LockTarget(_Model):
     start: Index | None = None
     stop: Index | None = None
 
+    @field_validator("frames", "frame_ids")
+    @classmethod
+    def _unique(cls, value: list[int] | None) -> list[int] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
         kinds = [self.room, self.frames is not None, self.frame_ids is not None,
