@@ -119,13 +119,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(redis_url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(redis_url: str, data_dir: Path, port: int,
+                 split: bool = False) -> list[subprocess.Popen[bytes]]:
+    """``trajhub serve``; or, with ``split``, the gateway (with in-process control) and
+    storage as two processes, the way a cluster deploys them."""
     env = {**os.environ, "TRAJHUB_LOG_LEVEL": "WARNING"}
     env.pop("TRAJHUB_CONTROL_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trajhub.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port), "--data-dir", str(data_dir), "--redis-url", redis_url],
-        env=env, stdout=subprocess.DEVNULL)
+    if not split:
+        cmd = [sys.executable, "-m", "trajhub.cli", "serve", "--host", "127.0.0.1", "--port",
+               str(port), "--data-dir", str(data_dir), "--redis-url", redis_url]
+        return [_wait_ready(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), port)]
+    env.update({"TRAJHUB_REDIS_URL": redis_url, "TRAJHUB_STORAGE_URL": str(data_dir / "zarr"),
+                "TRAJHUB_HOST": "127.0.0.1", "TRAJHUB_PORT": str(port)})
+    storage = subprocess.Popen([sys.executable, "-m", "trajhub.storage"], env=env,
+                               stdout=subprocess.DEVNULL)
+    gateway = subprocess.Popen([sys.executable, "-m", "trajhub.gateway"], env=env,
+                               stdout=subprocess.DEVNULL)
+    return [_wait_ready(gateway, port), storage]
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -381,6 +394,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="timed calls per latency row")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--split", action="store_true", help=(
+        "gateway and storage as separate processes (as deployed) instead of trajhub serve"))
     parser.add_argument("--per-client", type=int, default=150,
                         help="commits per client in the throughput run")
     args = parser.parse_args()
@@ -388,16 +403,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         redis = EmbeddedRedis(Path(tmp) / "redis").start()
         port = free_port()
-        proc = None
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            proc = start_server(redis.url, Path(tmp) / "serve", port)
+            procs = start_server(redis.url, Path(tmp) / "serve", port, args.split)
             create_room(port)
             redis_ms = run_async(redis_part(redis.url, args.n, args.warmup))
             http_ms = http_part(port, args.n, args.warmup)
             sio_ms, lock_unsupported = sio_part(port, args.n, args.warmup)
             load = throughput_part(port, args.clients, args.per_client)
         finally:
-            if proc is not None:
+            for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=30)
             redis.stop()
@@ -430,7 +445,8 @@ def main() -> None:
         "commit_p99": verdict(commit_row["p99_ms"], AIMS["commit_p99_ms"]),
         "lock_p99": verdict(lock_row["p99_ms"] if lock_row else None, AIMS["lock_p99_ms"]),
     }
-    print(f"\ntrajhub serve (all-in-one) + embedded Redis; {args.n} timed calls per row "
+    mode = ("gateway + storage processes" if args.split else "trajhub serve (all-in-one)")
+    print(f"\n{mode} + embedded Redis; {args.n} timed calls per row "
           f"after {args.warmup} warm-up, each interleaved with its baseline; "
           f"{N_ATOMS}-atom frames\n")
     print(table(rows))
@@ -447,8 +463,9 @@ def main() -> None:
               "locks_not_measured": lock_unsupported,
               "run_s": round(time.perf_counter() - t_start, 1)}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "control.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {HERE / 'results' / 'control.json'} ({result['run_s']} s)")
+    out = HERE / "results" / ("control-split.json" if args.split else "control.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out} ({result['run_s']} s)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import redis
 import uvicorn
 
 from trajhub.gateway.app import create_app
-from trajhub.shared import codec
+from trajhub.shared import codec, keys
 from trajhub.shared.frames import Frame
 from trajhub.shared.settings import Settings
 
@@ -150,11 +150,14 @@ def room_state(client: httpx.Client, room: str) -> tuple[int, int] | None:
 def redis_snapshot(redis_url: str) -> dict[bytes, Any]:
     """Every key of the test database with its content, to prove that a refused request
     stored nothing. Staged blobs that still carry a TTL (uploads not committed) are left
-    out: they are not state, they expire."""
+    out: they are not state, they expire. So is ``trajhub:notify``, a capped stream of
+    hints (control notifies in the same round trip as every commit, accepted or not)."""
     client = redis.Redis.from_url(redis_url)
     out: dict[bytes, Any] = {}
     try:
         for key in client.scan_iter(count=1000):
+            if key == keys.NOTIFY.encode():
+                continue
             kind = client.type(key)
             if kind == b"string":
                 if b":blob:" in key and client.ttl(key) >= 0:

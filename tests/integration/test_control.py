@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from control_testutil import index, order, snapshot, stage
 from pydantic import ValidationError
 
-from trajhub.control import Control
+from trajhub.control import Control, IndexReader
 from trajhub.shared import keys
 from trajhub.shared.events import (
     CommitResult,
@@ -417,3 +417,19 @@ async def test_room_info(r: aioredis.Redis) -> None:
     assert await control.room_info(ROOM) == {
         "room": ROOM, "n_frames": 2, "seq": 1, "next_fid": 2, "next_slot": 2,
         "created": event.time}
+
+
+async def test_commit_survives_a_script_flush(r: aioredis.Redis) -> None:
+    control = Control(r)
+    ok(await control.commit(InsertFrames(room=ROOM, hashes=await stage(r, ROOM, [0]))))
+    await r.script_flush()  # as after a Redis restart without the script cache
+    event = ok(await control.commit(InsertFrames(room=ROOM, hashes=await stage(r, ROOM, [1]))))
+    assert event.seq == 2
+
+
+async def test_a_refused_first_commit_does_not_list_the_room(r: aioredis.Redis) -> None:
+
+    control = Control(r)
+    refused = await control.commit(InsertFrames(room="never", hashes=["0" * 64]))
+    assert refused.status == "invalid"
+    assert await IndexReader(r).list_rooms() == []

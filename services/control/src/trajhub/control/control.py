@@ -7,10 +7,12 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from trajhub.control.scripts import CommitOp, commit_script, lock_script, presenter_script
 from trajhub.shared import keys
@@ -82,12 +84,17 @@ class Control:
         self._scripts = {op: redis.register_script(commit_script(op)) for op in _OPS}
         self._locks = redis.register_script(lock_script())
         self._presenter = redis.register_script(presenter_script())
+        self._loaded: set[str] = set()
+        self._listed: set[str] = set()
 
     def _now(self) -> str:
         return "" if self.clock is None else str(int(self.clock()))
 
     # -- commits ---------------------------------------------------------------------
-    async def commit(self, command: Command) -> CommitResult:
+    async def commit(self, command: Command, *, stage: Mapping[str, bytes] | None = None,
+                     stage_ttl_s: int = 3600) -> CommitResult:
+        """Commit ``command``. ``stage`` (hash -> canonical frame bytes) is staged
+        (SET NX EX) in the same round trip, just before the script runs."""
         if command.idempotency_key is None:
             # Every commit is idempotent in the script, so the Redis client may safely
             # resend it after a dropped connection (trajhub.shared.redis_util).
@@ -101,26 +108,54 @@ class Control:
             "1" if idem else "", idem or uuid.uuid4().hex, repr(time.time()), command.author,
             room, self._now(), command.lock_token or "", command.fence or 0,
             self.undo_retention, *op_args]
-        replayed, payload = await self._scripts[_SCRIPT_OF[command.op]](keys=script_keys,
-                                                                        args=args)
+        staged = [(keys.blob(room, h), blob) for h, blob in (stage or {}).items()]
+        replayed, payload = await self._run_and_announce(
+            self._scripts[_SCRIPT_OF[command.op]], room, script_keys, args, staged,
+            stage_ttl_s)
         result = CommitResult.model_validate_json(payload)
         if replayed:
             result = result.model_copy(update={"replayed": True})
-        if result.status == "ok":
-            # Also on a replay: the first call may have died before announcing.
-            await self._announce(room)
-        elif result.status == "conflict" and isinstance(command, Undo | Redo):
+        if result.status == "conflict" and isinstance(command, Undo | Redo):
             stack = (keys.undo_stack if isinstance(command, Undo) else keys.redo_stack)(
                 room, command.author)
             result = await self._name_later_edit(room, stack, result)
         return result
 
-    async def _announce(self, room: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(keys.ROOMS, room)
-            pipe.xadd(keys.NOTIFY, {"room": room}, maxlen=keys.NOTIFY_MAXLEN,
-                      approximate=True)
-            await pipe.execute()
+    async def _run_and_announce(self, script: AsyncScript, room: str, script_keys: list[str],
+                                args: list[str | int], staged: list[tuple[str, bytes]],
+                                stage_ttl_s: int) -> Any:
+        """Stage, run the commit script and notify storage in one round trip.
+
+        The notify entry is a hint, so it goes in the pipeline right behind the script
+        whatever the script answers: a refused commit costs storage one empty look, and
+        a commit is never left unannounced by a crash between the two. The room joins
+        ``trajhub:rooms`` after its first accepted commit seen by this process.
+        """
+        if script.sha not in self._loaded:
+            await self.redis.script_load(script.script)
+            self._loaded.add(script.sha)
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, blob in staged:
+                    # NX: never reset the TTL of a blob a commit already PERSISTed.
+                    pipe.set(key, blob, ex=stage_ttl_s, nx=True)
+                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+                pipe.xadd(keys.NOTIFY, {"room": room}, maxlen=keys.NOTIFY_MAXLEN,
+                          approximate=True)
+                replies = await pipe.execute(raise_on_error=False)
+            answer = replies[len(staged)]
+            if not (isinstance(answer, NoScriptError) and attempt == 0):
+                break
+            await self.redis.script_load(script.script)  # Redis restarted or flushed
+        if isinstance(answer, Exception):
+            raise answer
+        accepted = str(answer[1]).startswith('{"status":"ok"', 2 if isinstance(
+            answer[1], bytes) else 0)
+        if room not in self._listed and accepted:
+            # Once per room and process: a crash before it is healed by the next commit.
+            await self.redis.sadd(keys.ROOMS, room)
+            self._listed.add(room)
+        return answer
 
     async def _name_later_edit(self, room: str, stack: str,
                                result: CommitResult) -> CommitResult:

@@ -83,8 +83,10 @@ class IndexReader:
                 pipe.llen(keys.order(name))
                 pipe.hget(keys.meta(name), "seq")
             replies = await pipe.execute()
-        return [(name, int(replies[2 * i]), int(replies[2 * i + 1] or 0))
-                for i, name in enumerate(names)]
+        # A refused first commit still announces its room (control/control.py): a room
+        # is listed once it has events.
+        return [(name, int(replies[2 * i]), int(replies[2 * i + 1]))
+                for i, name in enumerate(names) if replies[2 * i + 1] is not None]
 
 
 def _text(value: bytes | str) -> str:

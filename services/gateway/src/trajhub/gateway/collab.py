@@ -78,9 +78,11 @@ class Collab:
         self._bus = bus
         self._lock_watch: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._presenter_watch: dict[str, asyncio.Task[None]] = {}
+        self._announcing: dict[str, asyncio.Task[None]] = {}
 
     async def stop(self) -> None:
-        tasks = [*self._lock_watch.values(), *self._presenter_watch.values()]
+        tasks = [*self._lock_watch.values(), *self._presenter_watch.values(),
+                 *self._announcing.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -88,20 +90,21 @@ class Collab:
                 await task
         self._lock_watch.clear()
         self._presenter_watch.clear()
+        self._announcing.clear()
 
     # -- locks ----------------------------------------------------------------------------
     async def acquire_lock(self, request: LockAcquire) -> LockResult:
         result = await self._control().acquire_lock(request)
         if result.ok and result.fence is not None and result.expires_at is not None:
             self._watch_lock(request.room, result.fence, result.expires_at)
-            await self.announce_locks(request.room, "acquired")
+            self._announce_soon(request.room, "acquired")
         return result
 
     async def renew_lock(self, request: LockRenew) -> LockResult:
         result = await self._control().renew_lock(request)
         if result.ok and result.fence is not None and result.expires_at is not None:
             self._watch_lock(request.room, result.fence, result.expires_at)
-            await self.announce_locks(request.room, "renewed")
+            self._announce_soon(request.room, "renewed")
         return result
 
     async def release_lock(self, request: LockRelease) -> LockResult:
@@ -109,11 +112,28 @@ class Collab:
         if result.ok:
             if result.fence is not None:
                 self._unwatch_lock(request.room, result.fence)
-            await self.announce_locks(request.room, "released")
+            self._announce_soon(request.room, "released")
         return result
 
     async def list_locks(self, room: str) -> LockList:
         return await self._control().list_locks(room)
+
+    def _announce_soon(self, room: str, action: str) -> None:
+        """Announce the room's locks after the answer has gone out (listing and
+        publishing cost two round trips the lock's owner need not wait for). One room's
+        announcements run in order, so the last message carries the last state."""
+        before = self._announcing.get(room)
+
+        async def announce() -> None:
+            if before is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await before
+            await self.announce_locks(room, action)
+
+        task = asyncio.create_task(announce(), name=f"announce-locks-{room}")
+        self._announcing[room] = task
+        task.add_done_callback(
+            lambda t: self._announcing.pop(room) if self._announcing.get(room) is t else None)
 
     async def announce_locks(self, room: str, action: str,
                              listing: LockList | None = None) -> None:

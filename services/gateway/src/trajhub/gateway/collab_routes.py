@@ -28,6 +28,7 @@ from trajhub.gateway.writes import (
     describe,
     lock_fields,
     pick_author,
+    stage_and_commit,
     write_answer,
 )
 from trajhub.shared import keys
@@ -141,8 +142,8 @@ async def patch_frame(room: str, index: int, request: Request, if_match: IfMatch
             base_versions=[patch.base_version], hashes=[merged.hash],
             keys=sorted(patch.frame), author=who, idempotency_key=idempotency_key, **held)
         await gw.stager.check_budget(len(merged.blob))
-        await gw.stager.stage(room, [merged.hash], [merged.blob])
-        result = await commit(gw.control, command)
+        result = await stage_and_commit(gw.stager, gw.control, command, [merged.hash],
+                                        [merged.blob])
     assert result.event is not None
     return JSONResponse({**write_answer(result), "keys": result.event.keys})
 

@@ -32,6 +32,7 @@ from trajhub.gateway.writes import (
     lock_fields,
     optional_int_list,
     pick_author,
+    stage_and_commit,
     targets_field,
     write_answer,
 )
@@ -165,8 +166,8 @@ async def insert_frames(room: str, request: Request, at: Annotated[int | None, Q
         command = build_command(InsertFrames, room=room, at=at, hashes=frames.hashes,
                                 author=pick_author(message.get("author"), author),
                                 idempotency_key=idempotency_key, **held)
-        await gw.stager.stage(room, frames.hashes, frames.blobs)
-        result = await commit(gw.control, command)
+        result = await stage_and_commit(gw.stager, gw.control, command, frames.hashes,
+                                        frames.blobs)
     return JSONResponse(write_answer(result), status_code=201)
 
 
@@ -188,8 +189,8 @@ async def replace_frames(room: str, request: Request, idempotency_key: IdemKey =
                                             len(targets)),
             author=pick_author(message.get("author"), author),
             idempotency_key=idempotency_key, **{addressing: targets}, **held)
-        await gw.stager.stage(room, frames.hashes, frames.blobs)
-        result = await commit(gw.control, command)
+        result = await stage_and_commit(gw.stager, gw.control, command, frames.hashes,
+                                        frames.blobs)
     return JSONResponse(write_answer(result), status_code=200)
 
 

@@ -47,6 +47,19 @@ class Stager:
                 f"{self._budget // 2**20} MiB); retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
+    def staged(self, hashes: Sequence[str], blobs: Sequence[bytes]) -> dict[str, bytes]:
+        """What ``stage`` would SET (hash -> blob), for an in-process commit that stages
+        in its own round trip; counts it against the budget and fills the cache."""
+        out = dict(zip(hashes, blobs, strict=True))
+        if self._cache is not None:
+            self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
+        self._used += sum(len(b) for b in out.values())
+        return out
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl_s
+
     async def stage(self, room: str, hashes: Sequence[str], blobs: Sequence[bytes]) -> None:
         """SET each blob with a TTL, pipelined. NX: never touch a blob that a commit
         already PERSISTed (resetting its TTL could expire it before storage applies it)."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from trajhub.control import Control
 from trajhub.gateway.errors import ApiError
+from trajhub.gateway.staging import Stager
 from trajhub.shared.events import Command, CommitResult
 from trajhub.shared.names import InvalidName, check_room_name
 from trajhub.shared.ports import ControlPort
@@ -86,7 +89,23 @@ async def commit(control: ControlPort, command: Command) -> CommitResult:
     """Commit through control; any refusal becomes an ApiError with control's reason
     (and, next to ``detail``, the ``conflicts``, the lock ``holder`` or the ``later``
     edit that explain it)."""
-    result = await control.commit(command)
+    return checked(await control.commit(command))
+
+
+async def stage_and_commit(stager: Stager, control: ControlPort, command: Command,
+                           hashes: Sequence[str], blobs: Sequence[bytes]) -> CommitResult:
+    """Stage the uploaded frames, then commit (as ``commit``). An in-process control
+    stages in the commit's own round trip (~0.5 ms less per edit); over HTTP the
+    gateway stages first."""
+    if isinstance(control, Control):
+        return checked(await control.commit(command, stage=stager.staged(hashes, blobs),
+                                            stage_ttl_s=stager.ttl_s))
+    await stager.stage(command.room, hashes, blobs)
+    return await commit(control, command)
+
+
+def checked(result: CommitResult) -> CommitResult:
+    """``result`` if accepted, else the ApiError that explains the refusal."""
     if result.status == "ok":
         if result.event is None:
             raise ApiError(500, "control accepted the command but returned no event")
