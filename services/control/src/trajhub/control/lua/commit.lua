@@ -73,7 +73,7 @@ local function lock_refusal(fids)
     end
   end
   if t then
-    return fail('locked', describe_holder(rec) .. ' until ' .. int(exp) .. ' ms', nil, holder)
+    return fail('locked', describe_holder(rec) .. ' ' .. remaining(exp, now), nil, holder)
   end
   return nil
 end

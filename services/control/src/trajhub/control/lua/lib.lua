@@ -18,6 +18,11 @@ local function int_list_json(items)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
+-- "for another 2.5 s": how long a lock or token expiring at `exp` still holds.
+local function remaining(exp, now)
+  return string.format('for another %.1f s', math.max(exp - now, 0) / 1000)
+end
+
 -- A JSON answer {status, reason, ...}; `extra` is more JSON fields, each led by a comma.
 local function json_answer(status, reason, extra)
   return '{"status":"' .. status .. '","reason":' .. cjson.encode(reason or cjson.null)

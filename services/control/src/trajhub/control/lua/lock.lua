@@ -18,8 +18,8 @@ local function refused(t, rec, exp)
   local what = r.room and 'the room is' or 'frames are'
   local msg = ''
   if r.message and r.message ~= cjson.null then msg = ' (' .. r.message .. ')' end
-  return answer('locked', what .. ' locked by ' .. r.author .. msg .. ' until ' .. int(exp)
-    .. ' ms', ',"holder":' .. holder_json(rec, exp))
+  return answer('locked', what .. ' locked by ' .. r.author .. msg .. ' '
+    .. remaining(exp, now), ',"holder":' .. holder_json(rec, exp))
 end
 
 purge_expired(K_LOCKS, K_LOCKFIDS, K_LOCKEXP, now)

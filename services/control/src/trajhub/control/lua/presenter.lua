@@ -21,8 +21,8 @@ if live then
 end
 
 local function taken()
-  return answer('locked', 'the presenter token is held by ' .. p[2] .. ' until '
-    .. int(tonumber(p[3])) .. ' ms', ',"holder":' .. holder)
+  return answer('locked', 'the presenter token is held by ' .. p[2] .. ' '
+    .. remaining(tonumber(p[3]), now), ',"holder":' .. holder)
 end
 
 local function grant(token, author, session, ttl)
