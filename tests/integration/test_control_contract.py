@@ -278,3 +278,21 @@ async def test_presenter_token_and_step(r: aioredis.Redis, backend: Backend) -> 
 async def test_renewing_the_presenter_needs_the_token(backend: Backend) -> None:
     refused = await backend.control.renew_presenter(PresenterRequest(room=ROOM))
     assert refused.status == "invalid" and refused.http_status == 422
+
+
+async def test_a_retried_lock_or_presenter_request_gets_the_first_answer(
+        backend: Backend) -> None:
+    control = backend.control
+    first = await control.acquire_lock(LockAcquire(room=ROOM, author="ann", target="room",
+                                                   idempotency_key="lock-retry-1"))
+    again = await control.acquire_lock(LockAcquire(room=ROOM, author="ann", target="room",
+                                                   idempotency_key="lock-retry-1"))
+    assert first.ok and again == first
+    other = await control.acquire_lock(LockAcquire(room=ROOM, author="ann", target="room",
+                                                   idempotency_key="lock-retry-2"))
+    assert other.status == "locked"
+    p1 = await control.request_presenter(PresenterRequest(room=ROOM, author="ann",
+                                                          idempotency_key="pres-retry-1"))
+    p2 = await control.request_presenter(PresenterRequest(room=ROOM, author="ann",
+                                                          idempotency_key="pres-retry-1"))
+    assert p1.ok and p2 == p1

@@ -304,3 +304,14 @@ def test_bad_input_changes_nothing(http: httpx.Client, frames: list[Frame],
         headers=MSGPACK), 422, "positions")
     assert redis_snapshot(redis_url) == before
     assert http.delete(f"{BASE}/presenter/{token}").status_code == 200
+
+
+def test_a_retried_lock_request_gets_the_same_lock(http: httpx.Client,
+                                                   frames: list[Frame]) -> None:
+    headers = as_alice(**{"Idempotency-Key": "lock-once-123"})
+    first = expect(http.post(f"{BASE}/locks", headers=headers, json={"target": "room"}), 201)
+    again = expect(http.post(f"{BASE}/locks", headers=headers, json={"target": "room"}), 201)
+    assert again["token"] == first["token"] and again["fence"] == first["fence"]
+    other = http.post(f"{BASE}/locks", headers=as_alice(**{"Idempotency-Key": "lock-two-123"}),
+                      json={"target": "room"})
+    assert expect(other, 423, "alice")["holder"]["fence"] == first["fence"]

@@ -102,8 +102,14 @@ class LockTarget(_Model):
         return None
 
 
+IdempotencyKey = Annotated[str, Field(min_length=8, max_length=128,
+                                      pattern=r"^[A-Za-z0-9_\-.:]+$")]
+
+
 class LockAcquire(_RoomCommand):
     target: LockTarget = Field(default_factory=lambda: LockTarget(room=True))
+    idempotency_key: IdempotencyKey | None = Field(default=None, description=(
+        "a retry with the same key gets the first answer (the same token)"))
     ttl_ms: TtlMs = 30_000
     message: str | None = Field(default=None, max_length=MAX_MESSAGE)
 
@@ -155,6 +161,7 @@ class LockResult(_Answer):
 
 class PresenterRequest(_RoomCommand):
     token: Token | None = Field(default=None, description="renew: the token held")
+    idempotency_key: IdempotencyKey | None = None
     ttl_ms: Annotated[int, Field(ge=MIN_LOCK_TTL_MS, le=60_000)] = PRESENTER_TTL_MS
 
 

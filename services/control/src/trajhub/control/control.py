@@ -186,9 +186,10 @@ class Control:
                 "created": float(created) if created is not None else None}
 
     # -- locks -----------------------------------------------------------------------
-    def _lock_keys(self, room: str) -> list[str]:
+    def _lock_keys(self, room: str, idempotency_key: str | None = None) -> list[str]:
         return [keys.order(room), keys.frames(room), keys.locks(room),
-                keys.lock_frames(room), keys.lock_expiry(room), keys.fence(room)]
+                keys.lock_frames(room), keys.lock_expiry(room), keys.fence(room),
+                keys.idempotency(room, idempotency_key or "")]
 
     async def acquire_lock(self, request: LockAcquire) -> LockResult:
         target = request.target
@@ -198,8 +199,10 @@ class Control:
             kind, targets = "f", list(target.frame_ids)
         else:
             kind, targets = "i", target.indices() or []
-        payload = await self._locks(keys=self._lock_keys(request.room), args=[
-            "acquire", self._now(), _token(), request.author, request.session or "",
+        idem = request.idempotency_key
+        payload = await self._locks(keys=self._lock_keys(request.room, idem), args=[
+            "acquire", self._now(), "1" if idem else "", _token(), request.author,
+            request.session or "",
             request.ttl_ms, request.message or "", kind, *targets])
         return LockResult.model_validate_json(payload)
 
@@ -219,13 +222,15 @@ class Control:
         return LockList(room=room, locks=[Holder.model_validate(h) for h in holders or []])
 
     # -- presenter -------------------------------------------------------------------
-    def _presenter_keys(self, room: str) -> list[str]:
-        return [keys.presenter(room), keys.step(room), keys.order(room)]
+    def _presenter_keys(self, room: str, idempotency_key: str | None = None) -> list[str]:
+        return [keys.presenter(room), keys.step(room), keys.order(room),
+                keys.idempotency(room, idempotency_key or "")]
 
     async def request_presenter(self, request: PresenterRequest) -> PresenterResult:
-        payload = await self._presenter(keys=self._presenter_keys(request.room), args=[
+        idem = request.idempotency_key
+        payload = await self._presenter(keys=self._presenter_keys(request.room, idem), args=[
             "request", self._now(), request.token or "", _token(), request.author,
-            request.session or "", request.ttl_ms])
+            request.session or "", request.ttl_ms, "1" if idem else ""])
         return PresenterResult.model_validate_json(payload)
 
     async def renew_presenter(self, request: PresenterRequest) -> PresenterResult:

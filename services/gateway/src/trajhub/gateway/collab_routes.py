@@ -71,7 +71,8 @@ def refused(result: LockResult | PresenterResult) -> ApiError:
 
 # -- locks --------------------------------------------------------------------------------
 @router.post(f"{ROOM}/locks", status_code=201)
-async def acquire_lock(room: str, request: Request, author: Author = None) -> JSONResponse:
+async def acquire_lock(room: str, request: Request, author: Author = None,
+                       idempotency_key: IdemKey = None) -> JSONResponse:
     gw = gateway(request)
     check_room(room)
     body = only_fields(await read_json_object(request),
@@ -82,7 +83,8 @@ async def acquire_lock(room: str, request: Request, author: Author = None) -> JS
             body["target"] = lock_target(body["target"])
         except ValueError as exc:
             raise ApiError(422, str(exc)) from None
-    command = validated(LockAcquire, {**body, "room": room, "author": who})
+    idem = {"idempotency_key": idempotency_key} if idempotency_key else {}
+    command = validated(LockAcquire, {**body, "room": room, "author": who, **idem})
     result = await gw.collab.acquire_lock(command)
     if not result.ok:
         raise refused(result)
@@ -226,14 +228,15 @@ async def set_step(room: str, request: Request, author: Author = None) -> dict[s
 
 
 @router.post(f"{ROOM}/presenter")
-async def request_presenter(room: str, request: Request,
-                            author: Author = None) -> dict[str, Any]:
+async def request_presenter(room: str, request: Request, author: Author = None,
+                            idempotency_key: IdemKey = None) -> dict[str, Any]:
     gw = gateway(request)
     check_room(room)
     body = only_fields(await read_json_object(request), ("token", "ttl_ms", "author"))
     who = pick_author(body.pop("author", None), author)
+    idem = {"idempotency_key": idempotency_key} if idempotency_key else {}
     result = await gw.collab.request_presenter(
-        validated(PresenterRequest, {**body, "room": room, "author": who}))
+        validated(PresenterRequest, {**body, "room": room, "author": who, **idem}))
     if not result.ok:
         raise refused(result)
     return {"token": result.token, "expires_at": result.expires_at}

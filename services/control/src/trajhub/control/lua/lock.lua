@@ -1,13 +1,16 @@
--- Locks. KEYS: order, frames, locks, lock frames, lock expiry, fence.
+-- Locks. KEYS: order, frames, locks, lock frames, lock expiry, fence, idempotency key
+-- (acquire: the first answer for a retried request; "" flag in ARGV[3] = none).
 -- ARGV[1]: op, ARGV[2]: now in ms ("" = Redis clock), then per op:
---   acquire: token, author, session, ttl_ms, message, kind ("room" | "i" | "f"), targets..
+--   acquire: "1" if the idempotency key is in use, token, author, session, ttl_ms, message,
+--            kind ("room" | "i" | "f"), targets..
 --   renew:   token, ttl_ms
 --   release: token
 --   list:    (nothing)
 -- Returns a JSON LockResult (acquire/renew/release) or a JSON list of holders (list).
 
-local K_ORDER, K_FRAMES, K_LOCKS, K_LOCKFIDS, K_LOCKEXP, K_FENCE =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_ORDER, K_FRAMES, K_LOCKS, K_LOCKFIDS, K_LOCKEXP, K_FENCE, K_IDEM =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local IDEM_TTL = 86400
 local op = ARGV[1]
 local now = now_ms(ARGV[2])
 
@@ -35,13 +38,20 @@ if op == 'list' then
 end
 
 if op == 'acquire' then
-  local token, author, session = ARGV[3], ARGV[4], ARGV[5]
-  local ttl, message, kind = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+  local use_idem = ARGV[3] == '1'
+  if use_idem then
+    local first = redis.call('GET', K_IDEM)
+    if first then
+      return first
+    end
+  end
+  local token, author, session = ARGV[4], ARGV[5], ARGV[6]
+  local ttl, message, kind = tonumber(ARGV[7]), ARGV[8], ARGV[9]
   local n = redis.call('LLEN', K_ORDER)
   local fids, indices = {}, {}
   if kind == 'i' then
     local seen = {}
-    for i = 9, #ARGV do
+    for i = 10, #ARGV do
       local x = tonumber(ARGV[i])
       if x >= n then
         return answer('not_found', string.format('frame %d out of range for %d frames', x, n))
@@ -53,7 +63,7 @@ if op == 'acquire' then
     end
     fids = resolve(K_ORDER, indices, n)
   elseif kind == 'f' then
-    for i = 9, #ARGV do
+    for i = 10, #ARGV do
       fids[#fids + 1] = ARGV[i]
     end
     local pos = locate(K_ORDER, fids)
@@ -102,8 +112,12 @@ if op == 'acquire' then
   end
   redis.call('HSET', K_LOCKS, token, cjson.encode(rec))
   redis.call('ZADD', K_LOCKEXP, expires, token)
-  return answer('ok', nil, ',"token":"' .. token .. '","fence":' .. int(fence)
+  local granted = answer('ok', nil, ',"token":"' .. token .. '","fence":' .. int(fence)
     .. ',"expires_at":' .. int(expires) .. ',"target":' .. target)
+  if use_idem then
+    redis.call('SET', K_IDEM, granted, 'EX', IDEM_TTL)
+  end
+  return granted
 end
 
 local token = ARGV[3]

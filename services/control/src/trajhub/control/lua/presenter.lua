@@ -1,13 +1,15 @@
 -- The presenter token and the room's current step.
--- KEYS: presenter, step, order. ARGV[1]: op, ARGV[2]: now in ms ("" = Redis clock), then
---   request: token held ("" = none), new token, author, session, ttl_ms
+-- KEYS: presenter, step, order, idempotency key. ARGV[1]: op, ARGV[2]: now in ms
+-- ("" = Redis clock), then
+--   request: token held ("" = none), new token, author, session, ttl_ms, "1" if the
+--            idempotency key is in use (a retry gets the first answer)
 --   renew:   token, ttl_ms
 --   release: token
 --   set:     token ("" = only if nobody presents), frame, author, ttl_ms
 --   get:     (nothing)
 -- Returns a JSON PresenterResult (or StepState fields for get).
 
-local K_PRESENTER, K_STEP, K_ORDER = KEYS[1], KEYS[2], KEYS[3]
+local K_PRESENTER, K_STEP, K_ORDER, K_IDEM = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op = ARGV[1]
 local now = now_ms(ARGV[2])
 
@@ -40,10 +42,21 @@ end
 
 if op == 'request' then
   local held, new, author, session, ttl = ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+  local use_idem = ARGV[8] == '1'
+  if use_idem then
+    local first = redis.call('GET', K_IDEM)
+    if first then
+      return first
+    end
+  end
   if live and p[1] ~= held then
     return taken()
   end
-  return grant(live and held or new, author, session, ttl)
+  local granted = grant(live and held or new, author, session, ttl)
+  if use_idem then
+    redis.call('SET', K_IDEM, granted, 'EX', 86400)
+  end
+  return granted
 end
 
 if op == 'renew' then
