@@ -136,6 +136,22 @@ local function find_conflicts(indices, fids, entries, base)
   return m, '[' .. table.concat(parts, ',') .. ']'
 end
 
+-- The current entries of `fids` if no other lock covers them and `base` (when given)
+-- matches their versions; else nil and the refusal.
+local function checked_entries(indices, fids, base)
+  local refusal = lock_refusal(fids)
+  if refusal then
+    return nil, refusal
+  end
+  local current = current_entries(fids)
+  local n_conflicts, conflicts = find_conflicts(indices, fids, current, base)
+  if n_conflicts > 0 then
+    return nil, fail('conflict', string.format(
+      '%d of %d frames changed since the given base versions', n_conflicts, #fids), conflicts)
+  end
+  return current
+end
+
 -- Resolve the targets ARGV[first ..] ("i": indices, "f": frame ids) of count c.
 -- Returns indices, fids (strings); or nil, refusal when one is out of range/deleted.
 local function resolve_targets(by, first, c, n, base)

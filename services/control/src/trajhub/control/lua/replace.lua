@@ -35,15 +35,9 @@ local indices, fids = resolve_targets(by, first, c, n, base)
 if not indices then
   return fids
 end
-local refusal = lock_refusal(fids)
-if refusal then
+local current, refusal = checked_entries(indices, fids, base)
+if not current then
   return refusal
-end
-local current = current_entries(fids)
-local n_conflicts, conflicts = find_conflicts(indices, fids, current, base)
-if n_conflicts > 0 then
-  return fail('conflict', string.format('%d of %d frames changed since the given base versions',
-    n_conflicts, c), conflicts)
 end
 
 local slot_of, fresh, blobs = assign_slots(hashes, next_slot)
