@@ -100,3 +100,31 @@ class ControlPort(Protocol):
 
     async def get_step(self, room: str) -> StepState:
         ...
+
+
+class HistoryStore(Protocol):
+    """A room's snapshots and archived event segments (``trajhub.shared.history``
+    encodings), kept beside its frames in the store. Writes are atomic (a reader sees a
+    whole object or none) and idempotent (rewriting the same object is harmless)."""
+
+    def put_snapshot(self, room: str, seq: int, data: bytes) -> None:
+        ...
+
+    def snapshot_seqs(self, room: str) -> list[int]:
+        """Seqs of the room's snapshots, ascending."""
+        ...
+
+    def get_snapshot(self, room: str, seq: int) -> bytes:
+        """Raises KeyError if there is none at ``seq``."""
+        ...
+
+    def put_segment(self, room: str, first: int, last: int, data: bytes) -> None:
+        ...
+
+    def segment_ranges(self, room: str) -> list[tuple[int, int]]:
+        """``(first, last)`` seqs of the room's archived segments, ascending."""
+        ...
+
+    def get_segment(self, room: str, first: int, last: int) -> bytes:
+        """Raises KeyError if there is no such segment."""
+        ...
