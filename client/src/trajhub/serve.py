@@ -31,6 +31,7 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
 
     from trajhub.gateway.app import create_app
     from trajhub.shared.embedded_redis import EmbeddedRedis
+    from trajhub.shared.history_store import ZarrHistoryStore
     from trajhub.shared.zarr_store import open_store
     from trajhub.snapshotter.worker import SnapshotterWorker
     from trajhub.storage.worker import StorageWorker
@@ -48,7 +49,10 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
         # One process, one GIL: storage lets in-flight uploads finish first (bounded).
         storage = StorageWorker(settings.redis_url, store, f"{consumer}-storage",
                                 yield_to=app.gateway.busy_with_writes)
-        snapshotter = SnapshotterWorker(settings.redis_url, f"{consumer}-snapshotter")
+        # The history store shares the frame store's zarr store (and its snapshots).
+        snapshotter = SnapshotterWorker.from_settings(
+            settings, ZarrHistoryStore(store.store), f"{consumer}-snapshotter",
+            yield_to=app.gateway.busy_with_writes)
         workers = [asyncio.create_task(storage.run(stop), name="storage"),
                    asyncio.create_task(snapshotter.run(stop), name="snapshotter")]
         config = uvicorn.Config(app, host=settings.host, port=settings.port,

@@ -78,7 +78,10 @@ def applied(room: str) -> str:
 
 
 def snapshotter_state(room: str) -> str:
-    """HASH written by the snapshotter: ``seq`` it has seen."""
+    """HASH written by the snapshotter (every field only moves forward): ``seq`` it has
+    seen; ``snapshot_seq``, its latest snapshot in the history store; ``archived_seq``,
+    events ``1..archived_seq`` are archived as segments; ``trimmed_seq``, the stream
+    holds no event at or below it."""
     return f"{_tag(room)}:snapshotter"
 
 

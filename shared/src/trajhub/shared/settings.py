@@ -32,6 +32,15 @@ class Settings(BaseModel):
         "TRAJHUB_CACHE_MB: the gateway's in-memory cache of encoded frames (0 disables)"))
     undo_retention: int = Field(10_000, ge=0, description=(
         "TRAJHUB_UNDO_RETENTION: undoable edits kept per author and room (0: no limit)"))
+    snapshot_every_events: int = Field(1000, ge=1, description=(
+        "TRAJHUB_SNAPSHOT_EVERY_EVENTS: the snapshotter snapshots a room's index, archives "
+        "its events and trims its stream after this many events"))
+    snapshot_every_bytes: int = Field(64 * 1024 * 1024, ge=0, description=(
+        "TRAJHUB_SNAPSHOT_EVERY_BYTES: ... or after this many bytes of events (0: only by "
+        "count)"))
+    stream_keep_events: int = Field(10_000, ge=0, description=(
+        "TRAJHUB_STREAM_KEEP_EVENTS: events before a room's latest snapshot kept in its "
+        "Redis stream (older ones are archived, then trimmed); undo reaches back this far"))
     consumer_name: str = Field(default_factory=_default_consumer,
                                description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
     log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")

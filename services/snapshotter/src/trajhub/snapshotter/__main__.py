@@ -12,7 +12,7 @@ from trajhub.snapshotter.worker import SnapshotterWorker
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    worker = SnapshotterWorker(settings.redis_url, settings.consumer_name)
+    worker = SnapshotterWorker.from_settings(settings)
     asyncio.run(run_until_signalled(worker))
 
 

@@ -1,18 +1,33 @@
 """Snapshotter: follows every room's events (group ``snapshotter``).
 
-For now it only records the seq it has seen per room (``{r}:snapshotter``) and
-acknowledges. Snapshots of the index, archived event segments and stream trimming
-come later; they plug in at :meth:`SnapshotterWorker.handle_events`.
+It records the seq it has seen per room (``{r}:snapshotter``) and, every
+``every_events`` events (or ``every_bytes`` bytes of events) since the room's last
+snapshot, takes a snapshot pass (``trajhub.snapshotter.history.take_snapshot``):
+snapshot of the index, archived segments, stream trimmed. Trimming is retried after
+each acknowledged batch while the stream holds archived events, since what it may trim
+waits on every consumer group's acknowledgements (its own included).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from trajhub.shared import keys
 from trajhub.shared.consumer import RoomConsumer
 from trajhub.shared.events import Event
+from trajhub.shared.history_store import open_history_store
+from trajhub.shared.ports import HistoryStore
+from trajhub.shared.settings import Settings
+from trajhub.snapshotter.history import (
+    SEGMENT_BYTES,
+    SEGMENT_EVENTS,
+    RoomNotFound,
+    read_progress,
+    take_snapshot,
+    trim,
+)
 
 log = logging.getLogger("trajhub.snapshotter")
 
@@ -28,16 +43,74 @@ return 0
 
 
 class SnapshotterWorker(RoomConsumer):
-    def __init__(self, redis_url: str, consumer: str, *, claim_idle_ms: int = 5_000,
-                 reconcile_s: float = 2.0, batch_events: int = 256) -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings, history: HistoryStore | None = None,
+                      consumer: str | None = None, **kw: Any) -> SnapshotterWorker:
+        """A worker as configured by ``settings``; ``history`` defaults to the history
+        store at ``settings.storage_url``."""
+        if history is None:
+            history = open_history_store(settings.storage_url)
+        return cls(settings.redis_url, consumer or settings.consumer_name, history=history,
+                   every_events=settings.snapshot_every_events,
+                   every_bytes=settings.snapshot_every_bytes,
+                   keep_events=settings.stream_keep_events, **kw)
+
+    def __init__(self, redis_url: str, consumer: str, *, history: HistoryStore | None = None,
+                 every_events: int = 1000, every_bytes: int = 64 * 1024 * 1024,
+                 segment_events: int = SEGMENT_EVENTS, segment_bytes: int = SEGMENT_BYTES,
+                 claim_idle_ms: int = 5_000, reconcile_s: float = 2.0,
+                 batch_events: int = 256, keep_events: int = 0,
+                 yield_to: Callable[[], bool] | None = None) -> None:
+        """Without ``history`` it only records the seq it has seen (no snapshots).
+        ``keep_events``: events before the latest snapshot kept in the stream (undo
+        reaches back that far)."""
         super().__init__(redis_url, keys.SNAPSHOTTER_GROUP, consumer,
                          claim_idle_ms=claim_idle_ms, reconcile_s=reconcile_s,
-                         batch_events=batch_events, logger=log)
+                         batch_events=batch_events, logger=log, yield_to=yield_to)
         self._advance = self.redis.register_script(_ADVANCE_LUA)
+        self.history = history
+        self.every_events = every_events
+        self.every_bytes = every_bytes
+        self.segment_events = segment_events
+        self.segment_bytes = segment_bytes
+        self.keep_events = keep_events
+        # Bytes of events seen since the last snapshot, per room (in memory: after a
+        # restart the count starts over, which only delays a snapshot).
+        self._bytes: dict[str, int] = {}
 
     async def handle_events(self, room: str, events: Sequence[Event]) -> None:
-        """The extension point: ``events`` are contiguous, in seq order, each seen once
-        per successful pass (at least once overall). Raise to retry them later."""
+        """``events`` are contiguous, in seq order, each seen once per successful pass
+        (at least once overall). Raise to retry them later."""
+        if self.history is None or not events:
+            return
+        progress = await read_progress(self.redis, room)
+        if self.every_bytes:
+            self._bytes[room] = self._bytes.get(room, 0) + sum(
+                len(e.model_dump_json()) for e in events)
+        due = (events[-1].seq - progress.snapshot_seq >= self.every_events
+               or (self.every_bytes > 0 and self._bytes.get(room, 0) >= self.every_bytes))
+        if not due:
+            return
+        try:
+            result = await take_snapshot(self.redis, self.history, room,
+                                         segment_events=self.segment_events,
+                                         segment_bytes=self.segment_bytes,
+                                         keep_events=self.keep_events)
+        except RoomNotFound:
+            return
+        self._bytes[room] = 0
+        log.info("snapshot room=%s seq=%d archived=%d trimmed=%d", room,
+                 result.snapshot_seq, result.archived_seq, result.trimmed_seq,
+                 extra={"room": room, "seq": result.snapshot_seq, "event": "snapshot"})
+
+    async def after_ack(self, room: str, events: Sequence[Event]) -> None:
+        """Trim further once acknowledgements (this batch's, other groups') allow it."""
+        if self.history is None:
+            return
+        progress = await read_progress(self.redis, room)
+        bound = min(progress.archived_seq, progress.snapshot_seq - self.keep_events)
+        if bound > progress.trimmed_seq:
+            await trim(self.redis, room, self.keep_events)
 
     def progress_key(self, room: str) -> str:
         return keys.snapshotter_state(room)
