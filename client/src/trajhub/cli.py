@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +20,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="where the embedded Redis (AOF) and the Zarr store live")
     serve.add_argument("--redis-url", default=os.environ.get("TRAJHUB_REDIS_URL"),
                        help="use this Redis instead of starting the embedded redis-server")
+    _add_time_travel(sub)
+    snap = sub.add_parser("snapshot", help=(
+        "snapshot a room's index now, archive its events and trim its event stream "
+        "(talks to Redis and the store directly)"))
+    snap.add_argument("room")
+    snap.add_argument("--redis-url", default=None, help="Redis (TRAJHUB_REDIS_URL)")
+    snap.add_argument("--storage-url", default=None, help="the Zarr store (TRAJHUB_STORAGE_URL)")
     return parser
 
 
@@ -28,7 +37,120 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(args.host, args.port, args.data_dir, args.redis_url)
         return 0
+    if args.command in ("history", "replay"):
+        return _run_time_travel(args)
+    if args.command == "snapshot":
+        return _run_snapshot(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+# -- history / replay (time travel over the HTTP API) ------------------------------------
+DEFAULT_URL = "http://127.0.0.1:5000"
+
+
+def _add_time_travel(sub: Any) -> None:
+    url = os.environ.get("TRAJHUB_URL", DEFAULT_URL)
+    history = sub.add_parser("history", help="list a room's events: who changed what, when")
+    history.add_argument("room")
+    history.add_argument("--url", default=url, help="the trajhub server (TRAJHUB_URL)")
+    history.add_argument("--since", type=int, default=0, help="only events after this seq")
+    history.add_argument("--limit", type=int, default=None, help="at most this many events")
+    replay = sub.add_parser("replay", help="print a room's index as it was at a seq")
+    replay.add_argument("room")
+    replay.add_argument("--to", type=int, required=True, metavar="SEQ",
+                        help="the seq (0: the empty room)")
+    replay.add_argument("--url", default=url, help="the trajhub server (TRAJHUB_URL)")
+
+
+def _frames_text(values: list[Any], limit: int = 10) -> str:
+    text = ",".join(str(v) for v in values[:limit])
+    return text + (f",... ({len(values)})" if len(values) > limit else "")
+
+
+def format_history(events: list[dict[str, Any]]) -> list[str]:
+    """One line per event: seq, time (UTC), author, kind, which frames."""
+    lines = []
+    for e in events:
+        when = datetime.fromtimestamp(float(e["time"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        what = e["kind"] if e["kind"] == e.get("change") or not e.get("change") \
+            else f"{e['kind']} ({e['change']})"
+        extra = f" keys={','.join(e['keys'])}" if e.get("keys") else ""
+        if e.get("reverts") is not None:
+            extra += f" reverts={e['reverts']}"
+        lines.append(f"{e['seq']:>6}  {when}  {e['author']:<12}  {what:<24}  "
+                     f"indices={_frames_text(e['indices'])} "
+                     f"ids={_frames_text(e['frame_ids'])}{extra}")
+    return lines
+
+
+def format_index(index: dict[str, Any]) -> list[str]:
+    """A header, then one line per frame: index, frame id, version, hash prefix."""
+    lines = [f"room {index['room']} at seq {index['seq']}: {index['n_frames']} frames",
+             f"{'index':>6}  {'frame_id':>8}  {'version':>7}  hash"]
+    for i, (fid, version, digest) in enumerate(zip(index["frame_ids"], index["versions"],
+                                                   index["hashes"], strict=True)):
+        lines.append(f"{i:>6}  {fid:>8}  {version:>7}  {digest[:16]}")
+    return lines
+
+
+def _run_time_travel(args: argparse.Namespace) -> int:
+    from trajhub.client import Room, TrajhubError
+
+    try:
+        with Room(args.url, args.room) as vis:
+            if args.command == "history":
+                lines = format_history(vis.history(since=args.since, limit=args.limit))
+            else:
+                lines = format_index(vis.transport.get_index(vis.room, at_seq=args.to))
+    except (TrajhubError, ValueError) as exc:
+        print(f"trajhub {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+# -- snapshot (on demand, straight to Redis and the store) ---------------------------------
+def snapshot(room: str, redis_url: str | None = None,
+             storage_url: str | None = None) -> dict[str, Any]:
+    """Take a snapshot pass of ``room`` now (``trajhub.snapshotter.history``); URLs
+    default to the settings (TRAJHUB_REDIS_URL, TRAJHUB_STORAGE_URL)."""
+    import asyncio
+    from dataclasses import asdict
+
+    from trajhub.shared.history_store import open_history_store
+    from trajhub.shared.redis_util import async_client
+    from trajhub.shared.settings import Settings
+    from trajhub.snapshotter.history import take_snapshot
+
+    settings = Settings.from_env(redis_url=redis_url, storage_url=storage_url)
+
+    async def run() -> dict[str, Any]:
+        redis = async_client(settings.redis_url)
+        try:
+            history = open_history_store(settings.storage_url)
+            return asdict(await take_snapshot(redis, history, room))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def _run_snapshot(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from trajhub.snapshotter.history import RoomNotFound
+    except ImportError as exc:
+        print(f"trajhub snapshot needs the server parts: pip install 'trajhub[server]' "
+              f"({exc})", file=sys.stderr)
+        return 1
+    try:
+        result = snapshot(args.room, args.redis_url, args.storage_url)
+    except (RoomNotFound, ValueError) as exc:
+        print(f"trajhub snapshot: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":

@@ -98,3 +98,7 @@ class ServerError(TrajhubError):
 
 class TrajhubConnectionError(TrajhubError, ConnectionError):
     """The server could not be reached (after retrying); the message has the URL."""
+
+
+class HistoryGone(TrajhubError, LookupError):
+    """A past seq is beyond the room's retention (HTTP 410): trimmed and not archived."""

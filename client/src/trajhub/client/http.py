@@ -33,6 +33,7 @@ from trajhub.client.errors import (
     BadRequest,
     ConflictError,
     FrameIndexError,
+    HistoryGone,
     LockedError,
     NothingToRedo,
     NothingToUndo,
@@ -195,9 +196,10 @@ class Transport:
 
     def get_frames(self, room: str, *, indices: Sequence[int] | None = None,
                    start: int | None = None, stop: int | None = None,
-                   step: int | None = None,
-                   keys: Sequence[str] | None = None) -> dict[str, Any]:
-        """The msgpack answer of ``GET .../frames`` with ``frames`` decoded to Frames.
+                   step: int | None = None, keys: Sequence[str] | None = None,
+                   at_seq: int | None = None) -> dict[str, Any]:
+        """The msgpack answer of ``GET .../frames`` with ``frames`` decoded to Frames
+        (as of seq ``at_seq`` if given: ``HistoryGone`` if that is beyond retention).
 
         The frames' arrays are read-only views (of the answer's bytes, or of msgpack's
         copies of them): copy what you want to modify.
@@ -205,12 +207,22 @@ class Transport:
         params = _selection(indices, start, stop, step)
         if keys is not None:
             params["keys"] = _csv(keys)
+        if at_seq is not None:
+            params["at_seq"] = str(at_seq)
         response = self.request("GET", self._frames_path(room), params=params)
         try:
             return decode_frames_body(response.content)
         except (CodecError, KeyError, TypeError) as exc:
             raise TrajhubError(f"unreadable answer from {response.url}: {exc}",
                                status=response.status_code, url=response.url) from None
+
+    def get_index(self, room: str, at_seq: int | None = None) -> dict[str, Any]:
+        """``{"room", "seq", "n_frames", "frame_ids", "versions", "hashes"}``: the whole
+        index now, or as of seq ``at_seq`` (``HistoryGone`` if beyond retention)."""
+        params = {"at_seq": str(at_seq)} if at_seq is not None else None
+        response = self.request("GET", f"{self._room_path(room)}/index", params=params,
+                                not_found=RoomNotFound)
+        return response.json()  # type: ignore[no-any-return]
 
     def post_frames(self, room: str, body: bytes, *, at: int | None = None,
                     idempotency_key: str | None = None,
@@ -386,7 +398,8 @@ class Transport:
         where = f"{response.method} {response.url}"
         classes: dict[int, type[TrajhubError]] = {
             400: BadRequest, 404: not_found, 409: ConflictError, 413: PayloadTooLarge,
-            415: BadRequest, 422: BadRequest, 423: LockedError, 428: BadRequest,
+            410: HistoryGone, 415: BadRequest, 422: BadRequest, 423: LockedError,
+            428: BadRequest,
             503: ServerUnavailable,
         }
         cls = classes.get(status, ServerError)

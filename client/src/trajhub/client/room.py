@@ -394,6 +394,13 @@ class Room(MutableSequence[ase.Atoms]):
             since = int(got[-1]["seq"])
         return events
 
+    def at(self, seq: SupportsIndex) -> RoomAt:
+        """A read-only view of the room as it was at seq ``seq`` (after that event; 0 is
+        the empty room): a sequence of ``ase.Atoms`` with ``len``, indexing, slicing,
+        iteration and ``get(indices, keys)``. ``HistoryGone`` if the seq is beyond the
+        room's retention, ``BadRequest`` if it is after the room's latest event."""
+        return RoomAt(self, operator.index(seq))
+
     @property
     def step(self) -> int | None:
         """The room's current step (the frame everyone's viewer shows), None if unset.
@@ -452,18 +459,18 @@ class Room(MutableSequence[ase.Atoms]):
     # -- requests --------------------------------------------------------------------
 
     def _read(self, indices: range | list[int], keys: Sequence[str] | None = None, *,
-              convert: Callable[[Frame], T]) -> list[T]:
+              convert: Callable[[Frame], T], at_seq: int | None = None) -> list[T]:
         """The frames at ``indices``, each passed through ``convert`` (which copies the
         arrays) as its answer arrives, so that only one answer is held at a time."""
         out: list[T] = []
-        for part in self._read_chunks(indices, keys):
+        for part in self._read_chunks(indices, keys, at_seq=at_seq):
             out.extend(convert(f) for f in part)
             del part  # before the next answer arrives
         return out
 
-    def _read_chunks(self, indices: range | list[int], keys: Sequence[str] | None = None
-                     ) -> Iterator[list[Frame]]:
-        """The frames at ``indices``, one list per request.
+    def _read_chunks(self, indices: range | list[int], keys: Sequence[str] | None = None,
+                     *, at_seq: int | None = None) -> Iterator[list[Frame]]:
+        """The frames at ``indices`` (as of seq ``at_seq`` if given), one list per request.
 
         The first request asks for READ_FIRST_FRAMES; each next one for as many frames
         as fit ``read_bytes`` at the size of the frames of the previous answer (so a
@@ -476,13 +483,15 @@ class Room(MutableSequence[ase.Atoms]):
                 # stop = last + 1 keeps it non-negative and exact for the server.
                 answer = self.transport.get_frames(self.room, start=part.start,
                                                    stop=part[-1] + 1, step=part.step,
-                                                   keys=keys)
+                                                   keys=keys, at_seq=at_seq)
             else:
                 part = _fit_query(list(part))
-                answer = self.transport.get_frames(self.room, indices=part, keys=keys)
+                answer = self.transport.get_frames(self.room, indices=part, keys=keys,
+                                                   at_seq=at_seq)
             frames: list[Frame] = answer["frames"]
-            self.seen.record(answer.get("indices", ()), answer.get("frame_ids", ()),
-                             answer.get("versions", ()))
+            if at_seq is None:  # past versions are no base for an edit
+                self.seen.record(answer.get("indices", ()), answer.get("frame_ids", ()),
+                                 answer.get("versions", ()))
             yield frames
             pos += len(part)
             per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
@@ -653,3 +662,83 @@ class Room(MutableSequence[ase.Atoms]):
         if values:
             at = target.start if target.start < n - len(target) else None
             self._insert_many(values, at=at, progress=None)
+
+
+class RoomAt(Sequence[ase.Atoms]):
+    """A room pinned at one past seq (``Room.at(seq)``): read-only, never changes.
+
+    The index at that seq is read once, when the view is made; frames are read as they
+    are asked for (``GET .../frames?at_seq=``). Writing raises ``TypeError``.
+    """
+
+    def __init__(self, room: Room, seq: int) -> None:
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, not {seq}")
+        self._room = room
+        self.seq = seq
+        index = room.transport.get_index(room.room, at_seq=seq)
+        self.frame_ids: list[int] = list(index["frame_ids"])
+        self.versions: list[int] = list(index["versions"])
+        self.hashes: list[str] = list(index["hashes"])
+
+    @property
+    def room(self) -> str:
+        return self._room.room
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> ase.Atoms: ...  # type: ignore[overload-overlap]
+    @overload
+    def __getitem__(self, index: slice | Indices) -> list[ase.Atoms]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice | Indices) -> Any:
+        if isinstance(index, _MANY):
+            return self._room._read(self._resolve_many(index), convert=frame_to_atoms,
+                                    at_seq=self.seq)
+        return self._room._read([self._resolve(index)], convert=frame_to_atoms,
+                                at_seq=self.seq)[0]
+
+    def get(self, indices: SupportsIndex | slice | Indices | None = None,
+            keys: Sequence[str] | None = None) -> list[Frame]:
+        """Frames as dicts of (writable) numpy arrays, as ``Room.get``."""
+        if keys is not None:
+            keys = [check_key_name(k) for k in keys]
+        if indices is None:
+            wanted: range | list[int] = range(len(self))
+        elif isinstance(indices, _MANY):
+            wanted = self._resolve_many(indices)
+        else:
+            wanted = [self._resolve(indices)]
+        return self._room._read(wanted, keys, convert=_writable, at_seq=self.seq)
+
+    def __iter__(self) -> Iterator[ase.Atoms]:
+        for frames in self._room._read_chunks(range(len(self)), at_seq=self.seq):
+            yield from (frame_to_atoms(f) for f in frames)
+            del frames
+
+    def __repr__(self) -> str:
+        return f"RoomAt(room={self.room!r}, seq={self.seq}, n_frames={len(self)})"
+
+    def _resolve(self, index: SupportsIndex) -> int:
+        i, n = operator.index(index), len(self)
+        if not -n <= i < n:
+            raise FrameIndexError(f"frame index {i} out of range: room {self.room!r} had "
+                                  f"{n} frames at seq {self.seq}")
+        return i + n if i < 0 else i
+
+    def _resolve_many(self, index: slice | Indices) -> range | list[int]:
+        if isinstance(index, slice):
+            return range(*index.indices(len(self)))
+        if isinstance(index, str | bytes) or not isinstance(index, Sequence | np.ndarray):
+            raise TypeError(f"frame indices must be integers, slices or sequences of "
+                            f"integers, not {type(index).__name__}")
+        return [self._resolve(i) for i in index]
+
+    def _read_only(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(f"room {self.room!r} at seq {self.seq} is a read-only view of the "
+                        f"past; write to the Room itself (e.g. vis[i] = atoms)")
+
+    __setitem__ = __delitem__ = append = extend = insert = _read_only
+    patch = clear = pop = remove = reverse = _read_only

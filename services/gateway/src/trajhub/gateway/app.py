@@ -11,8 +11,10 @@ from trajhub.control import ControlUnavailable
 from trajhub.gateway import home
 from trajhub.gateway.collab_routes import router as collab_router
 from trajhub.gateway.errors import NotStarted, install_error_handlers
+from trajhub.gateway.history_routes import router as history_router
 from trajhub.gateway.routes import router
 from trajhub.gateway.runtime import Gateway
+from trajhub.gateway.snapshot_routes import router as snapshot_router
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.settings import Settings
 
@@ -26,6 +28,8 @@ def create_app(settings: Settings, *, control: ControlPort | None = None,
     install_error_handlers(api, unavailable=(ControlUnavailable, NotStarted))
     api.include_router(router)
     api.include_router(collab_router)
+    api.include_router(history_router)
+    api.include_router(snapshot_router)
     api.include_router(home.router)
     app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")
     app.gateway = gw

@@ -18,8 +18,8 @@ from trajhub.gateway.body import (
 )
 from trajhub.gateway.collab import lock_target, step_json
 from trajhub.gateway.errors import ApiError
+from trajhub.gateway.history_routes import history_error, history_reader
 from trajhub.gateway.patch import check_base, load_and_merge, locate, parse_patch_body
-from trajhub.gateway.rooms import room_head
 from trajhub.gateway.routes import Author, IdemKey, LockFence, LockToken, gateway
 from trajhub.gateway.writes import (
     build_command,
@@ -31,7 +31,6 @@ from trajhub.gateway.writes import (
     stage_and_commit,
     write_answer,
 )
-from trajhub.shared import keys
 from trajhub.shared.collab import (
     LockAcquire,
     LockRelease,
@@ -43,6 +42,7 @@ from trajhub.shared.collab import (
     SetStep,
 )
 from trajhub.shared.events import Event, PatchFrames, Redo, Undo
+from trajhub.shared.history_reader import HistoryGone
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
@@ -194,14 +194,17 @@ def history_entry(event: Event) -> dict[str, Any]:
 async def history(room: str, request: Request,
                   since: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
                   limit: Annotated[int, Query(ge=1, le=HISTORY_MAX)] = 100) -> dict[str, Any]:
-    gw = gateway(request)
     check_room(room)
-    entries: Any = await gw.redis.xrange(keys.events(room), min=f"{since + 1}-0", max="+",
-                                         count=limit + 1)
-    if not entries and not (await room_head(gw.redis, room)).exists:
+    reader = await history_reader(request)
+    # Seqs are contiguous: limit + 1 events tell whether there are more.
+    try:
+        found = [e async for e in reader.events(room, since, since + limit + 1)]
+    except HistoryGone as exc:
+        raise history_error(exc) from None
+    if not found and await reader.head(room) == 0:
         raise ApiError(404, f"room {room!r} does not exist")
-    events = [history_entry(Event.from_stream(fields)) for _, fields in entries[:limit]]
-    more = len(entries) > limit
+    events = [history_entry(e) for e in found[:limit]]
+    more = len(found) > limit
     return {"room": room, "events": events, "next": events[-1]["seq"] if more else None}
 
 

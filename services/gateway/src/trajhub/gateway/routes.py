@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from trajhub.control import IndexOutOfRange
+from trajhub.control import IndexOutOfRange, IndexView
 from trajhub.gateway.body import (
     MSGPACK,
     check_declared_size,
@@ -18,6 +18,7 @@ from trajhub.gateway.body import (
     require_msgpack,
 )
 from trajhub.gateway.errors import ApiError
+from trajhub.gateway.history_routes import AtSeq, past_index, select_past
 from trajhub.gateway.ingest import PreparedFrames, parse_upload
 from trajhub.gateway.reader import pack_frames_response
 from trajhub.gateway.rooms import room_head
@@ -121,12 +122,18 @@ async def read_index(gw: Gateway, room: str, sel: Selection) -> Any:
 @router.get("/api/v1/rooms/{room}/frames")
 async def get_frames(room: str, request: Request, indices: OptStr = None,
                      start: OptInt = None, stop: OptInt = None, step: OptInt = None,
-                     keys: OptStr = None) -> Response:
+                     keys: OptStr = None, at_seq: AtSeq = None) -> Response:
     gw = gateway(request)
     check_room(room)
     sel = parse_selection(indices, start, stop, step)
     wanted = parse_keys(keys)
-    view = await read_index(gw, room, sel)
+    if at_seq is None:
+        view = await read_index(gw, room, sel)
+    else:  # slots are write-once: a past frame is still where its slot says
+        past = await past_index(request, room, at_seq)
+        positions, picked = select_past(room, at_seq, past, sel)
+        view = IndexView(seq=at_seq, n_frames=len(past), exists=True, indices=positions,
+                         entries=picked)
     if len(view.indices) > MAX_FRAMES_PER_READ:
         raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
                             f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
