@@ -433,3 +433,21 @@ async def test_a_refused_first_commit_does_not_list_the_room(r: aioredis.Redis) 
     refused = await control.commit(InsertFrames(room="never", hashes=["0" * 64]))
     assert refused.status == "invalid"
     assert await IndexReader(r).list_rooms() == []
+
+
+async def test_idempotency_records_hold_the_seq_and_replay_from_the_stream(
+        r: aioredis.Redis) -> None:
+    control = Control(r)
+    hashes = await stage(r, ROOM, list(range(200)))
+    first = ok(await control.commit(InsertFrames(room=ROOM, hashes=hashes,
+                                                 idempotency_key="bulk-once-1")))
+    assert await r.get(keys.idempotency(ROOM, "bulk-once-1")) == b"1"
+    again = await control.commit(InsertFrames(room=ROOM, hashes=hashes,
+                                              idempotency_key="bulk-once-1"))
+    assert again.replayed and again.event == first
+    await r.xtrim(keys.events(ROOM), minid="2-0")  # as the snapshotter trims
+    archived = await control.commit(InsertFrames(room=ROOM, hashes=hashes,
+                                                 idempotency_key="bulk-once-1"))
+    assert archived.status == "ok" and archived.event is None
+    assert "already applied as seq 1" in (archived.reason or "")
+    assert await r.xlen(keys.events(ROOM)) == 0 and len(await order(r, ROOM)) == 200

@@ -108,7 +108,8 @@ def checked(result: CommitResult) -> CommitResult:
     """``result`` if accepted, else the ApiError that explains the refusal."""
     if result.status == "ok":
         if result.event is None:
-            raise ApiError(500, "control accepted the command but returned no event")
+            # A retry of a command whose event has since been archived (trimmed).
+            raise ApiError(409, result.reason or "this request was already applied")
         return result
     detail = result.reason or f"commit refused ({result.status})"
     extra: dict[str, Any] = {}

@@ -19,14 +19,32 @@ local NOW_ARG, TOKEN, FENCE = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local RETENTION = tonumber(ARGV[9]) or 0
 local A = 9
 local FIRST_BLOB_KEY = 12
-local IDEM_TTL = 86400
+-- Keys control made up itself only guard redis-py's resend after a dropped connection.
+local IDEM_TTL = string.sub(ARGV[2], 1, 5) == 'auto-' and 600 or 86400
 local GROUPS = {'storage', 'snapshotter'}
 
+-- The answer to a retried command: its record holds the seq it produced, and the
+-- answer is rebuilt from that event (records stay ~100 bytes, whatever the command).
 local function stored_result()
-  if USE_IDEM then
-    return redis.call('GET', K_IDEM)
+  if not USE_IDEM then
+    return false
   end
-  return false
+  local seq = redis.call('GET', K_IDEM)
+  if not seq then
+    return false
+  end
+  local found = redis.call('XRANGE', K_EVENTS, seq .. '-0', seq .. '-0')
+  if #found == 0 then
+    return '{"status":"ok","reason":"already applied as seq ' .. seq .. ', whose event is '
+      .. 'archived","event":null,"conflicts":[]}'
+  end
+  local fields = found[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'data' then
+      return '{"status":"ok","reason":null,"event":' .. fields[i + 1] .. ',"conflicts":[]}'
+    end
+  end
+  error('trajhub: event ' .. seq .. ' has no data field')
 end
 
 local function fail(status, reason, conflicts_json, holder_json_)
@@ -309,7 +327,7 @@ local function commit(seq, kind, body, meta)
   -- Only accepted commands are remembered: a refused one wrote nothing, so a retry
   -- with the same key (say after uploading the missing frame) must be checked afresh.
   if USE_IDEM then
-    redis.call('SET', K_IDEM, result, 'EX', IDEM_TTL)
+    redis.call('SET', K_IDEM, s, 'EX', IDEM_TTL)
   end
   return {0, result}
 end
