@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("room")
     snap.add_argument("--redis-url", default=None, help="Redis (TRAJHUB_REDIS_URL)")
     snap.add_argument("--storage-url", default=None, help="the Zarr store (TRAJHUB_STORAGE_URL)")
+    _add_rebuild(sub)
     return parser
 
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_time_travel(args)
     if args.command == "snapshot":
         return _run_snapshot(args)
+    if args.command == "rebuild":
+        return _run_rebuild(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -151,6 +154,65 @@ def _run_snapshot(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result))
     return 0
+
+
+
+# -- rebuild (storage projection from history, straight to Redis and the store) -----------
+def _add_rebuild(sub: Any) -> None:
+    p = sub.add_parser("rebuild", help=(
+        "rebuild a room's Zarr group from its history (archived segments + event "
+        "stream), checking every frame hash; replaces the group in place unless --into"))
+    p.add_argument("room")
+    p.add_argument("--redis-url", default=None, help="Redis (TRAJHUB_REDIS_URL)")
+    p.add_argument("--storage-url", default=None, help="the Zarr store (TRAJHUB_STORAGE_URL)")
+    p.add_argument("--into", default=None, metavar="DIR", help=(
+        "write the new group to DIR/ROOM and leave the live store alone (swap by hand)"))
+
+
+def rebuild(room: str, redis_url: str | None = None, storage_url: str | None = None,
+            into: str | None = None) -> dict[str, Any]:
+    """Run ``trajhub.storage.rebuild.rebuild``; returns its report's summary."""
+    import asyncio
+
+    from trajhub.shared.history_store import open_history_store
+    from trajhub.shared.redis_util import async_client
+    from trajhub.shared.settings import Settings
+    from trajhub.storage.rebuild import rebuild as run_rebuild
+
+    settings = Settings.from_env(redis_url=redis_url, storage_url=storage_url)
+
+    async def run() -> dict[str, Any]:
+        redis = async_client(settings.redis_url)
+        try:
+            history = open_history_store(settings.storage_url)
+            report = await run_rebuild(redis, settings.storage_url, history, room, into)
+            return report.summary()
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def _run_rebuild(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from trajhub.shared.history_reader import HistoryGone
+        from trajhub.storage.rebuild import RebuildError
+    except ImportError as exc:
+        print(f"trajhub rebuild needs the server parts: pip install 'trajhub[server]' "
+              f"({exc})", file=sys.stderr)
+        return 1
+    try:
+        result = rebuild(args.room, args.redis_url, args.storage_url, args.into)
+    except (RebuildError, HistoryGone, ValueError) as exc:
+        print(f"trajhub rebuild: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    for m in result["missing"]:
+        print(f"trajhub rebuild: no content for slot {m['slot']} (hash {m['hash']}, "
+              f"frame indices {m['indices'] or 'none: only in the past'})", file=sys.stderr)
+    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":

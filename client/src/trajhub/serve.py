@@ -34,6 +34,7 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
     from trajhub.shared.history_store import ZarrHistoryStore
     from trajhub.shared.zarr_store import open_store
     from trajhub.snapshotter.worker import SnapshotterWorker
+    from trajhub.storage.blob_archive import BlobArchive
     from trajhub.storage.worker import StorageWorker
 
     redis_proc: EmbeddedRedis | None = None
@@ -48,7 +49,9 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
         consumer = settings.consumer_name
         # One process, one GIL: storage lets in-flight uploads finish first (bounded).
         storage = StorageWorker(settings.redis_url, store, f"{consumer}-storage",
-                                yield_to=app.gateway.busy_with_writes)
+                                yield_to=app.gateway.busy_with_writes,
+                                archive=BlobArchive(store.store)
+                                if settings.archive_blobs else None)
         # The history store shares the frame store's zarr store (and its snapshots).
         snapshotter = SnapshotterWorker.from_settings(
             settings, ZarrHistoryStore(store.store), f"{consumer}-snapshotter",

@@ -264,6 +264,20 @@ class Transport:
                                 headers=headers, idempotency_key=idempotency_key)
         return response.json()  # type: ignore[no-any-return]
 
+    def fork_room(self, room: str, base_room: str, at_seq: int | None = None, *,
+                  idempotency_key: str | None = None) -> dict[str, Any]:
+        """Create ``room`` as a fork of ``base_room`` at ``at_seq`` (its current seq if
+        None): ``{"room", "seq", "n_frames", "base_room", "base_seq", "frame_ids",
+        "versions", "hashes"}``. ConflictError if ``room`` exists, RoomNotFound if the
+        base does not, HistoryGone if that seq is beyond retention."""
+        body: dict[str, Any] = {"base_room": base_room}
+        if at_seq is not None:
+            body["at_seq"] = at_seq
+        response = self.request("PUT", self._room_path(room), content=json.dumps(body).encode(),
+                                content_type=JSON, idempotency_key=idempotency_key,
+                                not_found=RoomNotFound)
+        return response.json()  # type: ignore[no-any-return]
+
     # -- collaboration ---------------------------------------------------------------
 
     def acquire_lock(self, room: str, target: object, ttl_ms: int,

@@ -394,6 +394,19 @@ class Room(MutableSequence[ase.Atoms]):
             since = int(got[-1]["seq"])
         return events
 
+    def fork(self, new_name: str, at_seq: SupportsIndex | None = None) -> Room:
+        """A new room ``new_name`` holding this room's frames as of seq ``at_seq`` (now
+        if None), without copying frame data; from then on each room has its own
+        history. ``ConflictError`` if ``new_name`` exists, ``HistoryGone`` if that seq
+        is beyond retention."""
+        name = check_room_name(new_name)
+        seq = None if at_seq is None else operator.index(at_seq)
+        self.transport.fork_room(name, self.room, seq)
+        return Room(self.url, name, transport=self.transport, chunk_bytes=self.chunk_bytes,
+                    chunk_frames=self.chunk_frames, overlap=self.overlap,
+                    read_bytes=self.read_bytes, read_frames=self.read_frames,
+                    lock_wait=self.lock_wait, seen_limit=self.seen.limit)
+
     def at(self, seq: SupportsIndex) -> RoomAt:
         """A read-only view of the room as it was at seq ``seq`` (after that event; 0 is
         the empty room): a sequence of ``ase.Atoms`` with ``len``, indexing, slicing,

@@ -16,11 +16,12 @@ from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import check_key_name, check_room_name
 
 EventKind = Literal["frames_inserted", "frames_replaced", "frames_patched",
-                    "frames_deleted", "undo", "redo"]
+                    "frames_deleted", "undo", "redo", "room_forked"]
 Effect = Literal["insert", "replace", "delete"]
 """What an event does to the index: every kind is one of these three changes."""
 EFFECT_OF_KIND: dict[str, Effect] = {"frames_inserted": "insert", "frames_replaced": "replace",
-                                     "frames_patched": "replace", "frames_deleted": "delete"}
+                                     "frames_patched": "replace", "frames_deleted": "delete",
+                                     "room_forked": "insert"}
 MAX_FRAMES_PER_COMMAND = 100_000
 MAX_LOCK_TTL_MS = 600_000
 MIN_LOCK_TTL_MS = 100
@@ -78,6 +79,10 @@ class Event(_Model):
     effect: Effect | None = Field(default=None, description="undo/redo: the index change")
     reverts: int | None = Field(default=None, description="undo/redo: the seq reverted")
     fence: int | None = Field(default=None, description="the lock fence the commit presented")
+    base_room: str | None = Field(default=None, description="room_forked: the room forked")
+    base_seq: int | None = Field(default=None, description="room_forked: its seq forked at")
+    parent_slots: int | None = Field(default=None, description=(
+        "room_forked: the room's first own slot; slots below it are the base room's"))
 
     _lists = field_validator("indices", "frames", "base_versions", "new_slots", "prev",
                              "keys", mode="before")(_empty_table_as_list)
@@ -227,6 +232,38 @@ class Redo(_Command):
     """Revert the author's latest undo not yet redone."""
 
     op: Literal["redo"] = "redo"
+
+
+class ForkRoom(_Command):
+    """Create ``room`` (which must have no events) holding ``frames``, the index of
+    ``base_room`` at ``base_seq``, without copying frame data: the entries keep their
+    frame ids, versions, hashes and slots, and the new room's own slots and frame ids
+    start at the base's ``next_slot``/``next_fid`` (as of the fork), so slots below
+    ``next_slot`` are read from the base room's storage."""
+
+    op: Literal["fork"] = "fork"
+    base_room: str
+    base_seq: int = Field(ge=0)
+    next_fid: int = Field(ge=0)
+    next_slot: int = Field(ge=0)
+    frames: list[FrameEntry] = Field(max_length=10 * MAX_FRAMES_PER_COMMAND)
+
+    @field_validator("base_room")
+    @classmethod
+    def _base_room(cls, value: str) -> str:
+        return check_room_name(value)
+
+    @model_validator(mode="after")
+    def _fork_rules(self) -> Self:
+        if self.base_room == self.room:
+            raise ValueError("a room cannot be forked onto itself")
+        if any(f.slot >= self.next_slot or f.frame_id >= self.next_fid for f in self.frames):
+            raise ValueError("every forked entry's slot and frame id must lie below "
+                             "next_slot and next_fid")
+        if len({f.frame_id for f in self.frames}) != len(self.frames):
+            raise ValueError("forked entries repeat a frame id")
+        _check_hashes([f.hash for f in self.frames])
+        return self
 
 
 Command = Annotated[InsertFrames | ReplaceFrames | PatchFrames | DeleteFrames | Undo | Redo,

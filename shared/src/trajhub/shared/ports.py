@@ -17,7 +17,7 @@ from trajhub.shared.collab import (
     SetStep,
     StepState,
 )
-from trajhub.shared.events import Command, CommitResult
+from trajhub.shared.events import Command, CommitResult, ForkRoom
 from trajhub.shared.frames import Frame
 
 
@@ -71,6 +71,11 @@ class ControlPort(Protocol):
     """How a gateway reaches control: in-process, or over HTTP to control replicas."""
 
     async def commit(self, command: Command) -> CommitResult:
+        ...
+
+    async def fork(self, request: ForkRoom) -> CommitResult:
+        """Create a room as a fork of another (event ``room_forked``); "conflict" if
+        the room already has events."""
         ...
 
     async def acquire_lock(self, request: LockAcquire) -> LockResult:

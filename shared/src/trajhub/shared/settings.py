@@ -41,6 +41,10 @@ class Settings(BaseModel):
     stream_keep_events: int = Field(10_000, ge=0, description=(
         "TRAJHUB_STREAM_KEEP_EVENTS: events before a room's latest snapshot kept in its "
         "Redis stream (older ones are archived, then trimmed); undo reaches back this far"))
+    archive_blobs: bool = Field(False, description=(
+        "TRAJHUB_ARCHIVE_BLOBS: storage keeps a copy of every frame it applies as a "
+        "content-addressed object <room>/_history/blob/<hash> in the store, so that "
+        "`trajhub rebuild` can restore a room whose Zarr data arrays are lost"))
     consumer_name: str = Field(default_factory=_default_consumer,
                                description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
     log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")

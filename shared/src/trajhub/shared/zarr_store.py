@@ -87,6 +87,9 @@ STRING_DTYPE = "U"
 HASH_ARRAY = "_hash"
 BASE_ARRAY = "_base"
 LAYERED_ATTR = "layered"
+PARENT_ATTR = "parent"
+PARENT_SLOTS_ATTR = "parent_slots"
+MAX_FORK_DEPTH = 64
 PROJECTION_ARRAYS = ("_order", "_frame_id", "_version")
 
 CODEC = "auto"
@@ -145,6 +148,9 @@ class _RoomInfo:
     registry: Registry
     layered: bool = False
     """The room has a ``_base`` array (some slot is a patch)."""
+    parent: str | None = None
+    """A fork: slots below ``parent_slots`` are the ``parent`` room's (nothing copied)."""
+    parent_slots: int = 0
 
 
 @dataclass(frozen=True)
@@ -262,8 +268,11 @@ def _registry_json(registry: Registry) -> dict[str, list[list[Any]]]:
 def _room_info(attrs: Mapping[str, Any] | None) -> _RoomInfo:
     if attrs is None:
         return _RoomInfo(0, 0, {})
+    parent = attrs.get(PARENT_ATTR)
     return _RoomInfo(int(attrs.get("n_slots", 0)), int(attrs.get("applied_seq", 0)),
-                     _parse_registry(attrs), bool(attrs.get(LAYERED_ATTR, False)))
+                     _parse_registry(attrs), bool(attrs.get(LAYERED_ATTR, False)),
+                     str(parent) if parent else None,
+                     int(attrs.get(PARENT_SLOTS_ATTR, 0)) if parent else 0)
 
 
 def _projection_digest(*arrays: Array) -> str:
@@ -362,8 +371,11 @@ class ZarrFrameStore:
         return dict(meta.get("attributes") or {})
 
     def _refresh(self, room: str) -> _RoomInfo:
+        return _run(self._arefresh(room))
+
+    async def _arefresh(self, room: str) -> _RoomInfo:
         check_room(room)
-        info = _room_info(_run(self._load_attrs(room)))
+        info = _room_info(await self._load_attrs(room))
         with self._lock:
             old = self._rooms.get(room)
             if old is not None and info.n_slots < old.n_slots:
@@ -378,10 +390,13 @@ class ZarrFrameStore:
                 del cache[k]
 
     def _room_for(self, room: str, max_slot: int) -> _RoomInfo:
+        return _run(self._aroom_for(room, max_slot))
+
+    async def _aroom_for(self, room: str, max_slot: int) -> _RoomInfo:
         with self._lock:
             info = self._rooms.get(room)
         if info is None or max_slot >= info.n_slots:
-            info = self._refresh(room)
+            info = await self._arefresh(room)
         if max_slot >= info.n_slots:
             raise IndexError(f"room {room!r}: slot {max_slot} is not written "
                              f"(n_slots={info.n_slots})")
@@ -430,22 +445,39 @@ class ZarrFrameStore:
             return []
         if min(slot_list) < 0:
             raise IndexError(f"negative slot {min(slot_list)}")
-        info = self._room_for(room, max(slot_list))
-        wanted = info.registry if keys is None else {
-            k: info.registry[k] for k in keys if k in info.registry}
-        by_slot = _run(self._read_merged(room, info, slot_list, wanted))
+        by_slot = _run(self._read_room(room, slot_list, keys, 0))
         return [dict(by_slot[s]) for s in slot_list]
 
+    async def _read_room(self, room: str, slots: list[int], keys: Sequence[str] | None,
+                         depth: int) -> dict[int, Frame]:
+        if depth > MAX_FORK_DEPTH:
+            raise ValueError(f"room {room!r}: forks nest deeper than {MAX_FORK_DEPTH}")
+        info = await self._aroom_for(room, max(slots))
+        return await self._read_merged(room, info, slots, keys, depth)
+
     async def _read_merged(self, room: str, info: _RoomInfo, slots: list[int],
-                           wanted: Registry) -> dict[int, Frame]:
-        """``_read``, with each patch slot's frame laid over its base's."""
-        bases = await self._bases(room, info, slots)
-        if not bases:
-            return await self._read(room, info, slots, wanted)
-        own = await self._read(room, info, [*slots, *bases.values()], wanted)
+                           keys: Sequence[str] | None, depth: int) -> dict[int, Frame]:
+        """``_read``, with each patch slot's frame laid over its base's; a fork's slots
+        below ``parent_slots`` (and patch bases there) come from its parent room, one
+        batched read per room."""
+        wanted = info.registry if keys is None else {
+            k: info.registry[k] for k in keys if k in info.registry}
+        cut = info.parent_slots
+        own = [s for s in slots if s >= cut]
+        bases = await self._bases(room, info, own)
+        inherited = sorted({s for s in slots if s < cut} | {b for b in bases.values() if b < cut})
+        if not bases and not inherited:
+            return await self._read(room, info, own, wanted)
+        own_reads = [*own, *(b for b in bases.values() if b >= cut)]
+        jobs = [self._read(room, info, own_reads, wanted) if own_reads else _nothing()]
+        if inherited:
+            assert info.parent is not None
+            jobs.append(self._read_room(info.parent, inherited, keys, depth + 1))
+        parts = await asyncio.gather(*jobs)
+        out = {k: v for part in parts for k, v in part.items()}
         for s, b in bases.items():
-            own[s] = {**own[b], **own[s]}  # bases are whole: own[b] is final
-        return own
+            out[s] = {**out[b], **out[s]}  # bases are whole (or merged): out[b] is final
+        return out
 
     async def _bases(self, room: str, info: _RoomInfo, slots: Sequence[int]
                      ) -> dict[int, int]:
@@ -572,6 +604,15 @@ class ZarrFrameStore:
         if not slot_list:
             return []
         info = self._room_for(room, max(slot_list))
+        cut = info.parent_slots
+        if info.parent is not None and min(slot_list) < cut:
+            below = sorted({s for s in slot_list if s < cut})
+            found = dict(zip(below, self.read_hashes(info.parent, below), strict=True))
+            above = [s for s in slot_list if s >= cut]
+            if above:
+                found.update(zip(above, _run(self._read_hashes(room, info, above)),
+                                 strict=True))
+            return [found[s] for s in slot_list]
         return _run(self._read_hashes(room, info, slot_list))
 
     async def _read_hashes(self, room: str, info: _RoomInfo, slots: list[int]) -> list[str]:
@@ -623,6 +664,35 @@ class ZarrFrameStore:
         with self._write_lock(room):
             _run(self._write_slots(room, start, canonical, list(hashes), checked))
 
+    def init_fork(self, room: str, parent: str, parent_slots: int) -> None:
+        """Make ``room`` a fork of ``parent``: its slots below ``parent_slots`` are read
+        from ``parent``'s group (nothing is copied) and its own slots start there.
+        Idempotent; raises ValueError if the room already holds slots or another
+        parent."""
+        check_room(room)
+        check_room(parent)
+        if parent == room or parent_slots < 0:
+            raise ValueError(f"room {room!r} cannot fork {parent!r} at slot {parent_slots}")
+        with self._write_lock(room):
+            _run(self._init_fork(room, parent, int(parent_slots)))
+
+    async def _init_fork(self, room: str, parent: str, parent_slots: int) -> None:
+        group = await self._open_group(room)
+        info = _room_info(group.attrs)
+        if info.parent == parent and info.parent_slots == parent_slots:
+            return
+        if info.n_slots or info.parent is not None:
+            raise ValueError(f"room {room!r} already has slots or another parent; cannot "
+                             f"make it a fork of {parent!r}")
+        await group.update_attributes({
+            "trajhub_format": FORMAT_VERSION, "n_slots": parent_slots,
+            "applied_seq": info.applied_seq, PARENT_ATTR: parent,
+            PARENT_SLOTS_ATTR: parent_slots})
+        with self._lock:
+            self._forget(room)
+            self._rooms[room] = replace(info, n_slots=parent_slots, parent=parent,
+                                        parent_slots=parent_slots)
+
     async def _open_group(self, room: str) -> AsyncGroup:
         group = await open_group(store=self.store, path=room, mode="a", zarr_format=3)
         if not group.attrs:
@@ -661,7 +731,8 @@ class ZarrFrameStore:
             "n_slots": end, "applied_seq": info.applied_seq,
             **({LAYERED_ATTR: True} if layered else {})})
         with self._lock:
-            self._rooms[room] = _RoomInfo(end, info.applied_seq, registry, layered)
+            self._rooms[room] = _RoomInfo(end, info.applied_seq, registry, layered,
+                                          info.parent, info.parent_slots)
             self._extend_row_caches(room, n, end, registry, info.registry, plans)
             if layered:
                 self._extend_rows(room, BASE_ARRAY, n, end, -1, not info.layered, bases)
@@ -1043,6 +1114,10 @@ def _valid_room(name: str) -> bool:
     except InvalidName:
         return False
     return True
+
+
+async def _nothing() -> dict[int, Frame]:
+    return {}
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

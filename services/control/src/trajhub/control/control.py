@@ -14,7 +14,13 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from trajhub.control.scripts import CommitOp, commit_script, lock_script, presenter_script
+from trajhub.control.scripts import (
+    CommitOp,
+    commit_script,
+    fork_script,
+    lock_script,
+    presenter_script,
+)
 from trajhub.shared import keys
 from trajhub.shared.collab import (
     PRESENTER_TTL_MS,
@@ -34,6 +40,7 @@ from trajhub.shared.events import (
     CommitResult,
     DeleteFrames,
     Event,
+    ForkRoom,
     Holder,
     InsertFrames,
     LaterEdit,
@@ -84,6 +91,7 @@ class Control:
         self._scripts = {op: redis.register_script(commit_script(op)) for op in _OPS}
         self._locks = redis.register_script(lock_script())
         self._presenter = redis.register_script(presenter_script())
+        self._fork = redis.register_script(fork_script())
         self._loaded: set[str] = set()
         self._listed: set[str] = set()
 
@@ -120,6 +128,25 @@ class Control:
                 room, command.author)
             result = await self._name_later_edit(room, stack, result)
         return result
+
+    async def fork(self, request: ForkRoom) -> CommitResult:
+        """Create ``request.room`` as a fork (event ``room_forked``, seq 1): "conflict"
+        if it already has events. Idempotent like every commit."""
+        idem = request.idempotency_key or f"auto-{uuid.uuid4().hex}"
+        room = request.room
+        script_keys = [*keys.room_keys(room), keys.undo_stack(room, request.author),
+                       keys.redo_stack(room, request.author), keys.idempotency(room, idem)]
+        entries = request.frames
+        args: list[str | int] = [
+            "1", idem, repr(time.time()), request.author, room, self._now(),
+            request.lock_token or "", request.fence or 0, self.undo_retention,
+            request.base_room, request.base_seq, request.next_fid, request.next_slot,
+            len(entries), *(e.frame_id for e in entries),
+            *(f"{e.version}:{e.hash}:{e.slot}" for e in entries)]
+        replayed, payload = await self._run_and_announce(self._fork, room, script_keys,
+                                                         args, [], 0)
+        result = CommitResult.model_validate_json(payload)
+        return result.model_copy(update={"replayed": True}) if replayed else result
 
     async def _run_and_announce(self, script: AsyncScript, room: str, script_keys: list[str],
                                 args: list[str | int], staged: list[tuple[str, bytes]],

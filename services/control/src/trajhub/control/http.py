@@ -37,7 +37,7 @@ from trajhub.shared.collab import (
     SetStep,
     StepState,
 )
-from trajhub.shared.events import Command, CommitResult
+from trajhub.shared.events import Command, CommitResult, ForkRoom
 from trajhub.shared.names import check_room_name
 from trajhub.shared.redis_util import async_client
 from trajhub.shared.settings import Settings
@@ -70,6 +70,8 @@ def _parser(model: type[BaseModel] | TypeAdapter[Any]) -> Parser:
 _ROUTES: dict[str, tuple[Parser, Runner, Invalid]] = {
     "/v1/commit": (_parser(TypeAdapter[Command](Command)), Control.commit,
                    lambda r: CommitResult(status="invalid", reason=r)),
+    "/v1/fork": (_parser(ForkRoom), Control.fork,
+                 lambda r: CommitResult(status="invalid", reason=r)),
     "/v1/locks/acquire": (_parser(LockAcquire), Control.acquire_lock,
                           lambda r: LockResult(status="invalid", reason=r)),
     "/v1/locks/renew": (_parser(LockRenew), Control.renew_lock,
@@ -196,6 +198,9 @@ class HttpControl:
 
     async def commit(self, command: Command) -> CommitResult:
         return await self._call("/v1/commit", command.model_dump_json(), CommitResult)
+
+    async def fork(self, request: ForkRoom) -> CommitResult:
+        return await self._call("/v1/fork", request.model_dump_json(), CommitResult)
 
     async def acquire_lock(self, request: LockAcquire) -> LockResult:
         return await self._call("/v1/locks/acquire", request.model_dump_json(), LockResult)

@@ -36,3 +36,8 @@ def lock_script() -> str:
 @cache
 def presenter_script() -> str:
     return "\n".join([_read("lib"), _read("presenter")])
+
+
+@cache
+def fork_script() -> str:
+    return "\n".join([_read("lib"), _read("commit"), _read("fork")])

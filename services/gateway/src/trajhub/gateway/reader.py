@@ -57,6 +57,21 @@ async def applied_slots(redis: aioredis.Redis, room: str) -> int:
     return int(value) if value is not None else 0
 
 
+async def applied_and_origin(redis: aioredis.Redis, room: str
+                             ) -> tuple[int, tuple[str, int] | None]:
+    """The room's applied slots and, for a fork, ``(base room, parent_slots)``; one
+    round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(rkeys.applied(room), "slots")
+        pipe.hmget(rkeys.meta(room), ["parent", "parent_slots"])
+        slots, (parent, parent_slots) = await pipe.execute()
+    origin = None
+    if parent is not None and parent_slots is not None:
+        name = parent.decode() if isinstance(parent, bytes) else str(parent)
+        origin = (name, int(parent_slots))
+    return int(slots or 0), origin
+
+
 def select_keys(blob: bytes, keys: Sequence[str]) -> bytes:
     """A staged blob (canonical frame bytes) cut down to ``keys``, re-packed."""
     frame = msgpack.unpackb(blob, raw=False)
@@ -149,7 +164,18 @@ class FrameLoader:
     async def _load_missing(self, room: str, store: FrameStore, missing: list[int],
                             hash_of: dict[int, str], keys: Sequence[str] | None,
                             indices: Sequence[int], got: _Load) -> None:
-        applied = await applied_slots(self._redis, room)
+        applied, origin = await applied_and_origin(self._redis, room)
+        if origin is not None and applied < origin[1]:
+            # A fork whose first event storage has not applied yet: its group does not
+            # know its parent, but the slots below parent_slots are the parent's (the
+            # fork waited for the parent to apply them), so read them from there.
+            inherited = [s for s in missing if s < origin[1]]
+            missing = [s for s in missing if s >= origin[1]]
+            if inherited:
+                frames = await asyncio.to_thread(self._read_zarr, origin[0], store,
+                                                 sorted(inherited), hash_of, {}, keys)
+                (got.full if keys is None else got.partial).update(frames)
+                got.from_zarr += len(inherited)
         zarr_slots = [s for s in missing if s < applied]
         blob_slots = [s for s in missing if s >= applied]
         if blob_slots:
@@ -167,7 +193,7 @@ class FrameLoader:
         frames = await asyncio.to_thread(self._read_zarr, room, store, zarr_slots,
                                          hash_of, extra, read_keys)
         (got.full if read_keys is None else got.partial).update(frames)
-        got.from_zarr = len(zarr_slots)
+        got.from_zarr += len(zarr_slots)
         got.read_ahead = len(extra)
 
     def _fits(self, room: str, n_frames: int) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 from trajhub.shared.consumer import configure_logging, run_until_signalled
 from trajhub.shared.settings import Settings
 from trajhub.shared.zarr_store import open_store
+from trajhub.storage.blob_archive import BlobArchive
 from trajhub.storage.worker import StorageWorker
 
 
@@ -14,7 +15,9 @@ def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     store = open_store(settings.storage_url)
-    worker = StorageWorker(settings.redis_url, store, settings.consumer_name)
+    archive = BlobArchive(store.store) if settings.archive_blobs else None
+    worker = StorageWorker(settings.redis_url, store, settings.consumer_name,
+                           archive=archive)
     asyncio.run(run_until_signalled(worker))
 
 

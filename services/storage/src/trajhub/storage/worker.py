@@ -36,6 +36,7 @@ from trajhub.shared.frames import Array, Frame
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.zarr_store import ProjectionError
+from trajhub.storage.blob_archive import BlobArchive
 
 log = logging.getLogger("trajhub.storage")
 
@@ -60,6 +61,10 @@ class ProjectionStore(FrameStore, Protocol):
 
     def read_projection(self, room: str) -> tuple[int, Any, Any, Any]:
         """``(applied_seq, order, frame_ids, versions)``; raises if the commit was torn."""
+        ...
+
+    def init_fork(self, room: str, parent: str, parent_slots: int) -> None:
+        """Make ``room`` a fork: slots below ``parent_slots`` are ``parent``'s."""
         ...
 
 
@@ -284,7 +289,8 @@ class StorageWorker(RoomConsumer):
                  lease_ms: int = 10_000, claim_idle_ms: int = 5_000,
                  reconcile_s: float = 2.0, batch_events: int = 256,
                  max_chunk_bytes: int = MAX_CHUNK_BYTES, verify: bool = False,
-                 yield_to: Callable[[], bool] | None = None) -> None:
+                 yield_to: Callable[[], bool] | None = None,
+                 archive: BlobArchive | None = None) -> None:
         super().__init__(redis_url, keys.STORAGE_GROUP, consumer, claim_idle_ms=claim_idle_ms,
                          reconcile_s=reconcile_s, lease_ms=lease_ms,
                          batch_events=batch_events, logger=log, yield_to=yield_to)
@@ -292,6 +298,9 @@ class StorageWorker(RoomConsumer):
         self.max_chunk_bytes = max_chunk_bytes
         self.verify = verify
         """Re-hash every decoded frame before writing it (the gateway hashed it already)."""
+        self.archive = archive
+        """Copy every blob here before writing its slot (``TRAJHUB_ARCHIVE_BLOBS``), so
+        that ``trajhub rebuild`` can restore the room without its Zarr data arrays."""
         self._sizes = self.redis.register_script(_SIZES_LUA)
         self._projections: dict[str, Projection] = {}
 
@@ -319,6 +328,7 @@ class StorageWorker(RoomConsumer):
 
     async def handle_batch(self, room: str, events: Sequence[Event]) -> int:
         proj = await self._projection(room)
+        await self._init_fork(room, proj, events)
         writes = sorted({w.slot: w for e in events for w in e.new_slots
                          if w.slot >= proj.n_slots}.values(), key=lambda w: w.slot)
         n_slots = await self._materialize(room, proj.n_slots, writes)
@@ -393,6 +403,19 @@ class StorageWorker(RoomConsumer):
                                 proj.frame_ids, proj.versions)
         return proj
 
+    async def _init_fork(self, room: str, proj: Projection, events: Sequence[Event]) -> None:
+        """A room's first event ``room_forked`` writes no slot: its group only learns its
+        parent, and its own slots start at the base's ``next_slot`` as of the fork."""
+        first = events[0] if events else None
+        if first is None or first.kind != "room_forked" or proj.seq != 0:
+            return
+        if first.base_room is None or first.parent_slots is None:
+            raise IntegrityError(f"room {room}: room_forked without base_room/parent_slots")
+        await self.ensure_lease(room)
+        await asyncio.to_thread(self.store.init_fork, room, first.base_room,
+                                first.parent_slots)
+        proj.n_slots = max(proj.n_slots, first.parent_slots)
+
     async def _materialize(self, room: str, n_slots: int, writes: list[SlotWrite]) -> int:
         """Write ``writes`` (sorted, from slot ``n_slots`` on) from their blobs, in chunks
         of at most ``max_chunk_bytes``; the next chunk is fetched and decoded while the
@@ -414,6 +437,9 @@ class StorageWorker(RoomConsumer):
                 blobs: list[Any] = await self.redis.mget(blob_keys[start:end])
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]
+                if self.archive is not None and chunk:
+                    await asyncio.to_thread(self.archive.put_many, room,
+                                            [w.hash for w in chunk], blobs[:got])
                 frames = await asyncio.to_thread(decode_blobs, blobs[:got], chunk,
                                                  self.verify)
                 if writing is not None:

@@ -23,7 +23,8 @@ for i = 1, #fields, 2 do
 end
 local ev = cjson.decode(data)
 local EFFECTS = {frames_inserted = 'insert', frames_replaced = 'replace',
-                 frames_patched = 'replace', frames_deleted = 'delete'}
+                 frames_patched = 'replace', frames_deleted = 'delete',
+                 room_forked = 'insert'}
 local effect = ev.effect
 if not effect or effect == cjson.null then
   effect = EFFECTS[ev.kind]
