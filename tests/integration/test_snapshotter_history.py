@@ -329,3 +329,22 @@ async def test_the_stream_keeps_the_undo_window(r: aioredis.Redis, tmp_path: Pat
     assert (await stream_seqs(r)) == []
     gone = await control.commit(Redo(room=ROOM, author="ann"))
     assert gone.status == "not_found" and "no longer retained" in (gone.reason or "")
+
+
+async def test_a_trim_held_back_by_storage_is_retried_without_new_events(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    room = Room(r)
+    history = ZarrHistoryStore(tmp_path / "zarr")
+    w = worker(redis_url, history)
+    try:
+        await room.commit(15)
+        await w.process_room(ROOM)  # storage has acknowledged nothing yet
+        assert (await read_progress(r, ROOM)).trimmed_seq == 0
+        assert ROOM in await w.rooms_behind()  # pending: retried at reconciliation
+        await storage_acks_all(r)  # storage catches up; the room gets no new event
+        await w.process_room(ROOM)
+        assert (await read_progress(r, ROOM)).trimmed_seq == 15
+        assert ROOM not in await w.rooms_behind()
+    finally:
+        await w.aclose()
+    assert await stream_seqs(r) == []

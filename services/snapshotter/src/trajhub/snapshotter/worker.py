@@ -77,6 +77,7 @@ class SnapshotterWorker(RoomConsumer):
         # Bytes of events seen since the last snapshot, per room (in memory: after a
         # restart the count starts over, which only delays a snapshot).
         self._bytes: dict[str, int] = {}
+        self._trim_pending: set[str] = set()
 
     async def handle_events(self, room: str, events: Sequence[Event]) -> None:
         """``events`` are contiguous, in seq order, each seen once per successful pass
@@ -105,12 +106,31 @@ class SnapshotterWorker(RoomConsumer):
 
     async def after_ack(self, room: str, events: Sequence[Event]) -> None:
         """Trim further once acknowledgements (this batch's, other groups') allow it."""
-        if self.history is None:
-            return
+        if self.history is not None:
+            await self._trim(room)
+
+    async def _trim(self, room: str) -> None:
+        """Trim as far as progress allows. If another group's acknowledgements hold the
+        trim back, the room stays on ``_trim_pending`` and is retried at every
+        reconciliation, so a stream shrinks even when the room has no new events."""
         progress = await read_progress(self.redis, room)
-        bound = min(progress.archived_seq, progress.snapshot_seq - self.keep_events)
-        if bound > progress.trimmed_seq:
-            await trim(self.redis, room, self.keep_events)
+        want = min(progress.archived_seq, progress.snapshot_seq - self.keep_events)
+        if want <= progress.trimmed_seq:
+            self._trim_pending.discard(room)
+            return
+        if await trim(self.redis, room, self.keep_events) >= want:
+            self._trim_pending.discard(room)
+        else:
+            self._trim_pending.add(room)
+
+    async def rooms_behind(self) -> set[str]:
+        return await super().rooms_behind() | self._trim_pending
+
+    async def process_room(self, room: str) -> int:
+        done = await super().process_room(room)
+        if room in self._trim_pending:
+            await self._trim(room)
+        return done
 
     def progress_key(self, room: str) -> str:
         return keys.snapshotter_state(room)
