@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import redis
+import socketio
 import zarr
 from control_server import serve
 from gateway_server import (
@@ -27,7 +28,7 @@ from gateway_server import (
 )
 
 from trajhub.client import ConflictError, Room
-from trajhub.gateway import fork_routes
+from trajhub.gateway import forking
 from trajhub.shared import codec, keys
 from trajhub.shared.frames import Frame, frames_equal
 from trajhub.shared.hashing import frame_hash
@@ -232,7 +233,7 @@ def test_waits_for_base_storage_else_503(http: httpx.Client, apply: Callable[[st
                                          redis_url: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     ok(post_frames(http, "base", [make_frame(2, 1)]), 201)
-    monkeypatch.setattr(fork_routes, "APPLIED_WAIT_S", 0.05)
+    monkeypatch.setattr(forking, "APPLIED_WAIT_S", 0.05)
     before = redis_snapshot(redis_url)
     response = fork(http, "new", "base")
     assert response.status_code == 503, response.text
@@ -304,3 +305,29 @@ def test_fork_through_control_over_http(redis_url: str, apply: Callable[[str], i
             assert fork(http, "new", "base").status_code == 409
             assert_frames(http, "new", answer["hashes"], frames)
             server.stop()
+
+
+def test_a_new_room_joined_by_a_viewer_starts_from_the_default_room(
+        start_gateway: Callable[..., GatewayServer],  # noqa: F811
+        apply: Callable[[str], int], tmp_path: Path) -> None:
+    server = start_gateway(cache_mb=0, default_room="default")
+    frames = [make_frame(4, seed) for seed in range(3)]
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        ok(post_frames(http, "default", frames), 201)
+        apply("default")
+        viewer = socketio.Client()
+        viewer.connect(server.url, transports=["websocket"], wait_timeout=10)
+        try:
+            fresh = viewer.call("join_room", {"room": "fresh"}, timeout=10)
+            again = viewer.call("join_room", {"room": "fresh"}, timeout=10)
+            itself = viewer.call("join_room", {"room": "default"}, timeout=10)
+        finally:
+            viewer.disconnect()
+        assert (fresh["n_frames"], fresh["seq"]) == (3, 1)
+        assert (again["n_frames"], again["seq"]) == (3, 1)  # started once
+        assert itself["seq"] == 1
+        assert_frames(http, "fresh", ok(http.get("/api/v1/rooms/default/index"))["hashes"],
+                      frames)
+        history = ok(http.get("/api/v1/rooms/fresh/history"))["events"]
+        assert [(e["kind"], e["author"]) for e in history] == [("room_forked", "trajhub")]
+    assert data_arrays(tmp_path, "default")  # the default room's data, not a copy

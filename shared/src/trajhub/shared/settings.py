@@ -45,6 +45,9 @@ class Settings(BaseModel):
         "TRAJHUB_ARCHIVE_BLOBS: storage keeps a copy of every frame it applies as a "
         "content-addressed object <room>/_history/blob/<hash> in the store, so that "
         "`trajhub rebuild` can restore a room whose Zarr data arrays are lost"))
+    default_room: str = Field("", description=(
+        "TRAJHUB_DEFAULT_ROOM: a room every new room starts from (a fork, nothing copied) "
+        "when a viewer joins it; empty: new rooms start empty"))
     consumer_name: str = Field(default_factory=_default_consumer,
                                description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
     log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")

@@ -16,9 +16,7 @@ insert.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -26,22 +24,17 @@ from fastapi.responses import JSONResponse
 
 from trajhub.control import IndexOutOfRange
 from trajhub.gateway.errors import ApiError
+from trajhub.gateway.forking import fork
 from trajhub.gateway.history_routes import MAX_SEQ, past_index
-from trajhub.gateway.reader import applied_slots
 from trajhub.gateway.runtime import Gateway
-from trajhub.gateway.writes import build_command, check_room, checked, pick_author
-from trajhub.shared import keys
-from trajhub.shared.events import ForkRoom, FrameEntry
+from trajhub.gateway.writes import check_room, pick_author
+from trajhub.shared.events import FrameEntry
 
 router = APIRouter()
 
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 Author = Annotated[str | None, Header(alias="X-Trajhub-Author")]
 BODY_LIMIT = 64 * 2**10
-APPLIED_WAIT_S = 10.0
-"""How long a fork waits for the base room's storage to apply the slots it references."""
-APPLIED_POLL_S = 0.02
-RETRY_AFTER_S = "2"
 
 
 def _gateway(request: Request) -> Gateway:
@@ -87,29 +80,6 @@ async def _base_entries(request: Request, base: str, at_seq: int | None
     return view.seq, view.entries
 
 
-async def _counters(request: Request, base: str) -> tuple[int, int]:
-    """The base's ``next_fid``/``next_slot``, read after its index: they only grow, so
-    they are at least those of the forked seq and the fork's own ids never collide."""
-    next_fid, next_slot = await _gateway(request).redis.hmget(
-        keys.meta(base), ["next_fid", "next_slot"])
-    return int(next_fid or 0), int(next_slot or 0)
-
-
-async def _wait_applied(request: Request, base: str, entries: list[FrameEntry]) -> None:
-    """Until the base's storage has applied every slot in ``entries`` (503 if it lags)."""
-    if not entries:
-        return
-    need = max(e.slot for e in entries) + 1
-    redis = _gateway(request).redis
-    deadline = time.monotonic() + APPLIED_WAIT_S
-    while (have := await applied_slots(redis, base)) < need:
-        if time.monotonic() >= deadline:
-            raise ApiError(503, f"base room {base!r}: storage has applied {have} of the "
-                                f"{need} slots the fork reads; retry later",
-                           headers={"Retry-After": RETRY_AFTER_S})
-        await asyncio.sleep(APPLIED_POLL_S)
-
-
 @router.put("/api/v1/rooms/{room}", status_code=201)
 async def fork_room(room: str, request: Request, idempotency_key: IdemKey = None,
                     author: Author = None) -> JSONResponse:
@@ -119,15 +89,9 @@ async def fork_room(room: str, request: Request, idempotency_key: IdemKey = None
     if base == room:
         raise ApiError(409, f"room {room!r} already exists (a room cannot fork itself)")
     base_seq, entries = await _base_entries(request, base, body.get("at_seq"))
-    next_fid, next_slot = await _counters(request, base)
-    await _wait_applied(request, base, entries)
-    command = build_command(
-        ForkRoom, room=room, author=pick_author(body.get("author"), author),
-        idempotency_key=idempotency_key, base_room=base, base_seq=base_seq,
-        next_fid=next_fid, next_slot=next_slot, frames=entries)
-    result = checked(await _gateway(request).control.fork(command))
-    event = result.event
-    assert event is not None
+    gw = _gateway(request)
+    event = await fork(gw.redis, gw.control, room, base, base_seq, entries,
+                       pick_author(body.get("author"), author), idempotency_key)
     return JSONResponse(status_code=201, content={
         "room": event.room, "seq": event.seq, "n_frames": event.n_frames,
         "base_room": event.base_room, "base_seq": event.base_seq,

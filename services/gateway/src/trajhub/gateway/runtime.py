@@ -24,6 +24,7 @@ from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.collab import Collab
 from trajhub.gateway.collab_sockets import CollabSockets
 from trajhub.gateway.errors import ApiError, NotStarted
+from trajhub.gateway.forking import start_from
 from trajhub.gateway.reader import FrameLoader
 from trajhub.gateway.sessions import Sessions
 from trajhub.gateway.sockets import (
@@ -74,7 +75,8 @@ class Gateway:
         self.collab_sockets = CollabSockets(self.sio, self.sessions, self.collab)
         register_socket_handlers(self.sio, self.membership, lambda: self.redis,
                                  hooks=self.collab_sockets,
-                                 unavailable=(ControlUnavailable, NotStarted))
+                                 unavailable=(ControlUnavailable, NotStarted, ApiError),
+                                 start_room=self._start_from_default)
         self.collab_sockets.register()
         self._writes_in_flight = 0
         self._last_write_end = 0.0
@@ -140,6 +142,14 @@ class Gateway:
         else:
             control = Control(redis, undo_retention=self.settings.undo_retention)
         return control
+
+    async def _start_from_default(self, room: str) -> bool:
+        """A new room starts from the default room's data (``TRAJHUB_DEFAULT_ROOM``), as a
+        fork: nothing is copied."""
+        if not self.settings.default_room:
+            return False
+        return await start_from(self.redis, self.index, self.control, room,
+                                self.settings.default_room)
 
     # -- parts ----------------------------------------------------------------------------
     @property

@@ -80,7 +80,11 @@ class SocketHooks(Protocol):
 def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
                              redis: Callable[[], aioredis.Redis],
                              hooks: SocketHooks | None = None,
-                             unavailable: tuple[type[Exception], ...] = ()) -> None:
+                             unavailable: tuple[type[Exception], ...] = (),
+                             start_room: Callable[[str], Awaitable[bool]] | None = None
+                             ) -> None:
+    """``start_room(room)``: called when a socket joins a room without events (the
+    default-room path: it may fork the default room into it)."""
     failures: tuple[type[Exception], ...] = (RedisError, OSError, *unavailable)
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
@@ -100,6 +104,8 @@ def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
             return {"error": str(exc)}
         try:
             head = await room_head(redis(), room)
+            if not head.exists and start_room is not None and await start_room(room):
+                head = await room_head(redis(), room)
             extra = await hooks.join_state(room) if hooks is not None else {}
         except failures as exc:
             log.warning("join_room %s: Redis unavailable: %r", room, exc)
