@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import http.client
 import json
 import os
@@ -36,14 +35,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
 import socketio
+from _measure import no_gc, percentile, stats
 
 from trajhub.control import Control
 from trajhub.shared import codec, hashing, keys
@@ -64,27 +63,6 @@ CALL_TIMEOUT_S = 10.0
 
 
 # -- measuring ------------------------------------------------------------------------------
-def percentile(ms: list[float], q: float) -> float:
-    ordered = sorted(ms)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def stats(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(ms, 0.50), 4), "p99_ms": round(percentile(ms, 0.99), 4),
-            "n": len(ms)}
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Keep the bench's own garbage collector out of the timed calls."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def interleave(calls: dict[str, Callable[[], object]], n: int, warmup: int) -> dict[str,
                                                                                   list[float]]:
     """Run each call ``warmup + n`` times, in turn; milliseconds of the last n of each."""

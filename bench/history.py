@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import http.client
 import json
 import os
@@ -40,14 +39,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
 import socketio
+from _measure import no_gc, percentile, stats
 
 from trajhub.control import Control, IndexReader
 from trajhub.control.control import _op_args
@@ -83,26 +82,6 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 
 # -- measuring ------------------------------------------------------------------------------
-def percentile(ms: list[float], q: float) -> float:
-    ordered = sorted(ms)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def stats(ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(percentile(ms, 0.50), 3), "p99_ms": round(percentile(ms, 0.99), 3),
-            "n": len(ms)}
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def interleave(calls: dict[str, Callable[[], object]], n: int, warmup: int
                ) -> dict[str, list[float]]:
     """Each call ``warmup + n`` times, in turn; milliseconds of the last n of each."""
@@ -397,7 +376,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 point |= runner.run(settle(r, trimmed))
                 point |= runner.run(memory(r))
                 ms = joins(port, args.joins, args.warmup)
-                point |= {"join": stats(ms["join"]), "healthz": stats(ms["healthz"])}
+                point |= {"join": stats(ms["join"], 3), "healthz": stats(ms["healthz"], 3)}
                 points.append(point)
                 print(f"  {name} {target:>9,} events: {point['events_per_s']:,} ev/s, "
                       f"settle {point['settle_s']} s, "
@@ -427,7 +406,7 @@ def travel(runner: asyncio.Runner, r: aioredis.Redis, history: ZarrHistoryStore,
             "seq 1,500 (archived segments)": 1_500}
     ms = time_travel(port, seqs, args.joins, args.warmup)
     current = percentile(ms["current"], 0.5)
-    rows = {name: {**stats(values), "x_current": round(percentile(values, 0.5) / current, 2)}
+    rows = {name: {**stats(values, 3), "x_current": round(percentile(values, 0.5) / current, 2)}
             for name, values in ms.items()}
     return {"seqs": seqs, "rows": rows}
 
@@ -458,9 +437,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
                          ratios.items()},
         "xadd_baseline_events_per_s": untrimmed["xadd_events_per_s"],
         "redis_empty_mib": float(mib(untrimmed["used_memory_empty"])),
-        "untrimmed_bytes_per_event": round(
-            (untrimmed["points"][-1]["used_memory"] - untrimmed["points"][0]["used_memory"])
-            / (untrimmed["points"][-1]["events"] - untrimmed["points"][0]["events"])),
+        "untrimmed_bytes_per_event": _growth(untrimmed["points"]),
     }
     print(f"\nroom: {args.frames} frames x {N_ATOMS} atoms; {args.joins} joins per row after "
           f"{args.warmup} warm-up, interleaved with GET /healthz\n")
@@ -509,6 +486,15 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _growth(points: list[dict[str, Any]]) -> int | None:
+    """Redis bytes per event between the first and the last point (None for one point)."""
+    first, last = points[0], points[-1]
+    if last["events"] == first["events"]:
+        return None
+    return round((last["used_memory"] - first["used_memory"])
+                 / (last["events"] - first["events"]))
 
 
 def main() -> None:

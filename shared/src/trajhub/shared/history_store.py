@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore
 
 from trajhub.shared.names import check_room_name
-from trajhub.shared.zarr_store import _MEMORY_LOCK, _MEMORY_STORES
+from trajhub.shared.zarr_store import open_zarr_store
 
 T = TypeVar("T")
 
@@ -107,24 +107,9 @@ class ZarrHistoryStore:
 
 
 def open_history_store(url: str) -> ZarrHistoryStore:
-    """The history store at ``url``, with ``open_store``'s rules: a directory,
-    ``file://DIR``, ``memory://[name]`` (shared per URL in this process, with the
-    frame store of the same URL) or another fsspec URL."""
-    if url.startswith("memory://"):
-        with _MEMORY_LOCK:
-            data = _MEMORY_STORES.setdefault(url, {})
-        return ZarrHistoryStore(MemoryStore(data))
-    if url.startswith("file://"):
-        return ZarrHistoryStore(LocalStore(url[len("file://"):]))
-    if "://" in url:
-        try:
-            from zarr.storage import FsspecStore
-            store: Store = FsspecStore.from_url(url)
-        except ImportError as exc:
-            raise ValueError(f"storage URL {url!r} needs fsspec and its backend "
-                             f"installed: {exc}") from None
-        return ZarrHistoryStore(store)
-    return ZarrHistoryStore(LocalStore(url))
+    """The history store at ``url``, with ``open_store``'s rules (a ``memory://`` URL
+    shares its data with the frame store of the same URL)."""
+    return ZarrHistoryStore(open_zarr_store(url))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

@@ -302,24 +302,28 @@ _MEMORY_STORES: dict[str, MutableMapping[str, Any]] = {}
 _MEMORY_LOCK = threading.Lock()
 
 
-def open_store(url: str) -> ZarrFrameStore:
-    """A FrameStore at ``url``: a directory, ``file://DIR``, ``memory://[name]`` (shared
+def open_zarr_store(url: str) -> Store:
+    """The zarr Store at ``url``: a directory, ``file://DIR``, ``memory://[name]`` (shared
     by every store opened with the same URL in this process) or another fsspec URL."""
     if url.startswith("memory://"):
         with _MEMORY_LOCK:
             data = _MEMORY_STORES.setdefault(url, {})
-        return ZarrFrameStore(MemoryStore(data))
+        return MemoryStore(data)
     if url.startswith("file://"):
-        return ZarrFrameStore(LocalStore(url[len("file://"):]))
+        return LocalStore(url[len("file://"):])
     if "://" in url:
         try:
             from zarr.storage import FsspecStore
-            store: Store = FsspecStore.from_url(url)
+            return FsspecStore.from_url(url)
         except ImportError as exc:
             raise ValueError(f"storage URL {url!r} needs fsspec and its backend "
                              f"installed: {exc}") from None
-        return ZarrFrameStore(store)
-    return ZarrFrameStore(LocalStore(url))
+    return LocalStore(url)
+
+
+def open_store(url: str) -> ZarrFrameStore:
+    """A FrameStore at ``url`` (see ``open_zarr_store`` for the URL rules)."""
+    return ZarrFrameStore(open_zarr_store(url))
 
 
 class ZarrFrameStore:
