@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,10 +37,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import _serve
 import numpy as np
 import redis.asyncio as aioredis
 import socketio
 from _measure import no_gc, percentile, stats
+from _serve import free_port, wait_ready
 
 from trajhub.control import Control
 from trajhub.shared import codec, hashing, keys
@@ -58,7 +58,6 @@ N_ATOMS = 8
 LATENCY_FRAME = 0  # the single-client commits edit frame 0
 LOCK_FRAME = 40  # the Socket.IO locks take frame 40; throughput clients edit 1..clients
 AIMS = {"commit_p50_ms": 1.5, "commit_p99_ms": 5.0, "lock_p99_ms": 3.0}
-START_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 10.0
 
 
@@ -91,12 +90,6 @@ def put_body(index: int, tag: int) -> bytes:
 
 
 # -- the server -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(redis_url: str, data_dir: Path, port: int,
                  split: bool = False) -> list[subprocess.Popen[bytes]]:
     """``trajhub serve``; or, with ``split``, the gateway (with in-process control) and
@@ -106,42 +99,19 @@ def start_server(redis_url: str, data_dir: Path, port: int,
     if not split:
         cmd = [sys.executable, "-m", "trajhub.cli", "serve", "--host", "127.0.0.1", "--port",
                str(port), "--data-dir", str(data_dir), "--redis-url", redis_url]
-        return [_wait_ready(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), port)]
+        return [wait_ready(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), port)]
     env.update({"TRAJHUB_REDIS_URL": redis_url, "TRAJHUB_STORAGE_URL": str(data_dir / "zarr"),
                 "TRAJHUB_HOST": "127.0.0.1", "TRAJHUB_PORT": str(port)})
     storage = subprocess.Popen([sys.executable, "-m", "trajhub.storage"], env=env,
                                stdout=subprocess.DEVNULL)
     gateway = subprocess.Popen([sys.executable, "-m", "trajhub.gateway"], env=env,
                                stdout=subprocess.DEVNULL)
-    return [_wait_ready(gateway, port), storage]
+    return [wait_ready(gateway, port), storage]
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"trajhub serve exited with {proc.returncode}")
-        try:
-            if Http(port).request("GET", "/readyz")[0] == 200:
-                return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("trajhub serve did not become ready")
-
-
-class Http:
-    """One raw keep-alive HTTP/1.1 connection (http.client sets TCP_NODELAY)."""
-
+class Http(_serve.Http):
     def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT_S)
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        self.conn.request(method, path, body=body, headers=headers or {})
-        response = self.conn.getresponse()
-        return response.status, response.read()
+        super().__init__(port, CALL_TIMEOUT_S)
 
     def healthz(self) -> None:
         status, body = self.request("GET", "/healthz")
@@ -154,9 +124,6 @@ class Http:
             "X-Trajhub-Author": author})
         if status != 200:
             raise RuntimeError(f"PUT frames: {status} {answer[:300]!r}")
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def create_room(port: int) -> None:

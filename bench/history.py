@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,7 @@ import numpy as np
 import redis.asyncio as aioredis
 import socketio
 from _measure import no_gc, percentile, stats
+from _serve import Http, free_port, wait_ready
 
 from trajhub.control import Control, IndexReader
 from trajhub.control.control import _op_args
@@ -69,7 +68,6 @@ KEEP_EVENTS = 10_000  # its default TRAJHUB_STREAM_KEEP_EVENTS
 UNDO_RETENTION = 10_000  # control's default
 SNAPSHOT_PASSES = 5
 EVENTS_PER_PASS = 500
-START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0
 VARIANTS: dict[str, dict[str, str]] = {
@@ -110,12 +108,6 @@ def make_frame(tag: int) -> Frame:
 
 
 # -- the server -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(redis_url: str, data_dir: Path, port: int,
                  env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TRAJHUB_LOG_LEVEL": "WARNING", **env_extra}
@@ -123,39 +115,7 @@ def start_server(redis_url: str, data_dir: Path, port: int,
     cmd = [sys.executable, "-m", "trajhub.cli", "serve", "--host", "127.0.0.1", "--port",
            str(port), "--data-dir", str(data_dir), "--redis-url", redis_url]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"trajhub serve exited with {proc.returncode}")
-        try:
-            if Http(port).request("GET", "/readyz")[0] == 200:
-                return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("trajhub serve did not become ready")
-
-
-class Http:
-    """One raw keep-alive HTTP/1.1 connection."""
-
-    def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT_S)
-
-    def request(self, method: str, path: str) -> tuple[int, bytes]:
-        self.conn.request(method, path)
-        response = self.conn.getresponse()
-        return response.status, response.read()
-
-    def get_ok(self, path: str) -> bytes:
-        status, body = self.request("GET", path)
-        if status != 200:
-            raise RuntimeError(f"GET {path}: {status} {body[:300]!r}")
-        return body
-
-    def close(self) -> None:
-        self.conn.close()
+    return wait_ready(proc, port)
 
 
 class Sio:
@@ -276,7 +236,7 @@ async def memory(r: aioredis.Redis) -> dict[str, int]:
 
 # -- joins and time travel ----------------------------------------------------------------------
 def joins(port: int, n: int, warmup: int) -> dict[str, list[float]]:
-    conn, sio = Http(port), Sio(port)
+    conn, sio = Http(port, CALL_TIMEOUT_S), Sio(port)
     path = f"/api/v1/rooms/{ROOM}/index"
 
     def join() -> None:
@@ -315,7 +275,7 @@ def joins(port: int, n: int, warmup: int) -> dict[str, list[float]]:
 
 def time_travel(port: int, seqs: dict[str, int], n: int, warmup: int
                 ) -> dict[str, list[float]]:
-    conn = Http(port)
+    conn = Http(port, CALL_TIMEOUT_S)
     base = f"/api/v1/rooms/{ROOM}/index"
     calls: dict[str, Callable[[], object]] = {"current": lambda: conn.get_ok(base)}
     for name, seq in seqs.items():
