@@ -151,6 +151,16 @@ def _fit_query(indices: list[int]) -> list[int]:
     return indices
 
 
+def _selected(frames: Room | RoomAt,
+              indices: SupportsIndex | slice | Indices | None) -> range | list[int]:
+    """The non-negative indices ``get(indices)`` reads (None: every frame)."""
+    if indices is None:
+        return range(len(frames))
+    if isinstance(indices, _MANY):
+        return frames._resolve_many(indices)
+    return [frames._resolve(indices)]
+
+
 class Room(MutableSequence[ase.Atoms]):
     """A room on a trajhub server, used like a list of ``ase.Atoms``.
 
@@ -205,14 +215,8 @@ class Room(MutableSequence[ase.Atoms]):
         slice, a single index (a list of one frame), or None for all frames. A frame
         that lacks one of ``keys`` comes back without it.
         """
-        if keys is not None:
-            keys = [check_key_name(k) for k in keys]
-        if indices is None:
-            wanted: range | list[int] = range(len(self))
-        elif isinstance(indices, _MANY):
-            wanted = self._resolve_many(indices)
-        else:
-            wanted = [self._resolve(indices)]
+        keys = None if keys is None else [check_key_name(k) for k in keys]
+        wanted = _selected(self, indices)
         return self._read(wanted, keys, convert=_writable)
 
     def __iter__(self) -> Iterator[ase.Atoms]:
@@ -716,14 +720,8 @@ class RoomAt(Sequence[ase.Atoms]):
     def get(self, indices: SupportsIndex | slice | Indices | None = None,
             keys: Sequence[str] | None = None) -> list[Frame]:
         """Frames as dicts of (writable) numpy arrays, as ``Room.get``."""
-        if keys is not None:
-            keys = [check_key_name(k) for k in keys]
-        if indices is None:
-            wanted: range | list[int] = range(len(self))
-        elif isinstance(indices, _MANY):
-            wanted = self._resolve_many(indices)
-        else:
-            wanted = [self._resolve(indices)]
+        keys = None if keys is None else [check_key_name(k) for k in keys]
+        wanted = _selected(self, indices)
         return self._room._read(wanted, keys, convert=_writable, at_seq=self.seq)
 
     def __iter__(self) -> Iterator[ase.Atoms]:
