@@ -16,12 +16,12 @@ from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import check_key_name, check_room_name
 
 EventKind = Literal["frames_inserted", "frames_replaced", "frames_patched",
-                    "frames_deleted", "undo", "redo", "room_forked"]
+                    "frames_deleted", "undo", "redo", "room_forked", "frames_relaid"]
 Effect = Literal["insert", "replace", "delete"]
 """What an event does to the index: every kind is one of these three changes."""
 EFFECT_OF_KIND: dict[str, Effect] = {"frames_inserted": "insert", "frames_replaced": "replace",
                                      "frames_patched": "replace", "frames_deleted": "delete",
-                                     "room_forked": "insert"}
+                                     "room_forked": "insert", "frames_relaid": "replace"}
 MAX_FRAMES_PER_COMMAND = 100_000
 MAX_LOCK_TTL_MS = 600_000
 MIN_LOCK_TTL_MS = 100
@@ -218,6 +218,31 @@ class PatchFrames(_Targeted):
         return self
 
 
+class RelayoutFrames(_Targeted):
+    """Give frames fresh slots, one per distinct content, allocated in the order given
+    (logical order), holding the same content: frame ids, versions and hashes stay, so
+    nobody's edit conflicts with it and it is no one's to undo (``frames_relaid``).
+    Compaction uses it so that sequential reads touch contiguous slots and the old
+    slots can be dropped once no retained state references them. ``hashes`` are the
+    frames' current ones (a changed frame is a conflict), each staged as a blob."""
+
+    op: Literal["relayout"] = "relayout"
+    hashes: list[str]
+    keep_from: int = Field(ge=0, description=(
+        "content already at a slot >= keep_from keeps it (relaid earlier in the same "
+        "pass, or new since it began); older slots are not reused"))
+
+    _h = field_validator("hashes")(_check_hashes)
+
+    @model_validator(mode="after")
+    def _relayout_rules(self) -> Self:
+        if len(self.hashes) != len(self.targets):
+            raise ValueError(f"{len(self.hashes)} hashes for {len(self.targets)} frames")
+        if self.frame_ids is None or self.base_versions is None:
+            raise ValueError("a relayout names frame ids and their current versions")
+        return self
+
+
 class DeleteFrames(_Targeted):
     op: Literal["delete"] = "delete"
 
@@ -266,8 +291,8 @@ class ForkRoom(_Command):
         return self
 
 
-Command = Annotated[InsertFrames | ReplaceFrames | PatchFrames | DeleteFrames | Undo | Redo,
-                    Field(discriminator="op")]
+Command = Annotated[InsertFrames | ReplaceFrames | PatchFrames | RelayoutFrames | DeleteFrames
+                    | Undo | Redo, Field(discriminator="op")]
 
 
 class Conflict(_Model):

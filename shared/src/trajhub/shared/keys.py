@@ -90,6 +90,19 @@ def storage_lease(room: str) -> str:
     return f"{_tag(room)}:lease:storage"
 
 
+def forks(room: str) -> str:
+    """HASH fork room name -> the seq of this room it was forked at. Written by the
+    gateway before the fork's own commit (so it may name a fork that failed): slots of
+    those states are pinned against compaction."""
+    return f"{_tag(room)}:forks"
+
+
+def compaction(room: str) -> str:
+    """HASH written by slot compaction (fields only move forward): ``below``, frame data
+    of states before that seq may be gone (reads say 410); ``slots_dropped``, ``time``."""
+    return f"{_tag(room)}:compaction"
+
+
 def locks(room: str) -> str:
     """HASH lock token -> the lock's JSON record (author, fence, target, expires_at...)."""
     return f"{_tag(room)}:locks"

@@ -115,6 +115,16 @@ SMALL_CACHE_BYTES = 8 * 1024 * 1024
 """Largest in-memory copy of one small array (beyond it, reads go to Zarr)."""
 
 
+@dataclass
+class DropStats:
+    """What ``ZarrFrameStore.drop_slots`` freed."""
+
+    slots: int = 0
+    """Slots marked dropped (their chunks go once every slot in them is dropped)."""
+    chunks: int = 0
+    bytes: int = 0
+
+
 class ProjectionError(RuntimeError):
     """The stored projection does not match its checksum (a crash tore the commit)."""
 
@@ -630,6 +640,58 @@ class ZarrFrameStore:
             for s in range(a, b):
                 out[s] = bytes(block[s - a]).hex()
         return [out[s] for s in slots]
+
+    def parent_slots(self, room: str) -> int:
+        """A fork's first own slot (slots below are its parent's); 0 for other rooms."""
+        return self._refresh(room).parent_slots
+
+    def base_slots(self, room: str, slots: Sequence[int]) -> dict[int, int]:
+        """The base slot of each patch slot among the room's own written ``slots``
+        (others are left out)."""
+        check_room(room)
+        info = self._refresh(room)
+        own = [int(s) for s in slots if info.parent_slots <= int(s) < info.n_slots]
+        return _run(self._bases(room, info, own)) if own else {}
+
+    # -- compaction -----------------------------------------------------------------------
+
+    def drop_slots(self, room: str, slots: Iterable[int]) -> DropStats:
+        """Delete the data chunks of the room's own arrays whose every slot is in
+        ``slots`` (slots no retained state references). A chunk reaching up to the
+        room's slot count is kept: only slots below it are write-once, so a deleted
+        chunk is never written again and this cannot race with the room's writer.
+        Shape, hash and base rows stay (they are small); reading a dropped slot gives
+        fill values, so callers must not read them."""
+        check_room(room)
+        return _run(self._drop_slots(room, slots))
+
+    async def _drop_slots(self, room: str, slots: Iterable[int]) -> DropStats:
+        info = await self._arefresh(room)
+        dropped = np.zeros(info.n_slots, dtype=bool)
+        picked = np.fromiter((s for s in slots if info.parent_slots <= s < info.n_slots),
+                             dtype=np.int64)
+        dropped[picked] = True
+        stats = DropStats(slots=int(dropped.sum()))
+        if not stats.slots:
+            return stats
+        for name in sorted({v.name for vs in info.registry.values() for v in vs}):
+            array = await self._array(room, name, 0, info.n_slots, force=True)
+            if array is not None:
+                await self._drop_chunks(room, name, array.chunks[0], dropped, stats)
+        return stats
+
+    async def _drop_chunks(self, room: str, name: str, per_chunk: int, dropped: Array,
+                           stats: DropStats) -> None:
+        prefix = f"{room}/{name}/c/"
+        chunk_keys = [k async for k in self.store.list_prefix(prefix)]
+        for key in chunk_keys:
+            first = int(key[len(prefix):].split("/", 1)[0]) * per_chunk
+            end = first + per_chunk
+            if end > len(dropped) or not dropped[first:end].all():
+                continue
+            stats.bytes += await self.store.getsize(key)
+            await self.store.delete(key)
+            stats.chunks += 1
 
     # -- writing --------------------------------------------------------------------------
 

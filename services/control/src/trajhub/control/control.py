@@ -46,6 +46,7 @@ from trajhub.shared.events import (
     LaterEdit,
     PatchFrames,
     Redo,
+    RelayoutFrames,
     ReplaceFrames,
     Undo,
 )
@@ -56,7 +57,8 @@ Clock = Callable[[], int]
 DEFAULT_UNDO_RETENTION = 10_000
 _OPS: tuple[CommitOp, ...] = ("insert", "replace", "delete", "revert")
 _SCRIPT_OF: dict[str, CommitOp] = {"insert": "insert", "replace": "replace", "patch": "replace",
-                                   "delete": "delete", "undo": "revert", "redo": "revert"}
+                                   "relayout": "replace", "delete": "delete", "undo": "revert",
+                                   "redo": "revert"}
 _LATER_SCAN_PAGE = 200
 
 
@@ -75,8 +77,12 @@ def _op_args(command: Command) -> tuple[list[str], list[str | int]]:
                              "f" if command.by_frame_id else "i", *command.targets]
     if isinstance(command, DeleteFrames):
         return [], [*head, *(base or [])]
-    assert isinstance(command, ReplaceFrames | PatchFrames)
-    tail: list[str | int] = list(command.keys) if isinstance(command, PatchFrames) else []
+    assert isinstance(command, ReplaceFrames | PatchFrames | RelayoutFrames)
+    tail: list[str | int] = []
+    if isinstance(command, PatchFrames):
+        tail = list(command.keys)
+    elif isinstance(command, RelayoutFrames):
+        tail = [command.keep_from]
     return command.hashes, [command.op, *head, *command.hashes, *(base or []), *tail]
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from trajhub.control import ControlUnavailable
 from trajhub.gateway import home
 from trajhub.gateway.collab_routes import router as collab_router
+from trajhub.gateway.compact_routes import router as compact_router
 from trajhub.gateway.errors import NotStarted, install_error_handlers
 from trajhub.gateway.fork_routes import router as fork_router
 from trajhub.gateway.history_routes import router as history_router
@@ -32,6 +33,7 @@ def create_app(settings: Settings, *, control: ControlPort | None = None,
     api.include_router(history_router)
     api.include_router(snapshot_router)
     api.include_router(fork_router)
+    api.include_router(compact_router)
     api.include_router(home.router)
     app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")
     app.gateway = gw

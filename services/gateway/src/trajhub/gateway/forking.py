@@ -43,19 +43,45 @@ async def wait_applied(redis: aioredis.Redis, base: str, entries: list[FrameEntr
         await asyncio.sleep(APPLIED_POLL_S)
 
 
+async def pin_for_fork(redis: aioredis.Redis, base: str, room: str, base_seq: int) -> None:
+    """Register the fork with its base room (slot compaction keeps the slots of forked
+    states), then refuse with 410 if compaction has already dropped that state's data.
+    Compaction sets its bound before it reads the forks, so one of the two sees the
+    other."""
+    await redis.hset(keys.forks(base), room, base_seq)
+    below = await redis.hget(keys.compaction(base), "below")
+    if below is not None and base_seq < int(below):
+        await unpin_failed_fork(redis, base, room)
+        raise ApiError(410, f"room {base!r} was compacted below seq {int(below)}: the frames "
+                            f"of seq {base_seq} are gone, so it cannot be forked there")
+
+
 async def fork(redis: aioredis.Redis, control: ControlPort, room: str, base: str,
                base_seq: int, entries: list[FrameEntry], author: str | None,
                idempotency_key: str | None = None) -> Event:
     """Commit ``room`` as a fork of ``base`` at ``base_seq`` (whose index is
     ``entries``); raises ApiError with control's reason if refused."""
-    next_fid, next_slot = await counters(redis, base)
-    await wait_applied(redis, base, entries)
-    command = build_command(
-        ForkRoom, room=room, author=author, idempotency_key=idempotency_key, base_room=base,
-        base_seq=base_seq, next_fid=next_fid, next_slot=next_slot, frames=entries)
-    event = checked(await control.fork(command)).event
+    await pin_for_fork(redis, base, room, base_seq)
+    try:
+        next_fid, next_slot = await counters(redis, base)
+        await wait_applied(redis, base, entries)
+        command = build_command(
+            ForkRoom, room=room, author=author, idempotency_key=idempotency_key,
+            base_room=base, base_seq=base_seq, next_fid=next_fid, next_slot=next_slot,
+            frames=entries)
+        event = checked(await control.fork(command)).event
+    except BaseException:
+        await unpin_failed_fork(redis, base, room)
+        raise
     assert event is not None
     return event
+
+
+async def unpin_failed_fork(redis: aioredis.Redis, base: str, room: str) -> None:
+    """Forget the registration unless ``room`` is (already) a fork of ``base``."""
+    parent = await redis.hget(keys.meta(room), "parent")
+    if parent is None or (parent.decode() if isinstance(parent, bytes) else parent) != base:
+        await redis.hdel(keys.forks(base), room)
 
 
 async def start_from(redis: aioredis.Redis, index: IndexReader, control: ControlPort,

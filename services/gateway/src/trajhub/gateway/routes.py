@@ -38,6 +38,7 @@ from trajhub.gateway.writes import (
     write_answer,
 )
 from trajhub.shared.events import DeleteFrames, InsertFrames, ReplaceFrames
+from trajhub.snapshotter.compaction import compacted_below
 
 router = APIRouter()
 
@@ -127,18 +128,28 @@ async def get_frames(room: str, request: Request, indices: OptStr = None,
     check_room(room)
     sel = parse_selection(indices, start, stop, step)
     wanted = parse_keys(keys)
-    if at_seq is None:
-        view = await read_index(gw, room, sel)
-    else:  # slots are write-once: a past frame is still where its slot says
-        past = await past_index(request, room, at_seq)
-        positions, picked = select_past(room, at_seq, past, sel)
-        view = IndexView(seq=at_seq, n_frames=len(past), exists=True, indices=positions,
-                         entries=picked)
-    if len(view.indices) > MAX_FRAMES_PER_READ:
-        raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
-                            f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
-    by_slot = await gw.loader.load(room, await gw.store(), view.entries, wanted,
-                                   view.indices)
+    for attempt in range(2):
+        if at_seq is None:
+            view = await read_index(gw, room, sel)
+        else:  # slots are write-once: a past frame is still where its slot says
+            past = await past_index(request, room, at_seq)
+            positions, picked = select_past(room, at_seq, past, sel)
+            view = IndexView(seq=at_seq, n_frames=len(past), exists=True,
+                             indices=positions, entries=picked)
+        if len(view.indices) > MAX_FRAMES_PER_READ:
+            raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
+                                f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
+        by_slot = await gw.loader.load(room, await gw.store(), view.entries, wanted,
+                                       view.indices)
+        # Compaction sets its bound before it deletes data: read after the frames, an
+        # old bound means nothing they came from was deleted while they were read.
+        below = await compacted_below(gw.redis, room)
+        if below <= view.seq:
+            break
+        if at_seq is not None or attempt:
+            raise ApiError(410, f"room {room!r} was compacted below seq {below}: the "
+                                f"frames of seq {view.seq} are gone (its index and "
+                                "history remain)", extra={"seq": view.seq})
     args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot)
     if sum(len(b) for b in by_slot.values()) <= INLINE_RESPONSE_BYTES:
         body = pack_frames_response(*args)

@@ -156,8 +156,8 @@ end
 
 -- The current entries of `fids` if no other lock covers them and `base` (when given)
 -- matches their versions; else nil and the refusal.
-local function checked_entries(indices, fids, base)
-  local refusal = lock_refusal(fids)
+local function checked_entries(indices, fids, base, ignore_locks)
+  local refusal = not ignore_locks and lock_refusal(fids)
   if refusal then
     return nil, refusal
   end
@@ -207,9 +207,10 @@ local function read_meta()
 end
 
 -- Slot of every hash: the room's existing slot, else a new one (first appearance
--- order, from next_slot) whose blob must be staged. Returns slot_of, the fresh
+-- order, from next_slot) whose blob must be staged; with keep_from (a relayout), an
+-- existing slot only if it is at least keep_from. Returns slot_of, the fresh
 -- hashes and their blob keys; or nil, reason when a blob is missing.
-local function assign_slots(hashes, next_slot)
+local function assign_slots(hashes, next_slot, keep_from)
   local uniq, seen, u = {}, {}, 0
   for i = 1, #hashes do
     local h = hashes[i]
@@ -226,8 +227,9 @@ local function assign_slots(hashes, next_slot)
   local slot_of, fresh, blobs, f = {}, {}, {}, 0
   for i = 1, u do
     local h = uniq[i]
-    if existing[i] then
-      slot_of[h] = tonumber(existing[i])
+    local have = existing[i] and tonumber(existing[i])
+    if have and (not keep_from or have >= keep_from) then
+      slot_of[h] = have
     else
       f = f + 1
       fresh[f] = h
@@ -322,7 +324,9 @@ local function commit(seq, kind, body, meta)
     .. ',"time":' .. TIME .. (TOKEN ~= '' and (',"fence":' .. int(FENCE)) or '') .. ','
     .. body .. '}'
   redis.call('XADD', K_EVENTS, s .. '-0', 'seq', s, 'kind', kind, 'data', event)
-  push_history(kind, s)
+  if kind ~= 'frames_relaid' then  -- changes no content: nothing for anyone to undo
+    push_history(kind, s)
+  end
   local result = '{"status":"ok","reason":null,"event":' .. event .. ',"conflicts":[]}'
   -- Only accepted commands are remembered: a refused one wrote nothing, so a retry
   -- with the same key (say after uploading the missing frame) must be checked afresh.

@@ -1,6 +1,9 @@
--- Replace or patch frames. ARGV[A+1]: "replace" or "patch", A+2: count c,
--- A+3: "1" if base versions follow, A+4: "i" (indices) or "f" (frame ids), then c
--- targets, c hashes, c base versions (if any) and, for a patch, the changed keys.
+-- Replace, patch or relay out frames. ARGV[A+1]: "replace", "patch" or "relayout",
+-- A+2: count c, A+3: "1" if base versions follow, A+4: "i" (indices) or "f" (frame ids),
+-- then c targets, c hashes, c base versions (if any) and, for a patch, the changed keys
+-- (for a relayout, keep_from: see assign_slots).
+-- A relayout gives the frames fresh slots with the same content (hashes must be the
+-- current ones), keeps their versions and ignores locks: nothing anyone sees changes.
 
 local stored = stored_result()
 if stored then
@@ -8,6 +11,7 @@ if stored then
 end
 
 local patch = ARGV[A + 1] == 'patch'
+local relayout = ARGV[A + 1] == 'relayout'
 local c = tonumber(ARGV[A + 2])
 local has_base = ARGV[A + 3] == '1'
 local by = ARGV[A + 4]
@@ -35,12 +39,21 @@ local indices, fids = resolve_targets(by, first, c, n, base)
 if not indices then
   return fids
 end
-local current, refusal = checked_entries(indices, fids, base)
+local current, refusal = checked_entries(indices, fids, base, relayout)
 if not current then
   return refusal
 end
+if relayout then
+  for i = 1, c do
+    if current[i][2] ~= hashes[i] then
+      return fail('conflict', 'frame ' .. fids[i] .. ' has other content than the relayout '
+        .. 'names; read the index again')
+    end
+  end
+end
 
-local slot_of, fresh, blobs = assign_slots(hashes, next_slot)
+local keep_from = relayout and tonumber(ARGV[#ARGV]) or nil
+local slot_of, fresh, blobs = assign_slots(hashes, next_slot, keep_from)
 if not slot_of then
   return fail('invalid', fresh)
 end
@@ -62,7 +75,7 @@ local pairs_, entries = {}, {}
 for i = 1, c do
   local h = hashes[i]
   local slot = slot_of[h]
-  local version = current[i][1] + 1
+  local version = current[i][1] + (relayout and 0 or 1)
   pairs_[2 * i - 1] = fids[i]
   pairs_[2 * i] = int(version) .. ':' .. h .. ':' .. int(slot)
   entries[i] = entry_json(fids[i], version, h, slot)
@@ -74,5 +87,6 @@ local body = '"indices":' .. int_list_json(indices) .. ',"frames":[' .. table.co
   .. '],"base_versions":' .. int_list_json(base) .. ',"new_slots":' .. new_slots
   .. ',"prev":' .. entries_json(fids, current) .. ',"keys":' .. keys_json
   .. ',"n_frames":' .. int(n)
-return commit(seq + 1, patch and 'frames_patched' or 'frames_replaced', body,
+local kind = patch and 'frames_patched' or (relayout and 'frames_relaid' or 'frames_replaced')
+return commit(seq + 1, kind, body,
   {'next_slot', int(next_slot + #fresh)})
