@@ -7,6 +7,7 @@ logical order without changing what anyone sees, and readers keep working meanwh
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from gateway_server import (
     start_gateway,  # noqa: F401  (fixture)
 )
 
+from trajhub.cli import main as cli_main
 from trajhub.shared import codec, zarr_store
 from trajhub.shared.events import FrameEntry
 from trajhub.shared.frames import Frame, frames_equal
@@ -253,3 +255,15 @@ def test_in_logical_order() -> None:
         frame_id=9, version=1, hash="a" * 64, slot=4), entry(6, "c")])
     assert not in_logical_order([entry(5, "b"), entry(4, "a")])
     assert not in_logical_order([entry(4, "a"), entry(6, "b")])
+
+
+def test_cli(server: GatewayServer, http: httpx.Client, apply: Callable[[str], int],
+             capsys: pytest.CaptureFixture[str]) -> None:
+    for seed in range(4):
+        ok(post_frames(http, "r", [make_frame(20, seed)], at=0), 201)
+    apply("r")
+    assert cli_main(["compact", "r", "--url", server.url, "--relayout",
+                     "--keep-events", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["relaid_frames"] == 4
+    assert cli_main(["compact", "nope", "--url", server.url]) == 1
+    assert "404" in capsys.readouterr().err

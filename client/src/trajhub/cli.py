@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--redis-url", default=None, help="Redis (TRAJHUB_REDIS_URL)")
     snap.add_argument("--storage-url", default=None, help="the Zarr store (TRAJHUB_STORAGE_URL)")
     _add_rebuild(sub)
+    _add_compact(sub)
     return parser
 
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_snapshot(args)
     if args.command == "rebuild":
         return _run_rebuild(args)
+    if args.command == "compact":
+        return _run_compact(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -110,6 +113,51 @@ def _run_time_travel(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(lines))
     return 0
+
+
+# -- compact (over the HTTP API: the server's control commits a relayout) ----------------
+def _add_compact(sub: Any) -> None:
+    p = sub.add_parser("compact", help=(
+        "drop the frame data of a room's slots that no retained state or fork uses; "
+        "frames of older states then answer 410 (their index and history stay)"))
+    p.add_argument("room")
+    p.add_argument("--url", default=os.environ.get("TRAJHUB_URL", DEFAULT_URL),
+                   help="the trajhub server (TRAJHUB_URL)")
+    p.add_argument("--keep-events", type=int, default=None, metavar="N", help=(
+        "keep the frames of the states of the last N events (default: the server's "
+        "TRAJHUB_STREAM_KEEP_EVENTS; never less than undo can reach)"))
+    p.add_argument("--relayout", action="store_true", help=(
+        "first rewrite the live frames to fresh slots in logical order (fast sequential "
+        "reads; the old slots are dropped by a later pass, once no retained state uses "
+        "them)"))
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    params: dict[str, Any] = {"relayout": "true" if args.relayout else "false"}
+    if args.keep_events is not None:
+        params["keep_events"] = args.keep_events
+    url = f"{args.url.rstrip('/')}/api/v1/rooms/{args.room}/compact"
+    try:
+        response = httpx.post(url, params=params, timeout=None)
+    except httpx.HTTPError as exc:
+        print(f"trajhub compact: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"trajhub compact: {response.status_code} {_detail(response)}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json()))
+    return 0
+
+
+def _detail(response: Any) -> str:
+    try:
+        return str(response.json().get("detail"))
+    except ValueError:
+        return str(response.text)
 
 
 # -- snapshot (on demand, straight to Redis and the store) ---------------------------------
