@@ -71,9 +71,18 @@ def encode_segment(room: str, events: Sequence[Event]) -> bytes:
     })
 
 
-def decode_segment(data: bytes) -> list[Event]:
+def decode_segment(data: bytes, *, first: int | None = None, last: int | None = None
+                   ) -> list[Event]:
+    """The segment's events, or only those with ``first <= seq <= last`` (a bound left
+    None is open): the others are not parsed, which is most of the cost."""
     message = _unpack(data, "segment")
-    return [Event.model_validate_json(e) for e in message["events"]]
+    texts: list[str] = message["events"]
+    if first is not None or last is not None:
+        start = int(message["first"])
+        lo = 0 if first is None else max(0, first - start)
+        hi = len(texts) if last is None else max(lo, min(len(texts), last - start + 1))
+        texts = texts[lo:hi]
+    return [Event.model_validate_json(e) for e in texts]
 
 
 def index_at(snapshot: tuple[int, Sequence[FrameEntry]] | None, events: Iterable[Event],

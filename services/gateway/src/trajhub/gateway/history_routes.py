@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from trajhub.control import IndexOutOfRange
 from trajhub.gateway.errors import ApiError
+from trajhub.gateway.room_index import index_json, live_index
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.selection import Selection
 from trajhub.gateway.writes import check_room
@@ -54,7 +54,14 @@ async def history_store(request: Request) -> HistoryStore:
 
 
 async def history_reader(request: Request) -> HistoryReader:
-    return HistoryReader(_gateway(request).redis, await history_store(request))
+    """The app's reader (one, so that its cached store listings are reused)."""
+    state = request.app.state
+    redis = _gateway(request).redis
+    reader: HistoryReader | None = getattr(state, "history_reader", None)
+    if reader is None or reader.redis is not redis:
+        reader = HistoryReader(redis, await history_store(request))
+        state.history_reader = reader
+    return reader
 
 
 def history_error(exc: Exception) -> ApiError:
@@ -92,23 +99,13 @@ def select_past(room: str, seq: int, entries: list[FrameEntry], sel: Selection
     return positions, [entries[i] for i in positions]
 
 
-def index_json(room: str, seq: int, entries: list[FrameEntry]) -> dict[str, Any]:
-    return {"room": room, "seq": seq, "n_frames": len(entries),
-            "frame_ids": [e.frame_id for e in entries],
-            "versions": [e.version for e in entries],
-            "hashes": [e.hash for e in entries]}
-
-
 @router.get("/api/v1/rooms/{room}/index")
 async def get_index(room: str, request: Request, at_seq: AtSeq = None) -> dict[str, Any]:
     """The room's whole index, now (one atomic read) or as of ``at_seq``."""
     check_room(room)
     if at_seq is not None:
         return index_json(room, at_seq, await past_index(request, room, at_seq))
-    try:
-        view = await _gateway(request).index.read(room)
-    except IndexOutOfRange:  # pragma: no cover - a whole read names no index
-        view = None
-    if view is None or not view.exists:
+    body = await live_index(_gateway(request).index, room)
+    if body is None:
         raise ApiError(404, f"room {room!r} does not exist")
-    return index_json(room, view.seq, view.entries)
+    return body

@@ -11,7 +11,9 @@ import redis.asyncio as aioredis
 import socketio
 from redis.exceptions import RedisError
 
+from trajhub.control import IndexReader
 from trajhub.gateway.broadcaster import Broadcaster
+from trajhub.gateway.room_index import index_json, live_index
 from trajhub.gateway.rooms import room_head
 from trajhub.shared.names import InvalidName, check_room_name
 
@@ -86,6 +88,7 @@ def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
     """``start_room(room)``: called when a socket joins a room without events (the
     default-room path: it may fork the default room into it)."""
     failures: tuple[type[Exception], ...] = (RedisError, OSError, *unavailable)
+    reader_of: dict[str, Any] = {}  # the IndexReader of the current Redis client
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         if hooks is not None:
@@ -102,17 +105,39 @@ def register_socket_handlers(sio: socketio.AsyncServer, membership: Membership,
             room = room_argument(data)
         except InvalidName as exc:
             return {"error": str(exc)}
+        with_index = isinstance(data, dict) and data.get("index") is True
+        entered = with_index and room not in membership.rooms_of(sid)
+        if entered:
+            # In the Socket.IO room before the index is read, so that every
+            # frames_changed after the index's seq reaches this socket (no gap).
+            await sio.enter_room(sid, sio_room(room))
         try:
             head = await room_head(redis(), room)
             if not head.exists and start_room is not None and await start_room(room):
                 head = await room_head(redis(), room)
             extra = await hooks.join_state(room) if hooks is not None else {}
+            index = await join_index(room) if with_index else None
         except failures as exc:
+            if entered:
+                await sio.leave_room(sid, sio_room(room))
             log.warning("join_room %s: Redis unavailable: %r", room, exc)
             return {"error": f"server unavailable ({exc}); retry later"}
-        membership.join(sid, room, head.seq)
+        seq, n_frames = (head.seq, head.n_frames) if index is None else (
+            index["seq"], index["n_frames"])
+        membership.join(sid, room, seq)
         await sio.enter_room(sid, sio_room(room))
-        return {"room": room, "seq": head.seq, "n_frames": head.n_frames, **extra}
+        answer = {"room": room, "seq": seq, "n_frames": n_frames, **extra}
+        if index is not None:
+            answer["index"] = index
+        return answer
+
+    async def join_index(room: str) -> dict[str, Any]:
+        """The room's index as ``GET .../index`` answers it (empty if no events)."""
+        client = redis()
+        if reader_of.get("client") is not client:
+            reader_of.update(client=client, reader=IndexReader(client))
+        body = await live_index(reader_of["reader"], room)
+        return index_json(room, 0, []) if body is None else body
 
     async def leave_room(sid: str, data: Any = None, *_: Any) -> dict[str, Any]:
         try:
