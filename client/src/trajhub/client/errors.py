@@ -101,4 +101,5 @@ class TrajhubConnectionError(TrajhubError, ConnectionError):
 
 
 class HistoryGone(TrajhubError, LookupError):
-    """A past seq is beyond the room's retention (HTTP 410): trimmed and not archived."""
+    """A past seq is beyond the room's retention (HTTP 410): trimmed and not archived,
+    or its frames were dropped by compaction."""
