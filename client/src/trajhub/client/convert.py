@@ -23,6 +23,9 @@ Atoms writes float64 positions. A float32 frame written through the frame API
 (``Room.get`` / dict frames) stays float32 on the server. Custom ``arrays.*``,
 ``info.*`` and ``calc.*`` entries keep float32 (or any allowed dtype) both ways.
 
+``atoms_to_frame`` lives in ``trajhub.shared.atoms`` (the gateway's file upload uses
+it too) and is re-exported here.
+
 Not carried: constraints, ``celldisp``, the calculator object itself (only its
 results), and anything in ``info`` that is not array-like.
 """
@@ -35,55 +38,10 @@ import ase
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from trajhub.shared.frames import Array, Frame, FrameError, canonical_array, validate_frame
-from trajhub.shared.names import InvalidName, check_key_name
+from trajhub.shared.atoms import atoms_to_frame
+from trajhub.shared.frames import Array, Frame
 
-_BASIC_ARRAYS = frozenset({"numbers", "positions"})
-
-
-def _key(prefix: str, name: object, where: str) -> str:
-    if not isinstance(name, str):
-        raise ValueError(f"{where} key {name!r} is not a string; trajhub keys are strings")
-    key = f"{prefix}.{name}"
-    try:
-        return check_key_name(key)
-    except InvalidName as exc:
-        raise ValueError(f"{where}[{name!r}] cannot be stored: {exc}") from None
-
-
-def _info_array(key: str, value: Any) -> Array:
-    try:
-        arr = np.asarray(value)
-        return canonical_array(arr, key)
-    except (FrameError, ValueError, TypeError) as exc:
-        raise TypeError(
-            f"atoms.info[{key[5:]!r}] = {type(value).__name__} cannot be stored: trajhub "
-            f"keeps numbers, bools, strings and arrays of them ({exc})") from None
-
-
-def atoms_to_frame(atoms: ase.Atoms) -> Frame:
-    """The frame of ``atoms``: arrays, info and calculator results, dtypes kept.
-
-    Raises ``ValueError`` for a key name trajhub refuses or an inconsistent frame, and
-    ``TypeError`` for an ``info`` value that is not a number/bool/string/array.
-    """
-    frame: dict[str, Any] = {
-        "numbers": atoms.arrays["numbers"],
-        "positions": atoms.arrays["positions"],
-        "cell": atoms.cell.array,
-        "pbc": atoms.pbc,
-    }
-    for name, value in atoms.arrays.items():
-        if name not in _BASIC_ARRAYS:
-            frame[_key("arrays", name, "atoms.arrays")] = value
-    for name, value in atoms.info.items():
-        key = _key("info", name, "atoms.info")
-        frame[key] = _info_array(key, value)
-    if atoms.calc is not None:
-        for name, value in getattr(atoms.calc, "results", {}).items():
-            if value is not None:
-                frame[_key("calc", name, "atoms.calc.results")] = np.asarray(value)
-    return validate_frame(frame)
+__all__ = ["atoms_to_frame", "frame_to_atoms"]
 
 
 def _info_value(arr: Array) -> Any:

@@ -17,6 +17,7 @@ from trajhub.gateway.history_routes import router as history_router
 from trajhub.gateway.routes import router
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.snapshot_routes import router as snapshot_router
+from trajhub.gateway.upload_routes import router as upload_router
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.settings import Settings
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings, *, control: ControlPort | None = None,
     api.include_router(history_router)
     api.include_router(snapshot_router)
     api.include_router(fork_router)
+    api.include_router(upload_router)
     api.include_router(compact_router)
     api.include_router(home.router)
     app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")

@@ -26,7 +26,7 @@ from trajhub.shared.redis_util import async_client
 
 log = logging.getLogger(__name__)
 
-BUS_EVENTS = frozenset({"lock_changed", "room_frame", "presenter_changed"})
+BUS_EVENTS = frozenset({"lock_changed", "room_frame", "presenter_changed", "upload_progress"})
 Deliver = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 """``deliver(room, event, data)``: emit to the room's local sockets."""
 POLL_S = 1.0
