@@ -8,7 +8,7 @@ import socketio
 from fastapi import FastAPI
 
 from trajhub.control import ControlUnavailable
-from trajhub.gateway import home
+from trajhub.gateway import home, web
 from trajhub.gateway.collab_routes import router as collab_router
 from trajhub.gateway.compact_routes import router as compact_router
 from trajhub.gateway.errors import NotStarted, install_error_handlers
@@ -37,6 +37,7 @@ def create_app(settings: Settings, *, control: ControlPort | None = None,
     api.include_router(upload_router)
     api.include_router(compact_router)
     api.include_router(home.router)
+    api.include_router(web.router)
     app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")
     app.gateway = gw
     app.api = api

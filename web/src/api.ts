@@ -1,0 +1,102 @@
+// The gateway's HTTP API (docs/api.md). Every failure becomes an ApiError with the
+// server's `detail`, so the page can show it.
+import { toFloat64, unpack, type WireFrame } from "./codec";
+
+export class ApiError extends Error {
+  constructor(readonly status: number, message: string, readonly body?: unknown) {
+    super(message);
+  }
+}
+
+export interface RoomSummary { room: string; n_frames: number; seq: number }
+export interface RoomIndex {
+  room: string; seq: number; n_frames: number;
+  frame_ids: number[]; versions: number[]; hashes: string[];
+}
+
+/** What the viewer draws; `cell` is row-major 3x3 or null. */
+export interface DisplayFrame {
+  numbers: Float64Array;
+  positions: Float64Array;
+  cell: Float64Array | null;
+  pbc: Float64Array | null;
+}
+
+export interface FramesAnswer {
+  seq: number; n_frames: number; indices: number[]; hashes: string[];
+  frames: DisplayFrame[];
+}
+
+export const DISPLAY_KEYS = ["numbers", "positions", "cell", "pbc"];
+
+const base = "/api/v1";
+
+async function failure(response: Response): Promise<ApiError> {
+  let detail = response.statusText;
+  let body: unknown;
+  try {
+    body = await response.json();
+    const d = (body as { detail?: unknown }).detail;
+    if (d !== undefined) detail = typeof d === "string" ? d : JSON.stringify(d);
+  } catch { /* not JSON: keep the status text */ }
+  return new ApiError(response.status, `${response.status} ${detail}`, body);
+}
+
+async function request(path: string, init?: RequestInit): Promise<Response> {
+  let response: Response;
+  try {
+    response = await fetch(base + path, init);
+  } catch (error) {
+    if (error instanceof DOMException && error.name === "AbortError") throw error;
+    throw new ApiError(0, `the server is unreachable (${String(error)})`);
+  }
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
+const room = (name: string): string => `/rooms/${encodeURIComponent(name)}`;
+
+export async function listRooms(): Promise<RoomSummary[]> {
+  const body = (await (await request("/rooms")).json()) as { rooms: RoomSummary[] };
+  return body.rooms;
+}
+
+/** The time (seconds since the epoch) of the room's latest event, or null. */
+export async function lastChange(name: string, seq: number): Promise<number | null> {
+  const path = `${room(name)}/history?since=${Math.max(0, seq - 1)}&limit=1`;
+  const body = (await (await request(path)).json()) as { events: { time: number }[] };
+  return body.events[0]?.time ?? null;
+}
+
+/** The room's index; an unknown room is an empty one (it exists once written). */
+export async function getIndex(name: string, signal?: AbortSignal): Promise<RoomIndex> {
+  try {
+    return (await (await request(`${room(name)}/index`, { signal })).json()) as RoomIndex;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      return { room: name, seq: 0, n_frames: 0, frame_ids: [], versions: [], hashes: [] };
+    }
+    throw error;
+  }
+}
+
+export async function getFrames(name: string, indices: number[], keys: string[],
+                                signal?: AbortSignal): Promise<FramesAnswer> {
+  const query = `indices=${indices.join(",")}&keys=${keys.join(",")}`;
+  const response = await request(`${room(name)}/frames?${query}`, { signal });
+  const message = unpack<Omit<FramesAnswer, "frames"> & { frames: WireFrame[] }>(
+    await response.arrayBuffer());
+  return { ...message, frames: message.frames.map(toDisplay) };
+}
+
+function toDisplay(frame: WireFrame): DisplayFrame {
+  const numbers = frame.numbers;
+  const positions = frame.positions;
+  if (!numbers || !positions) throw new Error("a frame without numbers or positions");
+  return {
+    numbers: toFloat64(numbers),
+    positions: toFloat64(positions),
+    cell: frame.cell ? toFloat64(frame.cell) : null,
+    pbc: frame.pbc ? toFloat64(frame.pbc) : null,
+  };
+}
