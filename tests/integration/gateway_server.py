@@ -11,6 +11,7 @@ in-process Control).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -29,6 +30,8 @@ from trajhub.gateway.app import create_app
 from trajhub.shared import codec, keys
 from trajhub.shared.frames import Frame
 from trajhub.shared.settings import Settings
+from trajhub.shared.zarr_store import open_store
+from trajhub.storage.worker import StorageWorker
 
 START_TIMEOUT_S = 20.0
 
@@ -92,6 +95,21 @@ def start_gateway(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Gate
 @pytest.fixture
 def gateway(start_gateway: Callable[..., GatewayServer]) -> GatewayServer:
     return start_gateway()
+
+
+@pytest.fixture
+def apply_room(redis_url: str, tmp_path: Path) -> Callable[[str], int]:
+    """Run a storage worker over ``room`` now (the gateway fixtures' store); returns the
+    number of events applied."""
+    def run(room: str) -> int:
+        async def go() -> int:
+            worker = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w1")
+            try:
+                return await worker.apply_room(room)
+            finally:
+                await worker.aclose()
+        return asyncio.run(go())
+    return run
 
 
 # -- client helpers -----------------------------------------------------------------------

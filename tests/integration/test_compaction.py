@@ -20,6 +20,7 @@ import zarr
 from gateway_server import (
     MSGPACK,
     GatewayServer,
+    apply_room,  # noqa: F401  (fixture)
     get_frames,
     make_frame,
     post_frames,
@@ -35,7 +36,6 @@ from trajhub.shared.history_store import open_history_store
 from trajhub.shared.zarr_store import open_store
 from trajhub.snapshotter.compaction import in_logical_order
 from trajhub.snapshotter.worker import SnapshotterWorker
-from trajhub.storage.worker import StorageWorker
 
 
 @pytest.fixture
@@ -53,16 +53,8 @@ def http(server: GatewayServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def apply(redis_url: str, tmp_path: Path) -> Callable[[str], int]:
-    def run(room: str) -> int:
-        async def go() -> int:
-            worker = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w1")
-            try:
-                return await worker.apply_room(room)
-            finally:
-                await worker.aclose()
-        return asyncio.run(go())
-    return run
+def apply(apply_room: Callable[[str], int]) -> Callable[[str], int]:  # noqa: F811
+    return apply_room
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ reads through both parents, refusals store nothing, retries are idempotent."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from control_server import serve
 from gateway_server import (
     MSGPACK,
     GatewayServer,
+    apply_room,  # noqa: F401  (fixture)
     get_frames,
     make_frame,
     post_frames,
@@ -33,7 +33,6 @@ from trajhub.shared import codec, keys
 from trajhub.shared.frames import Frame, frames_equal
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.zarr_store import open_store
-from trajhub.storage.worker import StorageWorker
 
 PROJECTION = {"_order", "_frame_id", "_version"}
 
@@ -51,17 +50,8 @@ def http(server: GatewayServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def apply(redis_url: str, tmp_path: Path) -> Callable[[str], int]:
-    """Run storage over ``room`` now; returns the number of events applied."""
-    def run(room: str) -> int:
-        async def go() -> int:
-            worker = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w1")
-            try:
-                return await worker.apply_room(room)
-            finally:
-                await worker.aclose()
-        return asyncio.run(go())
-    return run
+def apply(apply_room: Callable[[str], int]) -> Callable[[str], int]:  # noqa: F811
+    return apply_room
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:
