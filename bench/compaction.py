@@ -119,7 +119,7 @@ async def main(n: int, atoms: int, edited: float) -> None:
             server.stop()
     mb = n * atoms * 16 / 1e6
     print(f"{n} frames x {atoms} atoms ({mb:.0f} MB), {edited:.0%} edited once")
-    print(f"| read all in logical order | s | MB/s | x baseline |\n|---|---|---|---|")
+    print("| read all in logical order | s | MB/s | x baseline |\n|---|---|---|---|")
     for name, s in (("contiguous slots (baseline)", baseline), ("before relayout", before),
                     ("after relayout", after)):
         print(f"| {name} | {s:.3f} | {mb / s:.0f} | {s / baseline:.2f} |")
