@@ -19,10 +19,12 @@ CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader",
                  "--ignore-gpu-blocklist"]
 
 
-@pytest.fixture(scope="session")
+# Per module: sync Playwright runs its own event loop in this thread while it is up, and
+# later tests that call asyncio.run() would find it running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium; .ci/run does)")
+        pytest.fail("no /usr/bin/chromium: apt-get install chromium (.ci/run does)")
     if not (STATIC_DIR / "index.html").is_file():
         pytest.fail("the viewer is not built: uv sync --reinstall-package trajhub-gateway")
     with sync_playwright() as pw:
