@@ -1,5 +1,6 @@
 // The gateway's HTTP API (docs/api.md). Every failure becomes an ApiError with the
 // server's `detail`, so the page can show it.
+import { encode } from "@msgpack/msgpack";
 import { toFloat64, unpack, type WireFrame } from "./codec";
 
 export class ApiError extends Error {
@@ -99,4 +100,57 @@ function toDisplay(frame: WireFrame): DisplayFrame {
     cell: frame.cell ? toFloat64(frame.cell) : null,
     pbc: frame.pbc ? toFloat64(frame.pbc) : null,
   };
+}
+
+/** Who this browser is (named in locks, steps and undo): stored once per browser. */
+export function author(): string {
+  let name = localStorage.getItem("trajhub.author");
+  if (!name) {
+    name = `guest-${Math.random().toString(36).slice(2, 8)}`;
+    localStorage.setItem("trajhub.author", name);
+  }
+  return name;
+}
+
+export interface LockGrant { token: string; fence: number; expires_at: number }
+
+function authorHeaders(): Record<string, string> {
+  return { "X-Trajhub-Author": author() };
+}
+
+/** Takes a lock on frames `indices` (423 with the holder if someone else has one). */
+export async function takeLock(name: string, indices: number[], message?: string): Promise<LockGrant> {
+  const response = await request(`${room(name)}/locks`, {
+    method: "POST",
+    headers: { ...authorHeaders(), "Content-Type": "application/json" },
+    body: JSON.stringify({ target: { frames: indices }, ttl_ms: 30000, message }),
+  });
+  return (await response.json()) as LockGrant;
+}
+
+export async function releaseLock(name: string, token: string): Promise<void> {
+  await request(`${room(name)}/locks/${encodeURIComponent(token)}`,
+    { method: "DELETE", headers: authorHeaders() });
+}
+
+/** PATCHes frame `index`'s positions against `baseVersion`, under `lock`. */
+export async function patchPositions(name: string, index: number, positions: Float64Array,
+                                     baseVersion: number, lock: LockGrant): Promise<void> {
+  const bytes = new Uint8Array(positions.buffer.slice(
+    positions.byteOffset, positions.byteOffset + positions.byteLength));
+  const body = encode({ frame: { positions: {
+    dtype: "<f8", shape: [positions.length / 3, 3], data: bytes } } });
+  const response = await request(`${room(name)}/frames/${index}`, {
+    method: "PATCH",
+    headers: { ...authorHeaders(), "Content-Type": "application/msgpack",
+      "If-Match": `"${baseVersion}"`, "X-Trajhub-Lock": lock.token,
+      "X-Trajhub-Fence": String(lock.fence) },
+    body,
+  });
+  await response.arrayBuffer();
+}
+
+/** Reverts (undo) or re-applies (redo) this browser's author's latest edit. */
+export async function undoRedo(name: string, which: "undo" | "redo"): Promise<void> {
+  await request(`${room(name)}/${which}`, { method: "POST", headers: authorHeaders() });
 }

@@ -1,10 +1,13 @@
 // The room page: wires the index (live over Socket.IO), the frame cache, the viewer,
 // the timeline and playback together.
-import { ApiError, getIndex } from "./api";
+import { ApiError, author, getIndex, type DisplayFrame } from "./api";
 import { h } from "./dom";
 import { FrameCache } from "./framecache";
 import { setBanner, showError, toast } from "./notify";
 import { Player } from "./player";
+import { Presenter } from "./presenter";
+import { Uploader } from "./upload";
+import { Editor, type LockHolder } from "./editor";
 import { IndexState, type FramesChanged } from "./roomindex";
 import { Viewer } from "./scene";
 import { RoomSocket, type JoinAck } from "./socket";
@@ -20,6 +23,10 @@ export class RoomPage {
   readonly cache: FrameCache;
   readonly player: Player;
   readonly socket: RoomSocket;
+  readonly presenter: Presenter;
+  readonly uploader: Uploader;
+  readonly editor: Editor;
+  readonly author = author();
   frame = 0;
   private shownHash: string | undefined;
   private scrub: AbortController | null = null;
@@ -31,7 +38,7 @@ export class RoomPage {
   constructor(readonly room: string, root: HTMLElement) {
     const stage = h("div", { class: "stage", id: "stage" });
     this.emptyNote = h("div", { class: "empty-note", hidden: true },
-      "This room has no frames yet. Add some from Python: ",
+      "This room has no frames yet. Drop a trajectory file here, or add frames from Python: ",
       h("code", {}, `Room(url, room="${room}").extend(frames)`));
     root.append(header(room), stage, this.emptyNote);
     this.viewer = new Viewer(stage);
@@ -39,7 +46,7 @@ export class RoomPage {
     this.player = new Player({ advance: () => this.advance(),
       changed: (playing) => this.timeline.setPlaying(playing) });
     this.timeline = new Timeline({
-      seek: (i) => { this.player.pause(); this.seek(i); },
+      seek: (i) => { this.player.pause(); this.seek(i); this.presenter.scrubbed(this.frame); },
       togglePlay: () => this.player.toggle(),
       speedChanged: (fps) => { this.player.fps = fps; },
     });
@@ -49,7 +56,40 @@ export class RoomPage {
       framesChanged: (m) => this.onFramesChanged(m),
       connectionLost: () => setBanner("Connection lost; reconnecting…", "warn"),
       failed: (message) => toast(message, "error"),
-    }, localStorage.getItem("trajhub.author") ?? undefined);
+    }, this.author);
+    this.presenter = new Presenter(room, this.socket, this.author, (i) => this.seek(i));
+    root.querySelector(".topbar")?.append(this.presenter.element);
+    this.uploader = new Uploader(room, this.socket, this.author, root);
+    root.querySelector(".topbar")?.append(this.uploader.element);
+    this.editor = new Editor(this, stage);
+    root.querySelector(".topbar")?.insertBefore(this.editor.element, this.presenter.element);
+    this.socket.on<{ room: string; locks: LockHolder[] }>("lock_changed", (m) => {
+      if (m.room === room) this.editor.setLocks(m.locks);
+    });
+  }
+
+  /** The frame on screen, if it is loaded and current. */
+  currentFrame(): { index: number; frame: DisplayFrame; hash: string } | null {
+    const index = this.frame;
+    const frame = this.cache.get(index);
+    const hash = this.index.hashes[index];
+    if (!frame || hash === undefined || hash !== this.shownHash) return null;
+    return { index, frame, hash };
+  }
+
+  /** Frame `index`'s version while its content is `hash` (null if it changed since);
+   *  read over HTTP when a live change left it unknown. */
+  async versionOf(index: number, hash: string): Promise<number | null> {
+    const known = this.index.versions[index];
+    if (known !== undefined && this.index.hashes[index] === hash) return known;
+    const fresh = await getIndex(this.room);
+    return fresh.hashes[index] === hash ? fresh.versions[index]! : null;
+  }
+
+  /** Re-reads the index and redraws the current frame (after a refused edit). */
+  async reload(): Promise<void> {
+    await this.resync();
+    this.seek(this.frame);
   }
 
   /** Shows frame `i` as soon as it is loaded; a newer seek makes this one stale. */
@@ -129,6 +169,8 @@ export class RoomPage {
       setBanner(null);
     }
     if (ack.seq !== this.index.seq) void this.resync();
+    if (Array.isArray(ack.locks)) this.editor.setLocks(ack.locks as LockHolder[]);
+    this.presenter.joined(ack.step as Parameters<Presenter["joined"]>[0]);
   }
 
   private onFramesChanged(message: FramesChanged): void {
@@ -186,6 +228,7 @@ export class RoomPage {
 
   private updateTimeline(): void {
     this.timeline.set(this.frame, this.index.count);
+    this.editor.frameShown(this.frame);
   }
 }
 

@@ -12,6 +12,9 @@ export type ApplyResult = "applied" | "old" | "gap";
 export class IndexState {
   seq = -1;
   hashes: string[] = [];
+  /** Frame versions by position; undefined where a live change made them unknown
+   *  (`frames_changed` carries hashes only). */
+  versions: (number | undefined)[] = [];
 
   get count(): number {
     return this.hashes.length;
@@ -20,6 +23,7 @@ export class IndexState {
   reset(index: RoomIndex): void {
     this.seq = index.seq;
     this.hashes = [...index.hashes];
+    this.versions = [...index.versions];
   }
 
   apply(message: FramesChanged): ApplyResult {
@@ -28,6 +32,8 @@ export class IndexState {
     const next = changed(this.hashes, message);
     if (next === null || next.length !== message.n_frames) return "gap";
     this.hashes = next;
+    this.versions = changed(this.versions.map(String), { ...message,
+      hashes: message.hashes.map(() => "?") })!.map((v) => (v === "?" || v === "undefined" ? undefined : Number(v)));
     this.seq = message.seq;
     return "applied";
   }

@@ -8,7 +8,7 @@ import { findBonds } from "./bonds";
 import { colorOf } from "./elements";
 
 export const BACKGROUND = 0x1d2026;
-const ATOM_SCALE = 0.5; // of the covalent radius: ball-and-stick proportions
+export const ATOM_SCALE = 0.5; // of the covalent radius: ball-and-stick proportions
 const BOND_RADIUS = 0.12;
 
 export class Viewer {
