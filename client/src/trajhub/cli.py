@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -165,21 +166,31 @@ def snapshot(room: str, redis_url: str | None = None,
              storage_url: str | None = None) -> dict[str, Any]:
     """Take a snapshot pass of ``room`` now (``trajhub.snapshotter.history``); URLs
     default to the settings (TRAJHUB_REDIS_URL, TRAJHUB_STORAGE_URL)."""
-    import asyncio
     from dataclasses import asdict
 
-    from trajhub.shared.history_store import open_history_store
-    from trajhub.shared.redis_util import async_client
     from trajhub.shared.settings import Settings
     from trajhub.snapshotter.history import take_snapshot
 
     settings = Settings.from_env(redis_url=redis_url, storage_url=storage_url)
 
+    async def run(redis: Any, history: Any) -> dict[str, Any]:
+        return asdict(await take_snapshot(redis, history, room))
+
+    return _with_history(settings, run)
+
+
+def _with_history(settings: Any, work: Callable[[Any, Any], Awaitable[dict[str, Any]]]
+                  ) -> dict[str, Any]:
+    """Run ``work(redis, history store)`` against the configured Redis and store."""
+    import asyncio
+
+    from trajhub.shared.history_store import open_history_store
+    from trajhub.shared.redis_util import async_client
+
     async def run() -> dict[str, Any]:
         redis = async_client(settings.redis_url)
         try:
-            history = open_history_store(settings.storage_url)
-            return asdict(await take_snapshot(redis, history, room))
+            return await work(redis, open_history_store(settings.storage_url))
         finally:
             await redis.aclose()
 
@@ -220,25 +231,17 @@ def _add_rebuild(sub: Any) -> None:
 def rebuild(room: str, redis_url: str | None = None, storage_url: str | None = None,
             into: str | None = None) -> dict[str, Any]:
     """Run ``trajhub.storage.rebuild.rebuild``; returns its report's summary."""
-    import asyncio
 
-    from trajhub.shared.history_store import open_history_store
-    from trajhub.shared.redis_util import async_client
     from trajhub.shared.settings import Settings
     from trajhub.storage.rebuild import rebuild as run_rebuild
 
     settings = Settings.from_env(redis_url=redis_url, storage_url=storage_url)
 
-    async def run() -> dict[str, Any]:
-        redis = async_client(settings.redis_url)
-        try:
-            history = open_history_store(settings.storage_url)
-            report = await run_rebuild(redis, settings.storage_url, history, room, into)
-            return report.summary()
-        finally:
-            await redis.aclose()
+    async def run(redis: Any, history: Any) -> dict[str, Any]:
+        report = await run_rebuild(redis, settings.storage_url, history, room, into)
+        return report.summary()
 
-    return asyncio.run(run())
+    return _with_history(settings, run)
 
 
 def _run_rebuild(args: argparse.Namespace) -> int:
