@@ -203,8 +203,10 @@ def test_refusals_store_nothing(http: httpx.Client, apply: Callable[[str], int],
         (fork(http, "new", "base", at_seq=-1), 422),
         (http.put("/api/v1/rooms/new", json={"base_room": "base", "at_seq": "1"}), 422),
         (http.put("/api/v1/rooms/new", json={"base_room": "base", "at": 1}), 422),
-        (http.put("/api/v1/rooms/new", json={}), 422),
+        (http.put("/api/v1/rooms/new", json={"at_seq": 1}), 422),
+        (http.put("/api/v1/rooms/new", json={"base_room": 7}), 422),
         (http.put("/api/v1/rooms/new", json=["base"]), 422),
+        (http.put("/api/v1/rooms/base", json={}), 409),
         (http.put("/api/v1/rooms/new", content=b"{", headers={"content-type":
                                                                "application/json"}), 400),
         (fork(http, "bad..name", "base"), 422),
@@ -321,3 +323,26 @@ def test_a_new_room_joined_by_a_viewer_starts_from_the_default_room(
         history = ok(http.get("/api/v1/rooms/fresh/history"))["events"]
         assert [(e["kind"], e["author"]) for e in history] == [("room_forked", "trajhub")]
     assert data_arrays(tmp_path, "default")  # the default room's data, not a copy
+
+
+def test_an_empty_room_is_created_listed_and_then_written(
+        http: httpx.Client, apply: Callable[[str], int]) -> None:
+    created = ok(http.put("/api/v1/rooms/fresh", headers={"X-Trajhub-Author": "ann"}), 201)
+    assert created == {"room": "fresh", "seq": 1, "n_frames": 0}
+    listed = ok(http.get("/api/v1/rooms"))["rooms"]
+    assert {"room": "fresh", "n_frames": 0, "seq": 1} in listed
+    assert ok(http.get("/api/v1/rooms/fresh"))["n_frames"] == 0
+    again = http.put("/api/v1/rooms/fresh", json={})
+    assert again.status_code == 409 and "already exists" in again.json()["detail"]
+    # creating is no one's edit to undo
+    assert http.post("/api/v1/rooms/fresh/undo", json={},
+                     headers={"X-Trajhub-Author": "ann"}).status_code == 404
+
+    ok(post_frames(http, "fresh", [make_frame(2, 1)]), 201)
+    assert apply("fresh") == 2
+    assert len(get_frames(http, "fresh")["frames"]) == 1
+    history = ok(http.get("/api/v1/rooms/fresh/history"))["events"]
+    assert [(e["seq"], e["kind"], e["author"]) for e in history][:1] == [
+        (1, "room_created", "ann")]
+    past = ok(http.get("/api/v1/rooms/fresh/index", params={"at_seq": 1}))
+    assert (past["seq"], past["n_frames"]) == (1, 0)

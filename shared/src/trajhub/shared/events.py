@@ -16,12 +16,14 @@ from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import check_key_name, check_room_name
 
 EventKind = Literal["frames_inserted", "frames_replaced", "frames_patched",
-                    "frames_deleted", "undo", "redo", "room_forked", "frames_relaid"]
+                    "frames_deleted", "undo", "redo", "room_forked", "frames_relaid",
+                    "room_created"]
 Effect = Literal["insert", "replace", "delete"]
 """What an event does to the index: every kind is one of these three changes."""
 EFFECT_OF_KIND: dict[str, Effect] = {"frames_inserted": "insert", "frames_replaced": "replace",
                                      "frames_patched": "replace", "frames_deleted": "delete",
-                                     "room_forked": "insert", "frames_relaid": "replace"}
+                                     "room_forked": "insert", "frames_relaid": "replace",
+                                     "room_created": "insert"}
 MAX_FRAMES_PER_COMMAND = 100_000
 MAX_LOCK_TTL_MS = 600_000
 MIN_LOCK_TTL_MS = 100
@@ -259,6 +261,13 @@ class Redo(_Command):
     op: Literal["redo"] = "redo"
 
 
+class CreateRoom(_Command):
+    """Create ``room`` empty (event ``room_created``, seq 1), so that it is listed before
+    any frame is written; "conflict" if it already has events. Nothing to undo."""
+
+    op: Literal["create"] = "create"
+
+
 class ForkRoom(_Command):
     """Create ``room`` (which must have no events) holding ``frames``, the index of
     ``base_room`` at ``base_seq``, without copying frame data: the entries keep their
@@ -292,7 +301,7 @@ class ForkRoom(_Command):
 
 
 Command = Annotated[InsertFrames | ReplaceFrames | PatchFrames | RelayoutFrames | DeleteFrames
-                    | Undo | Redo, Field(discriminator="op")]
+                    | Undo | Redo | CreateRoom, Field(discriminator="op")]
 
 
 class Conflict(_Model):

@@ -38,6 +38,7 @@ from trajhub.shared.collab import (
 from trajhub.shared.events import (
     Command,
     CommitResult,
+    CreateRoom,
     DeleteFrames,
     Event,
     ForkRoom,
@@ -55,10 +56,10 @@ Clock = Callable[[], int]
 """Milliseconds since the epoch. None (the default) uses the Redis server's clock."""
 
 DEFAULT_UNDO_RETENTION = 10_000
-_OPS: tuple[CommitOp, ...] = ("insert", "replace", "delete", "revert")
+_OPS: tuple[CommitOp, ...] = ("insert", "replace", "delete", "revert", "create")
 _SCRIPT_OF: dict[str, CommitOp] = {"insert": "insert", "replace": "replace", "patch": "replace",
                                    "relayout": "replace", "delete": "delete", "undo": "revert",
-                                   "redo": "revert"}
+                                   "redo": "revert", "create": "create"}
 _LATER_SCAN_PAGE = 200
 
 
@@ -72,6 +73,8 @@ def _op_args(command: Command) -> tuple[list[str], list[str | int]]:
         return command.hashes, ["" if command.at is None else command.at, *command.hashes]
     if isinstance(command, Undo | Redo):
         return [], [command.op]
+    if isinstance(command, CreateRoom):
+        return [], []
     base = command.base_versions
     head: list[str | int] = [len(command.targets), "1" if base is not None else "0",
                              "f" if command.by_frame_id else "i", *command.targets]

@@ -11,7 +11,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Literal
 
-CommitOp = Literal["insert", "replace", "delete", "revert"]
+CommitOp = Literal["insert", "replace", "delete", "revert", "create"]
 
 
 def _read(name: str) -> str:

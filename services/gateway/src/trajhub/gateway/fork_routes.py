@@ -1,5 +1,9 @@
-"""``PUT /api/v1/rooms/{room}``: create a room as a fork of another, without copying
-frame data.
+"""``PUT /api/v1/rooms/{room}``: create a room, empty or as a fork of another (without
+copying frame data).
+
+Without ``base_room`` (an empty body, ``{}`` or ``{"author"}``) the room is created
+empty: its first event is ``room_created`` and it is listed from then on; 201 ``{"room",
+"seq", "n_frames"}``, 409 if it exists.
 
 Body (JSON): ``{"base_room": name, "at_seq"?: S, "author"?: str}``. The gateway reads the
 base room's index at ``S`` (its current seq by default; a past one through the history
@@ -27,8 +31,8 @@ from trajhub.gateway.errors import ApiError
 from trajhub.gateway.forking import fork
 from trajhub.gateway.history_routes import MAX_SEQ, past_index
 from trajhub.gateway.runtime import Gateway
-from trajhub.gateway.writes import check_room, pick_author
-from trajhub.shared.events import FrameEntry
+from trajhub.gateway.writes import build_command, check_room, checked, pick_author
+from trajhub.shared.events import CreateRoom, FrameEntry
 
 router = APIRouter()
 
@@ -47,7 +51,7 @@ async def _fork_body(request: Request) -> dict[str, Any]:
     if len(raw) > BODY_LIMIT:
         raise ApiError(413, f"a fork request body is at most {BODY_LIMIT} bytes")
     try:
-        body = json.loads(raw or b"null")
+        body = json.loads(raw or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -56,8 +60,10 @@ async def _fork_body(request: Request) -> dict[str, Any]:
     unknown = set(body) - {"base_room", "at_seq", "author"}
     if unknown:
         raise ApiError(422, f"unknown field(s) in the fork request: {sorted(unknown)}")
-    if not isinstance(body.get("base_room"), str):
-        raise ApiError(422, "base_room (the room to fork) is required, a string")
+    if "base_room" in body and not isinstance(body["base_room"], str):
+        raise ApiError(422, "base_room (the room to fork) must be a room name")
+    if "at_seq" in body and "base_room" not in body:
+        raise ApiError(422, "at_seq needs base_room: it is the seq of the room to fork")
     at_seq = body.get("at_seq")
     if at_seq is not None and (not isinstance(at_seq, int) or isinstance(at_seq, bool)
                                or not 0 <= at_seq <= MAX_SEQ):
@@ -85,6 +91,9 @@ async def fork_room(room: str, request: Request, idempotency_key: IdemKey = None
                     author: Author = None) -> JSONResponse:
     check_room(room)
     body = await _fork_body(request)
+    if "base_room" not in body:
+        return await _create(request, room, pick_author(body.get("author"), author),
+                             idempotency_key)
     base = check_room(body["base_room"])
     if base == room:
         raise ApiError(409, f"room {room!r} already exists (a room cannot fork itself)")
@@ -97,3 +106,13 @@ async def fork_room(room: str, request: Request, idempotency_key: IdemKey = None
         "base_room": event.base_room, "base_seq": event.base_seq,
         "frame_ids": [f.frame_id for f in event.frames],
         "versions": [f.version for f in event.frames], "hashes": event.hashes})
+
+
+async def _create(request: Request, room: str, author: str | None,
+                  idempotency_key: str | None) -> JSONResponse:
+    command = build_command(CreateRoom, room=room, author=author,
+                            idempotency_key=idempotency_key)
+    event = checked(await _gateway(request).control.commit(command)).event
+    assert event is not None
+    return JSONResponse(status_code=201, content={
+        "room": event.room, "seq": event.seq, "n_frames": event.n_frames})

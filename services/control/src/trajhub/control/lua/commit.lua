@@ -324,7 +324,7 @@ local function commit(seq, kind, body, meta)
     .. ',"time":' .. TIME .. (TOKEN ~= '' and (',"fence":' .. int(FENCE)) or '') .. ','
     .. body .. '}'
   redis.call('XADD', K_EVENTS, s .. '-0', 'seq', s, 'kind', kind, 'data', event)
-  if kind ~= 'frames_relaid' then  -- changes no content: nothing for anyone to undo
+  if kind ~= 'frames_relaid' and kind ~= 'room_created' then  -- nothing for anyone to undo
     push_history(kind, s)
   end
   local result = '{"status":"ok","reason":null,"event":' .. event .. ',"conflicts":[]}'
