@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.test_viewer import TIMEOUT_MS, load_s22, open_room
@@ -165,3 +167,56 @@ def test_a_locked_frame_names_its_holder(page: Page, gateway: GatewayServer,
         page.keyboard.press("ArrowLeft")
         expect(note).to_contain_text("holder-1")
     expect(note).to_have_text("", timeout=TIMEOUT_MS)
+
+
+def test_playing_presents_and_followers_play_along(
+        page: Page, other_page: Page, gateway: GatewayServer, s22_path: Path) -> None:
+    count = load_s22(gateway.url, "play-along", s22_path)
+    open_room(page, gateway.url, "play-along", count)
+    open_room(other_page, gateway.url, "play-along", count)
+    a_name = page.evaluate("window.trajhub.page.author")
+
+    page.keyboard.press("Space")
+    expect(other_page.locator("#presenter")).to_have_text(f"{a_name} is presenting",
+                                                          timeout=TIMEOUT_MS)
+    other_page.wait_for_function(
+        "document.querySelector('#timeline').dataset.shown >= 3", timeout=TIMEOUT_MS)
+    page.keyboard.press("Space")
+    expect(page.locator("#timeline")).to_have_attribute("data-playing", "false")
+    stopped_at = page.locator("#timeline").get_attribute("data-shown")
+    expect(other_page.locator("#timeline")).to_have_attribute("data-shown", str(stopped_at),
+                                                              timeout=TIMEOUT_MS)
+    # paused: the token is released, and the follower keeps its frame
+    expect(other_page.locator("#presenter")).to_have_text("no presenter", timeout=TIMEOUT_MS)
+
+
+def pixel_at(page: Page, x: float, y: float) -> np.ndarray:
+    """The mean colour of the 5x5 canvas pixels around page point (x, y)."""
+    box = page.locator("#stage canvas").bounding_box()
+    assert box is not None
+    png = page.locator("#stage canvas").screenshot()
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+    col, row = round(x - box["x"]), round(y - box["y"])
+    return pixels[row - 2:row + 3, col - 2:col + 3].reshape(-1, 3).mean(axis=0)
+
+
+def test_selected_atoms_are_highlighted(page: Page, gateway: GatewayServer,
+                                        s22_path: Path) -> None:
+    count = load_s22(gateway.url, "highlight", s22_path)
+    open_room(page, gateway.url, "highlight", count)
+    found = page.evaluate(FRONT_ATOM)
+    assert found is not None, "no atom is visible"
+    atom, x, y = found
+    plain = pixel_at(page, x, y)
+
+    page.mouse.click(x, y)
+    expect(page.locator("#selection")).to_have_attribute("data-atoms", str(atom))
+    wait_for(lambda: np.abs(pixel_at(page, x, y) - plain).sum() > 40,
+             "the selected atom to be drawn highlighted")
+
+    box = page.locator("#stage canvas").bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 5, box["y"] + 5)  # empty space: the selection is cleared
+    expect(page.locator("#selection")).to_have_attribute("data-atoms", "")
+    wait_for(lambda: np.abs(pixel_at(page, x, y) - plain).sum() < 10,
+             "the atom to be drawn plain again")

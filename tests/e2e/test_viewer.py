@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import ase.io
@@ -139,3 +140,73 @@ def test_server_errors_and_lost_connections_are_shown(page: Page,
     gateway.stop()
     expect(page.locator("#banner")).to_have_text("Connection lost; reconnecting…",
                                                  timeout=TIMEOUT_MS)
+
+
+DROP_NEXT_FRAMES_CHANGED = """() => {
+    // at-most-once delivery, made visible: lose the next frames_changed broadcast
+    const socket = window.trajhub.page.socket.socket;
+    const deliver = socket.onevent.bind(socket);
+    window.dropped = [];
+    socket.onevent = (packet) => {
+        if (packet.data[0] === 'frames_changed' && window.dropped.length === 0) {
+            window.dropped.push(packet.data[1].seq);
+            return;
+        }
+        deliver(packet);
+    };
+}"""
+
+
+def test_a_lost_broadcast_is_noticed_by_seq_and_resynced(page: Page, gateway: GatewayServer,
+                                                         s22_path: Path) -> None:
+    count = load_s22(gateway.url, "gap", s22_path)
+    open_room(page, gateway.url, "gap", count)
+    index_reads: list[str] = []
+    page.on("request", lambda r: index_reads.append(r.url) if "/index" in r.url else None)
+    page.evaluate(DROP_NEXT_FRAMES_CHANGED)
+    with Room(gateway.url, "gap") as vis:
+        vis.append(vis[1])
+        page.wait_for_function("window.dropped.length === 1", timeout=TIMEOUT_MS)
+        expect(page.locator("#frame-label")).to_have_text(f"0 / {count}")
+        vis.append(vis[2])  # its seq is two past the page's: a gap, so a resync
+    expect(page.locator("#frame-label")).to_have_text(f"0 / {count + 2}", timeout=TIMEOUT_MS)
+    assert index_reads, "the page never re-read the index"
+    page.locator("#slider").fill(str(count + 1))
+    expect(page.locator("#timeline")).to_have_attribute("data-shown", str(count + 1))
+
+
+def test_a_restarted_gateway_restores_the_connection_and_catches_up(
+        page: Page, start_gateway: Callable[..., GatewayServer], s22_path: Path) -> None:
+    gateway = start_gateway()
+    count = load_s22(gateway.url, "restart", s22_path)
+    open_room(page, gateway.url, "restart", count)
+    gateway.stop()
+    banner = page.locator("#banner")
+    expect(banner).to_have_text("Connection lost; reconnecting…", timeout=TIMEOUT_MS)
+
+    # edits made while the page was away arrive through the next gateway
+    again = start_gateway(bind_port=gateway.port)
+    with Room(again.url, "restart") as vis:
+        vis.extend([vis[0], vis[1], vis[2]])
+    expect(banner).to_have_text("Connection restored", timeout=TIMEOUT_MS)
+    expect(page.locator("#frame-label")).to_contain_text(f" / {count + 3}", timeout=TIMEOUT_MS)
+    expect(banner).to_be_hidden(timeout=TIMEOUT_MS)
+
+
+def test_a_room_created_from_the_list_exists_and_is_listed(page: Page,
+                                                           gateway: GatewayServer) -> None:
+    page.goto(gateway.url)
+    page.locator("#new-room").fill("made-here")
+    page.get_by_role("button", name="Create room").click()
+    page.wait_for_url(f"{gateway.url}/rooms/made-here", timeout=TIMEOUT_MS)
+    expect(page.locator(".empty-note")).to_be_visible(timeout=TIMEOUT_MS)
+    rooms = httpx.get(f"{gateway.url}/api/v1/rooms").json()["rooms"]
+    assert {"room": "made-here", "n_frames": 0, "seq": 1} in rooms
+
+    page.goto(gateway.url)
+    link = page.get_by_role("link", name="made-here", exact=True)
+    expect(page.locator("#rooms tr", has=link)).to_contain_text("0", timeout=TIMEOUT_MS)
+    # an existing name just opens that room
+    page.locator("#new-room").fill("made-here")
+    page.get_by_role("button", name="Create room").click()
+    page.wait_for_url(f"{gateway.url}/rooms/made-here", timeout=TIMEOUT_MS)

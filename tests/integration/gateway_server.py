@@ -39,14 +39,14 @@ START_TIMEOUT_S = 20.0
 class GatewayServer:
     """A uvicorn server for one ASGI app, in a daemon thread."""
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, app: Any, settings: Settings, port: int = 0) -> None:
         self.app = app
         self.settings = settings
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets it sees as TCP;
         # without it every keep-alive request waits ~40 ms (Nagle + delayed ACK).
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, lifespan="on", log_level="warning", loop="asyncio",
@@ -80,10 +80,11 @@ def gateway_settings(redis_url: str, storage: Path, **overrides: Any) -> Setting
 def start_gateway(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., GatewayServer]]:
     servers: list[GatewayServer] = []
 
-    def start(**overrides: Any) -> GatewayServer:
+    def start(*, bind_port: int = 0, **overrides: Any) -> GatewayServer:
+        """``bind_port``: listen there (e.g. a stopped gateway's port, to restart it)."""
         settings = gateway_settings(overrides.pop("redis_url", redis_url), tmp_path / "zarr",
                                     **overrides)
-        server = GatewayServer(create_app(settings), settings).start()
+        server = GatewayServer(create_app(settings), settings, bind_port).start()
         servers.append(server)
         return server
 

@@ -62,6 +62,20 @@ export async function listRooms(): Promise<RoomSummary[]> {
   return body.rooms;
 }
 
+/** Creates an empty room; false if it already exists (it can still be opened). */
+export async function createRoom(name: string): Promise<boolean> {
+  try {
+    await request(room(name), {
+      method: "PUT", headers: { ...authorHeaders(), "Content-Type": "application/json" },
+      body: "{}",
+    });
+    return true;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 409) return false;
+    throw error;
+  }
+}
+
 /** The time (seconds since the epoch) of the room's latest event, or null. */
 export async function lastChange(name: string, seq: number): Promise<number | null> {
   const path = `${room(name)}/history?since=${Math.max(0, seq - 1)}&limit=1`;

@@ -12,11 +12,14 @@ const vertexShader = /* glsl */ `
 attribute vec2 corner;
 attribute float radius;
 attribute vec3 color;
+attribute float selected;
 varying vec3 vCenter;
 varying vec3 vPoint;
 varying vec3 vColor;
 varying float vRadius;
+varying float vSelected;
 void main() {
+  vSelected = selected;
   vec4 c = modelViewMatrix * vec4(position, 1.0);
   vec3 point = c.xyz + vec3(corner * ${QUAD_MARGIN.toFixed(2)} * radius, 0.0);
   vCenter = c.xyz;
@@ -27,11 +30,13 @@ void main() {
 }`;
 
 const fragmentShader = /* glsl */ `
+const vec3 HIGHLIGHT = vec3(1.0, 0.85, 0.1);
 uniform mat4 uProjection;
 varying vec3 vCenter;
 varying vec3 vPoint;
 varying vec3 vColor;
 varying float vRadius;
+varying float vSelected;
 void main() {
   vec3 dir = normalize(vPoint);
   float b = dot(dir, vCenter);
@@ -44,7 +49,11 @@ void main() {
   vec3 light = normalize(vec3(0.4, 0.5, 1.0));
   float diffuse = max(dot(normal, light), 0.0);
   float specular = pow(max(dot(reflect(-light, normal), -dir), 0.0), 40.0);
-  gl_FragColor = vec4(vColor * (0.35 + 0.7 * diffuse) + 0.25 * specular, 1.0);
+  vec3 shaded = vColor * (0.35 + 0.7 * diffuse) + 0.25 * specular;
+  // selected atoms: tinted towards the highlight colour, with a bright rim
+  float rim = pow(1.0 - max(dot(normal, -dir), 0.0), 2.0);
+  vec3 highlight = mix(shaded, HIGHLIGHT, 0.45) + HIGHLIGHT * rim;
+  gl_FragColor = vec4(mix(shaded, highlight, vSelected), 1.0);
 }`;
 
 const CORNERS = [-1, -1, 1, -1, 1, 1, -1, 1];
@@ -53,6 +62,8 @@ const QUAD_TRIANGLES = [0, 1, 2, 0, 2, 3];
 export class AtomImpostors {
   readonly mesh: THREE.Mesh<THREE.BufferGeometry, THREE.ShaderMaterial>;
   private readonly centers: THREE.BufferAttribute;
+  private readonly selected: THREE.BufferAttribute;
+  private selection: readonly number[] = [];
 
   constructor(numbers: Float64Array, scale: number, projection: THREE.Matrix4) {
     const n = numbers.length;
@@ -65,6 +76,9 @@ export class AtomImpostors {
     const radii = Float32Array.from(numbers, (z) => scale * radiusOf(z));
     geometry.setAttribute("radius", new THREE.BufferAttribute(repeat4(radii, 1), 1));
     geometry.setAttribute("color", new THREE.BufferAttribute(repeat4(colors(numbers), 3), 3));
+    this.selected = new THREE.BufferAttribute(new Float32Array(4 * n), 1);
+    this.selected.setUsage(THREE.DynamicDrawUsage);
+    geometry.setAttribute("selected", this.selected);
     geometry.setIndex(new THREE.BufferAttribute(quadIndices(n), 1));
     const material = new THREE.ShaderMaterial({
       vertexShader, fragmentShader, uniforms: { uProjection: { value: projection } },
@@ -82,6 +96,16 @@ export class AtomImpostors {
       }
     }
     this.centers.needsUpdate = true;
+  }
+
+  /** Highlights atoms `indices` (and only those); out-of-range indices are ignored. */
+  setSelection(indices: Iterable<number>): void {
+    const flags = this.selected.array as Float32Array;
+    for (const i of this.selection) flags.fill(0, 4 * i, 4 * i + 4);
+    const n = flags.length / 4;
+    this.selection = [...indices].filter((i) => i >= 0 && i < n);
+    for (const i of this.selection) flags.fill(1, 4 * i, 4 * i + 4);
+    this.selected.needsUpdate = true;
   }
 
   dispose(): void {

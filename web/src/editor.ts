@@ -219,6 +219,7 @@ export class Editor {
 
   private select(selection: Set<number>): void {
     this.selection = selection;
+    this.host.viewer.setSelection(selection);
     this.render();
   }
 

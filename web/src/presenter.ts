@@ -1,5 +1,5 @@
-// The presenter token: scrubbing takes it (renewed while scrubbing, released shortly
-// after), the presenter's steps go out as `set_room_frame`; everyone else follows the
+// The presenter token: scrubbing or playing takes it (renewed while moving, released
+// shortly after), the presenter's steps go out as `set_room_frame`; everyone else follows the
 // `room_frame` broadcast unless "follow" is off. The presenter's name is shown.
 import { h } from "./dom";
 import type { RoomSocket } from "./socket";
@@ -52,10 +52,11 @@ export class Presenter {
     }
   }
 
-  /** The user moved to `frame`: present it (taking the token if free). */
-  scrubbed(frame: number): void {
+  /** The user moved to `frame`: present it (taking the token if free); the token is
+   *  released when no move follows within `holdMs`. */
+  scrubbed(frame: number, holdMs = RELEASE_AFTER_MS): void {
     window.clearTimeout(this.releaseTimer);
-    this.releaseTimer = window.setTimeout(() => void this.release(), RELEASE_AFTER_MS);
+    this.releaseTimer = window.setTimeout(() => void this.release(), holdMs);
     this.pendingFrame = frame;
     void this.present();
   }

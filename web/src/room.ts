@@ -140,6 +140,8 @@ export class RoomPage {
     this.frame = next;
     this.updateTimeline();
     this.draw();
+    // playing presents too, holding the token across a couple of slow ticks
+    this.presenter.scrubbed(this.frame, 1000 + 2000 / this.player.fps);
     return true;
   }
 

@@ -1,6 +1,6 @@
 // The room list at `/`: every room with its frame count and last change, and a form
-// that opens a (new) room; a room exists on the server once frames are written to it.
-import { lastChange, listRooms, type RoomSummary } from "./api";
+// that creates a room (empty, listed from then on) and opens it.
+import { createRoom, lastChange, listRooms, type RoomSummary } from "./api";
 import { h } from "./dom";
 import { showError } from "./notify";
 
@@ -42,7 +42,8 @@ function createForm(): HTMLFormElement {
       showError(new Error("room names use letters, digits, _ . - (at most 64, no '..')"));
       return;
     }
-    location.assign(roomUrl(name));
+    createRoom(name).then(() => location.assign(roomUrl(name)),
+      (error: unknown) => showError(error, `creating room ${name}`));
   });
   return form;
 }

@@ -20,6 +20,7 @@ export class Viewer {
   private bonds: THREE.InstancedMesh | null = null;
   private cell: THREE.LineSegments | null = null;
   private numbersKey = "";
+  private selection: readonly number[] = [];
   private needsRender = true;
   private fitted = false;
 
@@ -48,6 +49,13 @@ export class Viewer {
     this.updateBonds(frame);
     this.updateCell(frame.cell);
     if (!this.fitted) this.fit(frame.positions);
+    this.invalidate();
+  }
+
+  /** Highlights the selected atoms; kept across frames with the same atoms. */
+  setSelection(indices: Iterable<number>): void {
+    this.selection = [...indices];
+    this.atoms?.setSelection(this.selection);
     this.invalidate();
   }
 
@@ -99,6 +107,7 @@ export class Viewer {
   private rebuildAtoms(numbers: Float64Array): void {
     this.removeAtoms();
     this.atoms = new AtomImpostors(numbers, ATOM_SCALE, this.camera.projectionMatrix);
+    this.atoms.setSelection(this.selection);
     this.scene.add(this.atoms.mesh);
   }
 
