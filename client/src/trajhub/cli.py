@@ -131,6 +131,20 @@ def _add_compact(sub: Any) -> None:
         "first rewrite the live frames to fresh slots in logical order (fast sequential "
         "reads; the old slots are dropped by a later pass, once no retained state uses "
         "them)"))
+    p.add_argument("--user", default=os.environ.get("TRAJHUB_ADMIN_USER") or None, help=(
+        "admin user for HTTP Basic auth (TRAJHUB_ADMIN_USER); the password comes from "
+        "TRAJHUB_ADMIN_PASSWORD, or is asked for"))
+
+
+def _admin_auth(user: str | None) -> tuple[str, str] | None:
+    if not user:
+        return None
+    password = os.environ.get("TRAJHUB_ADMIN_PASSWORD")
+    if password is None:
+        import getpass
+
+        password = getpass.getpass(f"trajhub admin password for {user}: ")
+    return user, password
 
 
 def _run_compact(args: argparse.Namespace) -> int:
@@ -143,7 +157,7 @@ def _run_compact(args: argparse.Namespace) -> int:
         params["keep_events"] = args.keep_events
     url = f"{args.url.rstrip('/')}/api/v1/rooms/{args.room}/compact"
     try:
-        response = httpx.post(url, params=params, timeout=None)
+        response = httpx.post(url, params=params, auth=_admin_auth(args.user), timeout=None)
     except httpx.HTTPError as exc:
         print(f"trajhub compact: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1

@@ -48,6 +48,11 @@ class Settings(BaseModel):
     default_room: str = Field("", description=(
         "TRAJHUB_DEFAULT_ROOM: a room every new room starts from (a fork, nothing copied) "
         "when a viewer joins it; empty: new rooms start empty"))
+    admin_user: str = Field("", description=(
+        "TRAJHUB_ADMIN_USER: with TRAJHUB_ADMIN_PASSWORD, the HTTP Basic credentials the "
+        "gateway requires on its admin endpoints (compaction); empty: not required"))
+    admin_password: str = Field("", repr=False, description=(
+        "TRAJHUB_ADMIN_PASSWORD: the admin password (see TRAJHUB_ADMIN_USER)"))
     consumer_name: str = Field(default_factory=_default_consumer,
                                description="TRAJHUB_CONSUMER_NAME: this replica's consumer name")
     log_level: str = Field("INFO", description="TRAJHUB_LOG_LEVEL")

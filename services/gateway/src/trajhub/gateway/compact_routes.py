@@ -7,10 +7,16 @@ content, versions and frame ids). See ``trajhub.snapshotter.compaction``. Answer
 ``CompactionResult`` fields; 404 for a room without events, 503 (Retry-After) while
 storage has not applied the room's latest events. Frames of states before
 ``retained_from_seq`` answer 410 from then on.
+
+With ``TRAJHUB_ADMIN_USER`` and ``TRAJHUB_ADMIN_PASSWORD`` both set, the endpoint requires
+those HTTP Basic credentials (401 + ``WWW-Authenticate`` otherwise).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import secrets
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -21,6 +27,7 @@ from trajhub.gateway.history_routes import history_store
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.writes import check_room
 from trajhub.shared import keys
+from trajhub.shared.settings import Settings
 from trajhub.snapshotter.compaction import (
     CompactableStore,
     CompactionError,
@@ -35,8 +42,9 @@ router = APIRouter()
 async def compact_room(request: Request, room: str,
                        keep_events: Annotated[int | None, Query(ge=0)] = None,
                        relayout: bool = False) -> dict[str, Any]:
-    check_room(room)
     gw: Gateway = request.app.state.gateway
+    require_admin(request, gw.settings)
+    check_room(room)
     if not await gw.redis.exists(keys.meta(room)):
         raise ApiError(404, f"room {room!r} has no events")
     history = await history_store(request)
@@ -50,6 +58,34 @@ async def compact_room(request: Request, room: str,
     except CompactionError as exc:
         raise ApiError(409, str(exc)) from None
     return asdict(result)
+
+
+def require_admin(request: Request, settings: Settings) -> None:
+    """Refuse (401) unless the request carries the admin's Basic credentials, when the
+    settings name an admin; compare in constant time so a wrong guess leaks nothing."""
+    if not (settings.admin_user and settings.admin_password):
+        return
+    given = _basic_credentials(request.headers.get("authorization", ""))
+    if given is not None:
+        user_ok = secrets.compare_digest(given[0].encode(), settings.admin_user.encode())
+        password_ok = secrets.compare_digest(given[1].encode(),
+                                             settings.admin_password.encode())
+        if user_ok and password_ok:
+            return
+    raise ApiError(401, "admin credentials required (HTTP Basic)",
+                   headers={"WWW-Authenticate": 'Basic realm="trajhub admin", charset="UTF-8"'})
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(token.strip(), validate=True).decode(
+            "utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
 
 
 def _compactable(store: Any) -> CompactableStore:
