@@ -1,4 +1,5 @@
-"""ZarrHistoryStore on real Zarr stores (local disk under tmp_path, and memory://)."""
+"""ZarrHistoryStore on real Zarr stores (local disk under tmp_path, memory://, and S3 on
+a local moto server, ``tests/s3_fixture.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+from tests.s3_fixture import new_s3_url
 from trajhub.shared.events import FrameEntry
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history import decode_snapshot, encode_snapshot
@@ -19,8 +21,10 @@ from trajhub.shared.zarr_store import open_store
 pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
 
 
-@pytest.fixture(params=["dir", "file", "memory"])
+@pytest.fixture(params=["dir", "file", "memory", "s3"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "s3":
+        return new_s3_url()
     if request.param == "dir":
         return str(tmp_path / "zarr")
     if request.param == "file":

@@ -35,8 +35,9 @@ by reading only new rows (slots are write-once, and a writer appends what it wro
 reading a frame costs one Zarr call per per-atom key.
 
 Every write is a whole-object put: zarr's LocalStore (>= 3.1.3) writes each chunk and
-metadata document to a temporary file and renames it into place, and a memory store
-swaps dict entries, so a reader never sees half a chunk. Slots become readable by
+metadata document to a temporary file and renames it into place, a memory store swaps
+dict entries, and an object store (``s3://``, FsspecStore) replaces whole objects, so a
+reader never sees half a chunk. Slots become readable by
 contract only below ``n_slots`` (and, for the gateway, below ``{room}:applied``), which
 moves after their chunks are written.
 """
@@ -113,6 +114,8 @@ are kept in memory once read, like every ``.shape`` array: a frame read then cos
 Zarr call per per-atom key only."""
 SMALL_CACHE_BYTES = 8 * 1024 * 1024
 """Largest in-memory copy of one small array (beyond it, reads go to Zarr)."""
+DROP_BATCH = 64
+"""Chunks ``drop_slots`` sizes and deletes concurrently."""
 
 
 @dataclass
@@ -312,9 +315,28 @@ _MEMORY_STORES: dict[str, MutableMapping[str, Any]] = {}
 _MEMORY_LOCK = threading.Lock()
 
 
+FSSPEC_OPTIONS: dict[str, Any] = {"use_listings_cache": False}
+"""Options for every fsspec filesystem (zarr's FsspecStore adds ``asynchronous=True``).
+Listings (rooms, snapshots, segments, chunks to drop) must show objects that other
+processes wrote since: s3fs would otherwise cache a prefix's listing for good."""
+PROTOCOL_OPTIONS: dict[str, dict[str, Any]] = {"s3": {"max_concurrency": 1}}
+"""Per protocol. s3fs with ``max_concurrency > 1`` sends a HEAD before every whole-object
+GET (to split objects above its 50 MB block size into ranges): a second round trip
+per chunk read, for objects that are ~1 MiB here."""
+
+
+def fsspec_options(url: str) -> dict[str, Any]:
+    """The fsspec storage options ``open_zarr_store`` uses for ``url``."""
+    protocol = url.split("://", 1)[0].lower()
+    protocol = {"s3a": "s3"}.get(protocol, protocol)
+    return {**FSSPEC_OPTIONS, **PROTOCOL_OPTIONS.get(protocol, {})}
+
+
 def open_zarr_store(url: str) -> Store:
     """The zarr Store at ``url``: a directory, ``file://DIR``, ``memory://[name]`` (shared
-    by every store opened with the same URL in this process) or another fsspec URL."""
+    by every store opened with the same URL in this process) or another fsspec URL, such
+    as ``s3://bucket/prefix`` (s3fs; endpoint, region and credentials from the standard
+    AWS variables and files, e.g. ``AWS_ENDPOINT_URL`` for an S3-compatible server)."""
     if url.startswith("memory://"):
         with _MEMORY_LOCK:
             data = _MEMORY_STORES.setdefault(url, {})
@@ -324,7 +346,7 @@ def open_zarr_store(url: str) -> Store:
     if "://" in url:
         try:
             from zarr.storage import FsspecStore
-            return FsspecStore.from_url(url)
+            return FsspecStore.from_url(url, storage_options=fsspec_options(url))
         except ImportError as exc:
             raise ValueError(f"storage URL {url!r} needs fsspec and its backend "
                              f"installed: {exc}") from None
@@ -683,15 +705,19 @@ class ZarrFrameStore:
     async def _drop_chunks(self, room: str, name: str, per_chunk: int, dropped: Array,
                            stats: DropStats) -> None:
         prefix = f"{room}/{name}/c/"
-        chunk_keys = [k async for k in self.store.list_prefix(prefix)]
-        for key in chunk_keys:
+        doomed = []
+        async for key in self.store.list_prefix(prefix):
             first = int(key[len(prefix):].split("/", 1)[0]) * per_chunk
             end = first + per_chunk
-            if end > len(dropped) or not dropped[first:end].all():
-                continue
-            stats.bytes += await self.store.getsize(key)
-            await self.store.delete(key)
-            stats.chunks += 1
+            if end <= len(dropped) and dropped[first:end].all():
+                doomed.append(key)
+        # Concurrently, in batches: on an object store each call is a round trip.
+        for i in range(0, len(doomed), DROP_BATCH):
+            batch = doomed[i:i + DROP_BATCH]
+            sizes = await asyncio.gather(*(self.store.getsize(k) for k in batch))
+            await asyncio.gather(*(self.store.delete(k) for k in batch))
+            stats.bytes += sum(sizes)
+            stats.chunks += len(batch)
 
     # -- writing --------------------------------------------------------------------------
 
