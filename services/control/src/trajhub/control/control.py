@@ -51,6 +51,7 @@ from trajhub.shared.events import (
     ReplaceFrames,
     Undo,
 )
+from trajhub.shared.redis_util import is_cluster
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch. None (the default) uses the Redis server's clock."""
@@ -160,37 +161,54 @@ class Control:
     async def _run_and_announce(self, script: AsyncScript, room: str, script_keys: list[str],
                                 args: list[str | int], staged: list[tuple[str, bytes]],
                                 stage_ttl_s: int) -> Any:
-        """Stage, run the commit script and notify storage in one round trip.
+        """Stage, run the commit script and announce the room.
 
-        The notify entry is a hint, so it goes in the pipeline right behind the script
-        whatever the script answers: a refused commit costs storage one empty look, and
-        a commit is never left unannounced by a crash between the two. The room joins
-        ``trajhub:rooms`` after its first accepted commit seen by this process.
+        Nothing cross-room is in the script (a cluster runs a script on one slot):
+        the room joins ``trajhub:rooms`` (walked by the consumers' reconciliation)
+        before this process first runs a script for it, so no commit can exist while
+        its room is unlisted; a refused first commit leaves a listed room without
+        events, which nothing counts. The notify entry is a hint that follows the
+        script whatever it answers (a refused commit costs storage one empty look). On
+        one server it rides in the same pipeline right behind the script, so a crash
+        cannot separate them. On a cluster it lives on another node and a cluster
+        pipeline sends to each node in parallel, so it is sent after the script
+        replies (never ahead of the commit); a crash in between leaves the commit to
+        the reconciliation.
         """
         if script.sha not in self._loaded:
             await self.redis.script_load(script.script)
             self._loaded.add(script.sha)
+        cluster = is_cluster(self.redis)
+        if cluster and room not in self._listed:
+            await self.redis.sadd(keys.ROOMS, room)
+            self._listed.add(room)
         for attempt in range(2):
+            listing = room not in self._listed
             async with self.redis.pipeline(transaction=False) as pipe:
+                if listing:
+                    pipe.sadd(keys.ROOMS, room)
                 for key, blob in staged:
                     # NX: never reset the TTL of a blob a commit already PERSISTed.
                     pipe.set(key, blob, ex=stage_ttl_s, nx=True)
-                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-                pipe.xadd(keys.NOTIFY, {"room": room}, maxlen=keys.NOTIFY_MAXLEN,
-                          approximate=True)
+                # Not pipe.evalsha: a cluster pipeline refuses it (it cannot know that
+                # the keys share a slot; ours do, and it routes by them).
+                pipe.execute_command("EVALSHA", script.sha, len(script_keys), *script_keys,
+                                     *args)
+                if not cluster:
+                    pipe.xadd(keys.NOTIFY, {"room": room}, maxlen=keys.NOTIFY_MAXLEN,
+                              approximate=True)
                 replies = await pipe.execute(raise_on_error=False)
-            answer = replies[len(staged)]
+            if listing and not isinstance(replies[0], Exception):
+                self._listed.add(room)
+            answer = replies[int(listing) + len(staged)]
             if not (isinstance(answer, NoScriptError) and attempt == 0):
                 break
             await self.redis.script_load(script.script)  # Redis restarted or flushed
+        if cluster:
+            await self.redis.xadd(keys.NOTIFY, {"room": room}, maxlen=keys.NOTIFY_MAXLEN,
+                                  approximate=True)
         if isinstance(answer, Exception):
             raise answer
-        accepted = str(answer[1]).startswith('{"status":"ok"', 2 if isinstance(
-            answer[1], bytes) else 0)
-        if room not in self._listed and accepted:
-            # Once per room and process: a crash before it is healed by the next commit.
-            await self.redis.sadd(keys.ROOMS, room)
-            self._listed.add(room)
         return answer
 
     async def _name_later_edit(self, room: str, stack: str,

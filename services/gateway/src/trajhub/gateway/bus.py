@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from trajhub.shared import keys
 from trajhub.shared.names import InvalidName, check_room_name
-from trajhub.shared.redis_util import async_client
+from trajhub.shared.redis_util import pubsub_client
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,11 @@ STEP_MEMORY = 10_000
 
 
 class Subscription:
-    """One pub/sub connection subscribed to the bus (its own client, no socket timeout)."""
+    """One pub/sub connection subscribed to the bus (its own client, no socket timeout;
+    on a Redis Cluster a plain client to one node, which hears every node's PUBLISH)."""
 
     def __init__(self, url: str) -> None:
-        self.client = async_client(url, blocking=True)
+        self.client = pubsub_client(url)
         self.pubsub: PubSub = self.client.pubsub()
 
     async def open(self) -> Subscription:

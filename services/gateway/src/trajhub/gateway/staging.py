@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.errors import ApiError
 from trajhub.shared import keys
+from trajhub.shared.redis_util import used_memory
 
 MEMORY_CACHE_S = 1.0
 RETRY_AFTER_S = 5
@@ -29,11 +30,11 @@ class Stager:
         self._used_at = float("-inf")
 
     async def used_memory(self) -> int:
-        """Redis ``used_memory``, cached for about a second, plus what we staged since."""
+        """Redis ``used_memory`` (a cluster's fullest primary), cached for about a second,
+        plus what we staged since."""
         now = time.monotonic()
         if now - self._used_at > MEMORY_CACHE_S:
-            info = await self._redis.info("memory")
-            self._used = int(info["used_memory"])
+            self._used = await used_memory(self._redis)
             self._used_at = now
         return self._used
 
