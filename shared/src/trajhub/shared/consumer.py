@@ -10,8 +10,13 @@ contiguous batches starting at ``progress + 1`` to :meth:`RoomConsumer.handle_ba
 Entries at or below the progress seq are acknowledged without being handled again.
 
 Optionally a per-room lease (``lease_key``) makes one replica at a time the room's
-only worker. Subclasses implement ``handle_batch``, ``progress_seq`` and
-``progress_key``.
+only worker. With a replica registry (``registry_key``) as well, replicas share the
+rooms: each heartbeats into the registry, prefers the rooms that rendezvous hashing over
+the live replicas gives it, and between batches gives up (releases the lease of) a room
+that now belongs to another replica, so adding a replica rebalances. The lease stays the
+safety mechanism; the assignment is only a preference (a room whose progress stalls is
+taken by anyone, see ``orphan_after_s``). Subclasses implement ``handle_batch``,
+``progress_seq`` and ``progress_key``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import abc
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -66,6 +72,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+# Registry heartbeat (one key only, so it is cluster-safe): drop expired replicas, renew
+# this one (ARGV[2] ms from the Redis clock), return the live ones.
+_HEARTBEAT_LUA = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+def preferred_owner(room: str, replicas: Iterable[str]) -> str | None:
+    """The replica that should own ``room`` (rendezvous hashing: highest hash of
+    replica + room wins), or None when there is none. Adding or removing a replica moves
+    only the rooms it wins or held."""
+    def weight(replica: str) -> bytes:
+        return hashlib.blake2b(f"{replica}\0{room}".encode(), digest_size=8).digest()
+    return max(replicas, key=weight, default=None)
 
 
 class IntegrityError(RuntimeError):
@@ -142,7 +168,8 @@ class RoomConsumer(abc.ABC):
                  lease_ms: int = 10_000, batch_events: int = 256,
                  max_rooms: int = 4, logger: logging.Logger | None = None,
                  yield_to: Callable[[], bool] | None = None,
-                 max_yield_s: float = 2.0) -> None:
+                 max_yield_s: float = 2.0, registry_ttl_ms: int | None = None,
+                 orphan_after_s: float | None = None) -> None:
         self.redis_url = redis_url
         self.yield_to = yield_to
         """All-in-one wiring: True while the co-located gateway is taking writes."""
@@ -154,12 +181,23 @@ class RoomConsumer(abc.ABC):
         self.lease_ms = lease_ms
         self.batch_events = batch_events
         self.max_rooms = max_rooms
+        self.registry_ttl_ms = registry_ttl_ms or lease_ms
+        """A replica that has not heartbeated for this long is presumed dead."""
+        self.orphan_after_s = (orphan_after_s if orphan_after_s is not None
+                               else 3 * max(lease_ms, self.registry_ttl_ms) / 1000)
+        """A room behind whose progress has not moved for this long is taken by any
+        replica, whatever the assignment says (views of the registry that disagree)."""
+        self.replicas: tuple[str, ...] = ()
+        """Live replicas as of the last heartbeat (empty: no preference, take any room)."""
+        self._stalled: dict[str, tuple[int, float]] = {}
+        self._reconcile_now = False
         self.log = logger or logging.getLogger("trajhub.consumer")
         self.redis: aioredis.Redis = async_client(redis_url)
         self._blocking: aioredis.Redis = async_client(redis_url, blocking=True)
         self._acquire = self.redis.register_script(_ACQUIRE_LUA)
         self._renew = self.redis.register_script(_RENEW_LUA)
         self._release = self.redis.register_script(_RELEASE_LUA)
+        self._heartbeat = self.redis.register_script(_HEARTBEAT_LUA)
         self.halted: set[str] = set()
         self._held: set[str] = set()
         self._room_locks: dict[str, asyncio.Lock] = {}
@@ -187,6 +225,10 @@ class RoomConsumer(abc.ABC):
         """The room's lease key when only one replica may work on a room at a time."""
         return None
 
+    def registry_key(self) -> str | None:
+        """A ZSET of live replicas to share rooms with (needs ``lease_key``)."""
+        return None
+
     async def on_room_acquired(self, room: str) -> None:
         """Called when this replica (re)takes a room's lease: cached state may be stale."""
         return None
@@ -198,6 +240,58 @@ class RoomConsumer(abc.ABC):
     async def after_ack(self, room: str, events: Sequence[Event]) -> None:
         """Called after ``events`` (handled now or earlier) have been acknowledged."""
         return None
+
+    # -- assignment ----------------------------------------------------------------------
+
+    def wants(self, room: str) -> bool:
+        """Whether the assignment gives ``room`` to this replica."""
+        owner = preferred_owner(room, self.replicas)
+        return owner is None or owner == self.consumer
+
+    def _may_work(self, room: str) -> bool:
+        if self.wants(room):
+            return True
+        stalled = self._stalled.get(room)
+        return stalled is not None and (
+            asyncio.get_running_loop().time() - stalled[1] >= self.orphan_after_s)
+
+    async def heartbeat(self) -> tuple[str, ...]:
+        """Renew this replica in the registry and refresh the view of live replicas.
+        When the view changes, rooms held but no longer ours are released (between
+        batches) and a reconciliation picks up the rooms newly ours."""
+        key = self.registry_key()
+        if key is None:
+            return self.replicas
+        raw = await self._heartbeat(keys=[key], args=[self.consumer, self.registry_ttl_ms])
+        live = tuple(sorted({_decode(r) for r in raw} | {self.consumer}))
+        if live != self.replicas:
+            self.log.info("replicas consumer=%s live=%s", self.consumer, ",".join(live),
+                          extra={"event": "replicas", "replicas": list(live)})
+            self.replicas = live
+            self._reconcile_now = True
+            self._mark_dirty(r for r in self._held if not self.wants(r))
+        return live
+
+    async def leave(self) -> None:
+        """Remove this replica from the registry (its rooms go to the others at once)."""
+        key = self.registry_key()
+        if key is not None:
+            await self.redis.zrem(key, self.consumer)
+        self.replicas = ()
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.registry_ttl_ms / 4000)
+            if stop.is_set():
+                return
+            try:
+                await self.heartbeat()
+            except RETRYABLE as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # redis-py converted it
+                self.log.warning("heartbeat failed (%s)", exc, extra={"event": "backoff"})
 
     # -- leases ------------------------------------------------------------------------
 
@@ -230,6 +324,7 @@ class RoomConsumer(abc.ABC):
             raise LeaseLost(f"room {room}: lease lost to another replica")
 
     async def release_lease(self, room: str) -> None:
+        """Give the room up (compare-and-delete: only if this replica still owns it)."""
         key = self.lease_key(room)
         self._held.discard(room)
         if key is not None:
@@ -243,9 +338,16 @@ class RoomConsumer(abc.ABC):
             yield
             return
 
+        # Stopped by an Event, not by cancelling: redis-py may turn a cancellation that
+        # lands mid-call into a connection error, which the retry would swallow.
+        done = asyncio.Event()
+
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease_ms / 3000)
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), self.lease_ms / 3000)
+                if done.is_set():
+                    return
                 try:
                     if not await self.renew_lease(room):
                         return
@@ -256,26 +358,42 @@ class RoomConsumer(abc.ABC):
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done.set()
+            await task
 
     # -- one room ----------------------------------------------------------------------
 
     async def process_room(self, room: str) -> int:
         """Handle everything pending for ``room`` now; return how many events were handled.
 
-        Returns 0 without doing anything when another replica holds the room's lease or
-        the room is halted.
+        Returns 0 without doing anything when another replica holds the room's lease,
+        the room is assigned to another replica (its lease is released here if held),
+        or the room is halted.
         """
         if room in self.halted:
             return 0
         lock = self._room_locks.setdefault(room, asyncio.Lock())
         async with lock:
+            if not self._may_work(room):
+                await self._give_up(room)
+                return 0
             if not await self._take_lease(room):
                 return 0
             async with self._keep_lease(room):
-                return await self._drain(room)
+                handled = await self._drain(room)
+            if not self.wants(room):
+                await self._give_up(room)
+            return handled
+
+    async def _give_up(self, room: str) -> None:
+        """Release a room held but assigned to another replica: called between batches
+        (everything applied is acknowledged), so the new owner just continues."""
+        if room not in self._held:
+            return
+        await self.release_lease(room)
+        await self.on_room_dropped(room)
+        self.log.info("released room=%s to %s", room, preferred_owner(room, self.replicas),
+                      extra={"room": room, "event": "released"})
 
     async def _drain(self, room: str) -> int:
         handled = 0
@@ -283,7 +401,7 @@ class RoomConsumer(abc.ABC):
             while not self._stopping:
                 n, progressed = await self._round(room)
                 handled += n
-                if not progressed:
+                if not progressed or not self._may_work(room):
                     break
         except IntegrityError as exc:
             self.halted.add(room)
@@ -436,6 +554,8 @@ class RoomConsumer(abc.ABC):
             if room is not None and room not in self.halted:
                 rooms.append(room)
         behind: set[str] = set()
+        now = asyncio.get_running_loop().time()
+        stalled: dict[str, tuple[int, float]] = {}
         for i in range(0, len(rooms), 500):
             chunk = rooms[i:i + 500]
             pipe = self.redis.pipeline(transaction=False)
@@ -447,6 +567,10 @@ class RoomConsumer(abc.ABC):
                 seq, seen = values[2 * j], values[2 * j + 1]
                 if int(seq or 0) > int(seen or 0):
                     behind.add(room)
+                    since = self._stalled.get(room)
+                    same = since is not None and since[0] == int(seen or 0)
+                    stalled[room] = since if same and since else (int(seen or 0), now)
+        self._stalled = stalled
         return behind
 
     def _room_name(self, raw: bytes | str) -> str | None:
@@ -495,12 +619,17 @@ class RoomConsumer(abc.ABC):
         last_id: bytes | None = None
         next_reconcile = 0.0  # a full reconciliation at start-up
         self.log.info("started consumer=%s group=%s", self.consumer, self.group)
+        heartbeats: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 try:
                     if last_id is None:
                         last_id = await self._notify_tail()
-                    if loop.time() >= next_reconcile:
+                    if heartbeats is None and self.registry_key() is not None:
+                        await self.heartbeat()  # know the others before taking rooms
+                        heartbeats = asyncio.create_task(self._heartbeat_loop(stop))
+                    if self._reconcile_now or loop.time() >= next_reconcile:
+                        self._reconcile_now = False
                         self._mark_dirty(await self.rooms_behind())
                         next_reconcile = loop.time() + self.reconcile_s
                     wait_ms = (next_reconcile - loop.time()) * 1000
@@ -516,6 +645,10 @@ class RoomConsumer(abc.ABC):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
         finally:
+            if heartbeats is not None:
+                heartbeats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeats
             await self._shutdown()
 
     def _mark_dirty(self, rooms: Iterable[str]) -> None:
@@ -557,6 +690,10 @@ class RoomConsumer(abc.ABC):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await self.leave()
+        except RETRYABLE as exc:
+            self.log.warning("could not leave the registry (%s)", exc)
         await self.aclose()
         self.log.info("stopped consumer=%s group=%s", self.consumer, self.group)
 

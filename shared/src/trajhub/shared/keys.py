@@ -21,6 +21,9 @@ NOTIFY_MAXLEN = 10_000
 BUS = f"{PREFIX}:bus"
 """PUB/SUB channel: small room messages (lock_changed, room_frame, presenter_changed)
 every gateway relays to its own sockets. At most once, like every broadcast."""
+STORAGE_REPLICAS = f"{PREFIX}:storage:replicas"
+"""ZSET of live storage replicas: consumer name -> heartbeat expiry (ms, Redis clock).
+Each replica prefers the rooms that rendezvous hashing over this set gives it."""
 
 # -- consumer groups on room event streams ------------------------------------------------
 STORAGE_GROUP = "storage"

@@ -8,6 +8,10 @@ projection (logical order -> slot, frame ids, versions) kept in memory, and comm
 the applied blobs. Every step is idempotent, so a crash anywhere is repaired by
 re-applying from the store's applied seq.
 
+Replicas share the rooms: each holds the lease of the rooms it works on and, through
+the registry ``trajhub:storage:replicas``, prefers the rooms rendezvous hashing gives it
+(see ``trajhub.shared.consumer``); a room assigned elsewhere is released between batches.
+
 A blob's key is the content hash the gateway computed from the frame it validated
 before staging it, so applying does not hash the frames again (``verify=True`` does,
 halting the room on a mismatch). The worker shares its event loop with the gateway in
@@ -283,17 +287,23 @@ def _apply_events(proj: Projection, events: Sequence[Event], n_slots: int
 
 
 class StorageWorker(RoomConsumer):
-    """The storage consumer (group ``storage``): one replica per room via a lease."""
+    """The storage consumer (group ``storage``): one replica per room via a lease; with
+    ``share=True`` replicas split the rooms through the registry."""
 
     def __init__(self, redis_url: str, store: ProjectionStore, consumer: str, *,
                  lease_ms: int = 10_000, claim_idle_ms: int = 5_000,
                  reconcile_s: float = 2.0, batch_events: int = 256,
                  max_chunk_bytes: int = MAX_CHUNK_BYTES, verify: bool = False,
                  yield_to: Callable[[], bool] | None = None,
-                 archive: BlobArchive | None = None) -> None:
+                 archive: BlobArchive | None = None, share: bool = True,
+                 registry_ttl_ms: int | None = None,
+                 orphan_after_s: float | None = None) -> None:
         super().__init__(redis_url, keys.STORAGE_GROUP, consumer, claim_idle_ms=claim_idle_ms,
                          reconcile_s=reconcile_s, lease_ms=lease_ms,
-                         batch_events=batch_events, logger=log, yield_to=yield_to)
+                         batch_events=batch_events, logger=log, yield_to=yield_to,
+                         registry_ttl_ms=registry_ttl_ms, orphan_after_s=orphan_after_s)
+        self.share = share
+        """Heartbeat into ``trajhub:storage:replicas`` and take only this replica's share."""
         self.store = store
         self.max_chunk_bytes = max_chunk_bytes
         self.verify = verify
@@ -315,6 +325,9 @@ class StorageWorker(RoomConsumer):
 
     def progress_key(self, room: str) -> str:
         return keys.applied(room)
+
+    def registry_key(self) -> str | None:
+        return keys.STORAGE_REPLICAS if self.share else None
 
     async def progress_seq(self, room: str) -> int:
         return (await self._projection(room)).seq
