@@ -3,7 +3,8 @@
 Every key that belongs to a room carries the hash tag ``{room}`` so that one room's
 keys share a Redis Cluster slot and every Lua script touches a single slot. Room
 names are validated (see ``trajhub.shared.names``) and never contain braces.
-Cross-room keys start with ``trajhub:`` and are only touched outside scripts.
+Cross-room keys start with ``trajhub:`` and are only touched outside scripts, except
+the storage replica registry, whose own script names that one key only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 
 PREFIX = "trajhub"
 
-# -- cross-room (never touched by a script) ---------------------------------------------
+# -- cross-room (never in a script with a room key) ---------------------------------------
 ROOMS = f"{PREFIX}:rooms"
 """SET of every room name that has ever been committed to."""
 NOTIFY = f"{PREFIX}:notify"
