@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 
 from trajhub.shared.frames import Array, Frame, FrameError, canonical_array, check_dtype
 
@@ -89,8 +90,18 @@ def unpackb(data: bytes | bytearray | memoryview, max_bytes: int | None = None) 
 
 
 def frame_to_bytes(frame: Mapping[str, Array]) -> bytes:
-    """The canonical bytes of one frame (sorted keys): the staged-blob format."""
-    return packb(encode_frame(frame))
+    """The canonical bytes of one frame (sorted keys): the staged-blob format.
+
+    Exactly ``packb(encode_frame(frame))``, written as the bytes around each array's data
+    (cached per key, dtype and shape) joined with the data."""
+    keys = sorted(frame)
+    parts: list[Any] = [_map_header(len(keys))]
+    for key in keys:
+        arr = canonical_array(frame[key])
+        parts.append(_array_prefix(key, arr.dtype.str, arr.shape, arr.nbytes))
+        if arr.size:
+            parts.append(arr)  # C-contiguous: join takes its buffer as is
+    return b"".join(parts)
 
 
 def frame_from_bytes(data: bytes | bytearray | memoryview) -> Frame:
@@ -99,7 +110,50 @@ def frame_from_bytes(data: bytes | bytearray | memoryview) -> Frame:
 
 def frames_to_bytes(frames: Sequence[Mapping[str, Array]], **extra: Any) -> bytes:
     """A bulk message: ``{"frames": [frame, ...], **extra}``."""
-    return packb({**extra, "frames": [encode_frame(f) for f in frames]})
+    parts = [_map_header(len(extra) + 1)]
+    for key, value in extra.items():
+        parts += [packb(key), packb(value)]
+    parts += [packb("frames"), _array_header(len(frames))]
+    parts += [frame_to_bytes(f) for f in frames]
+    return b"".join(parts)
+
+
+def _map_header(n: int) -> bytes:
+    """The msgpack header of a map of ``n`` entries, as ``packb`` writes it."""
+    if n < 16:
+        return bytes([0x80 | n])
+    return b"\xde" + n.to_bytes(2, "big") if n < 2**16 else b"\xdf" + n.to_bytes(4, "big")
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items, as ``packb`` writes it."""
+    if n < 16:
+        return bytes([0x90 | n])
+    return b"\xdc" + n.to_bytes(2, "big") if n < 2**16 else b"\xdd" + n.to_bytes(4, "big")
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 2**8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    return b"\xc5" + n.to_bytes(2, "big") if n < 2**16 else b"\xc6" + n.to_bytes(4, "big")
+
+
+# Bounded (cleared when full): keys, dtypes and shapes come from callers.
+_PREFIXES: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
+_PREFIXES_MAX = 1024
+
+
+def _array_prefix(key: str, dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """``packb`` of ``key`` and of the array's map up to its data (the bin header)."""
+    cache_key = (key, dtype, shape)
+    prefix = _PREFIXES.get(cache_key)
+    if prefix is None:
+        prefix = (packb(key) + _ARRAY_START + packb(dtype) + _SHAPE + packb(list(shape))
+                  + _DATA + _bin_header(nbytes))
+        if len(_PREFIXES) >= _PREFIXES_MAX:
+            _PREFIXES.clear()
+        _PREFIXES[cache_key] = prefix
+    return prefix
 
 
 # -- Locating frames inside a bulk message, in place ----------------------------------------
@@ -216,22 +270,67 @@ def _shape(buf: bytes | bytearray, pos: int) -> tuple[list[int], int]:
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """A scanned frame's bytes around its array data. Frames of one upload mostly share
-    keys, dtypes and shapes; a frame with the very same bytes there decodes the same way,
-    so it is taken with one comparison per array instead of a full scan."""
+    keys, dtypes and shapes; frames with the very same bytes there decode the same way,
+    so a run of them is recognized with one vectorized comparison (``_repeats``)."""
 
-    gaps: tuple[bytes, ...]  # the bytes before each array's data (the frame's last byte
-    sizes: tuple[int, ...]   # is data: every array map ends with it)
     keys: tuple[str, ...]
     dtypes: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
+    data: tuple[tuple[int, int], ...]  # each array's data: offset from the frame's start, size
+    gap_at: npt.NDArray[np.intp]  # offsets of every other byte of the frame
+    gap_bytes: npt.NDArray[np.uint8]  # and their values
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRun:
+    """``count`` consecutive frames of a bulk message whose bytes around the array data
+    are the very same (so the same keys, dtypes and shapes, in the same order): frame
+    ``i`` is the message's bytes ``[first.start + i * stride, first.start + (i + 1) *
+    stride)`` and its arrays' data sit at ``data`` (offset from the frame's start, size),
+    in the order of ``first.obj``. ``span(i)`` is what ``scan_bulk`` gives for frame i."""
+
+    first: FrameSpan
+    count: int
+    stride: int
+    data: tuple[tuple[int, int], ...]
+    view: memoryview  # the whole message
+
+    @property
+    def end(self) -> int:
+        return self.first.start + self.count * self.stride
+
+    def span(self, i: int) -> FrameSpan:
+        if i == 0:
+            return self.first
+        start = self.first.start + i * self.stride
+        obj = {key: {"dtype": value["dtype"], "shape": list(value["shape"]),
+                     "data": self.view[start + off:start + off + size]}
+               for (key, value), (off, size) in zip(self.first.obj.items(), self.data,
+                                                    strict=True)}
+        return FrameSpan(obj, start, start + self.stride)
+
+    def spans(self) -> list[FrameSpan]:
+        return [self.span(i) for i in range(self.count)]
+
+
+def _layout(start: int, end: int, obj: dict[str, dict[str, Any]],
+            data: list[tuple[int, int]], buf: bytes | bytearray) -> _Layout:
+    gap_starts = [start, *(off + size for off, size in data[:-1])]
+    gap_at = np.concatenate([np.arange(a, off, dtype=np.intp)
+                             for a, (off, _) in zip(gap_starts, data, strict=True)])
+    gap_bytes = np.frombuffer(buf, np.uint8, count=end - start, offset=start)[gap_at - start]
+    return _Layout(tuple(obj), tuple(v["dtype"] for v in obj.values()),
+                   tuple(tuple(v["shape"]) for v in obj.values()),
+                   tuple((off - start, size) for off, size in data), gap_at - start,
+                   gap_bytes)
 
 
 def _scan_frame(buf: bytes | bytearray, view: memoryview,
                 pos: int) -> tuple[FrameSpan, _Layout | None]:
-    start = gap = pos
+    start = pos
     n, pos = _container_header(buf, pos, 0x80)
     obj: dict[str, dict[str, Any]] = {}
-    gaps, sizes, dtypes, shapes = [], [], [], []
+    data_at: list[tuple[int, int]] = []
     for _ in range(n):
         key, pos = _str(buf, pos)
         if not buf.startswith(_ARRAY_START, pos):
@@ -246,47 +345,48 @@ def _scan_frame(buf: bytes | bytearray, view: memoryview,
         if pos > len(buf):
             raise IrregularEncoding("truncated data")
         obj[key] = {"dtype": dtype, "shape": shape, "data": view[data:pos]}
-        gaps.append(bytes(buf[gap:data]))
-        sizes.append(pos - data)
-        dtypes.append(dtype)
-        shapes.append(tuple(shape))
-        gap = pos
+        data_at.append((data, pos - data))
     if len(obj) != n:
         raise IrregularEncoding("a frame key is repeated")
-    layout = _Layout(tuple(gaps), tuple(sizes), tuple(obj), tuple(dtypes),
-                     tuple(shapes)) if n else None
+    layout = _layout(start, pos, obj, data_at, buf) if n else None
     return FrameSpan(obj, start, pos), layout
 
 
-def _match_layout(buf: bytes | bytearray, view: memoryview, pos: int,
-                  layout: _Layout) -> FrameSpan | None:
-    """The frame at ``pos`` if its bytes around the data are the layout's, else None."""
-    start = pos
-    data = []
-    for gap, size in zip(layout.gaps, layout.sizes, strict=True):
-        if not buf.startswith(gap, pos):
-            return None
-        pos += len(gap)
-        data.append(view[pos:pos + size])
-        pos += size
-    if pos > len(buf):
-        return None
-    obj = {key: {"dtype": dtype, "shape": list(shape), "data": d} for key, dtype, shape, d
-           in zip(layout.keys, layout.dtypes, layout.shapes, data, strict=True)}
-    return FrameSpan(obj, start, pos)
+def _repeats(buf: bytes | bytearray, pos: int, stride: int, most: int,
+             layout: _Layout) -> int:
+    """How many frames from ``pos`` on (at most ``most``) have the layout's bytes around
+    their data, each ``stride`` bytes long; compared in blocks of about _REPEAT_BLOCK
+    bytes of those (bounded temporaries, an early stop at a change of layout)."""
+    most = min(most, (len(buf) - pos) // stride)
+    per_block = max(1, _REPEAT_BLOCK // max(len(layout.gap_at), 1))
+    done = 0
+    while done < most:
+        k = min(per_block, most - done)
+        block = np.frombuffer(buf, np.uint8, count=k * stride,
+                              offset=pos + done * stride).reshape(k, stride)
+        same = (block[:, layout.gap_at] == layout.gap_bytes).all(axis=1)
+        if not same.all():
+            return done + int(np.argmin(same))
+        done += k
+    return done
 
 
-def _scan_frames(buf: bytes | bytearray, view: memoryview, pos: int,
-                 count: int) -> list[FrameSpan]:
-    frames: list[FrameSpan] = []
-    layout: _Layout | None = None
-    for _ in range(count):
-        span = None if layout is None else _match_layout(buf, view, pos, layout)
-        if span is None:
-            span, layout = _scan_frame(buf, view, pos)
-        frames.append(span)
-        pos = span.end
-    return frames
+_REPEAT_BLOCK = 2**22
+
+
+def _scan_runs(buf: bytes | bytearray, view: memoryview, pos: int,
+               count: int) -> list[FrameRun]:
+    runs: list[FrameRun] = []
+    done = 0
+    while done < count:
+        span, layout = _scan_frame(buf, view, pos)
+        stride, n = span.end - span.start, 1
+        if layout is not None:
+            n += _repeats(buf, span.end, stride, count - done - 1, layout)
+        runs.append(FrameRun(span, n, stride, layout.data if layout else (), view))
+        done += n
+        pos = runs[-1].end
+    return runs
 
 
 # Bytes that follow the type byte, for fixed-size types; ext types carry their type byte.
@@ -394,27 +494,35 @@ def scan_bulk(data: bytes | bytearray, *,
     With ``min_frame_bytes``, also IrregularEncoding (before any frame is scanned) when
     the bytes from the first frame to the end come to less than that per frame: for a
     caller to whom ``unpackb`` is the faster path for small frames."""
+    fields, runs = scan_bulk_runs(data, min_frame_bytes=min_frame_bytes)
+    return fields, [span for run in runs for span in run.spans()]
+
+
+def scan_bulk_runs(data: bytes | bytearray, *,
+                   min_frame_bytes: int = 0) -> tuple[dict[str, Any], list[FrameRun]]:
+    """``scan_bulk`` with the frames as runs of frames that share their layout (see
+    FrameRun), for a caller that handles such a run as a whole; the same errors."""
     view = memoryview(data)
     try:
         n, pos = _container_header(data, 0, 0x80)
         fields: dict[str, Any] = {}
-        frames: list[FrameSpan] | None = None
+        runs: list[FrameRun] | None = None
         for _ in range(n):
             key, pos = _str(data, pos)
-            if key in fields or (key == "frames" and frames is not None):
+            if key in fields or (key == "frames" and runs is not None):
                 raise IrregularEncoding(f"key {key!r} is repeated")
             if key == "frames":
                 count, pos = _container_header(data, pos, 0x90)
                 if len(data) - pos < min_frame_bytes * count:
                     raise IrregularEncoding("frames smaller than min_frame_bytes")
-                frames = _scan_frames(data, view, pos, count)
-                pos = frames[-1].end if frames else pos
+                runs = _scan_runs(data, view, pos, count)
+                pos = runs[-1].end if runs else pos
             else:
                 fields[key], pos = _scan_field(data, view, pos)
     except (IndexError, UnicodeDecodeError) as exc:  # ran off the end; not UTF-8
         raise IrregularEncoding(str(exc)) from None
-    if frames is None:
+    if runs is None:
         raise IrregularEncoding("no 'frames' list")
     if pos != len(data):
         raise IrregularEncoding("bytes after the message")
-    return fields, frames
+    return fields, runs

@@ -60,8 +60,30 @@ def check_dtype(dtype: np.dtype[Any], key: str = "?") -> np.dtype[Any]:
     return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
 
 
+_PLAIN: dict[np.dtype[Any], bool] = {}
+_PLAIN_MAX = 1024
+
+
+def _is_plain(dtype: np.dtype[Any]) -> bool:
+    """True when ``dtype`` is allowed and not big-endian (``check_dtype`` keeps it);
+    cached, as most frames repeat a handful of dtypes (bounded: they come from callers)."""
+    plain = _PLAIN.get(dtype)
+    if plain is None:
+        try:
+            plain = check_dtype(dtype) is dtype
+        except FrameError:
+            plain = False
+        if len(_PLAIN) >= _PLAIN_MAX:
+            _PLAIN.clear()
+        _PLAIN[dtype] = plain
+    return plain
+
+
 def canonical_array(value: Any, key: str = "?") -> Array:
     """A C-contiguous, little-endian array with an allowed dtype."""
+    if (type(value) is np.ndarray and value.ndim <= MAX_NDIM and value.flags.c_contiguous
+            and _is_plain(value.dtype)):
+        return value  # what the general path below gives for it: the array itself
     arr = np.asarray(value)
     dtype = check_dtype(arr.dtype, key)
     if arr.ndim > MAX_NDIM:

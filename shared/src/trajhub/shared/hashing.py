@@ -10,6 +10,7 @@ little-endian C-order bytes.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,9 +29,12 @@ def frame_hash(frame: Mapping[str, Array]) -> str:
     return h.hexdigest()
 
 
+_HEX64 = re.compile("[0-9a-f]{64}")
+
+
 def is_hash(value: object) -> bool:
-    return (isinstance(value, str) and len(value) == 64
-            and all(c in "0123456789abcdef" for c in value))
+    """True for a sha256 hex digest as ``hexdigest`` spells it (64 lowercase hex digits)."""
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 _HEADERS: dict[tuple[str, str, tuple[int, ...]], bytes] = {}
@@ -48,6 +52,12 @@ def _header(key: str, dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
             _HEADERS.clear()
         _HEADERS[cache_key] = header
     return header
+
+
+def array_header(key: str, dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The bytes hashed before the data of array ``key`` (dtype as numpy spells it, e.g.
+    ``"<f8"``); a caller hashing many frames of one layout feeds these and the data."""
+    return _header(key, dtype, shape, nbytes)
 
 
 def validated_frame_hash(frame: Mapping[str, Array]) -> str:
