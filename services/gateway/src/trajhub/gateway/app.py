@@ -14,7 +14,7 @@ from trajhub.gateway.compact_routes import router as compact_router
 from trajhub.gateway.errors import NotStarted, install_error_handlers
 from trajhub.gateway.fork_routes import router as fork_router
 from trajhub.gateway.history_routes import router as history_router
-from trajhub.gateway.routes import router
+from trajhub.gateway.routes import fast_frame_reads, router
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.snapshot_routes import router as snapshot_router
 from trajhub.gateway.upload_routes import router as upload_router
@@ -38,7 +38,8 @@ def create_app(settings: Settings, *, control: ControlPort | None = None,
     api.include_router(compact_router)
     api.include_router(home.router)
     api.include_router(web.router)
-    app = socketio.ASGIApp(gw.sio, other_asgi_app=api, socketio_path="socket.io")
+    app = socketio.ASGIApp(gw.sio, other_asgi_app=fast_frame_reads(api),
+                           socketio_path="socket.io")
     app.gateway = gw
     app.api = api
     return app

@@ -19,16 +19,18 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 import redis.asyncio as aioredis
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from trajhub.control import IndexReader
+from trajhub.control import IndexOutOfRange, IndexReader
+from trajhub.control.scripts import read_index_script
 from trajhub.gateway.cache import FrameCache
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_to_bytes, packb
-from trajhub.shared.events import FrameEntry
 from trajhub.shared.ports import FrameStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,89 @@ READ_AHEAD_SHARE = 0.25
 INLINE_MAX_BYTES = 2**20
 """Up to this many bytes of whole frames are cut down to ``keys=`` on the event loop."""
 ROOM_MEMORY = 4096
+
+
+class EntryLike(Protocol):
+    """What the read path uses of an index entry (a FrameEntry, or an Entry)."""
+
+    @property
+    def frame_id(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def slot(self) -> int: ...
+
+
+class Entry(NamedTuple):
+    """An index entry as the read path parses it: a FrameEntry without pydantic's
+    per-object validation (~5 us each, which dominated reads of thousands of frames)."""
+
+    frame_id: int
+    version: int
+    hash: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class ReadView:
+    """``IndexView`` with light entries: ``entries[i]`` is the frame at ``indices[i]``."""
+
+    seq: int
+    n_frames: int
+    exists: bool
+    indices: list[int]
+    entries: list[Entry]
+
+
+def parse_entries(fids: bytes | str, packed: bytes | str) -> list[Entry]:
+    """The entries of read_index.lua's two flat strings (``fid,...`` and
+    ``version:hash:slot,...``; see ``trajhub.shared.index``)."""
+    fid_text = fids.decode() if isinstance(fids, bytes) else fids
+    if not fid_text:
+        return []
+    text = packed.decode() if isinstance(packed, bytes) else packed
+    parts = text.replace(":", ",").split(",")
+    ids = fid_text.split(",")
+    if len(parts) != 3 * len(ids):
+        raise ValueError(f"malformed index entries for {len(ids)} frame ids")
+    return list(map(Entry, map(int, ids), map(int, parts[0::3]), parts[1::3],
+                    map(int, parts[2::3])))
+
+
+class IndexScript:
+    """``IndexReader.read`` (the same script, the same answers and errors) returning
+    light entries, for the frame read path."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._script = redis.register_script(read_index_script())
+
+    async def read(self, room: str, *, indices: list[int] | None = None,
+                   start: int | None = 0, stop: int | None = None,
+                   step: int | None = 1) -> ReadView:
+        if indices is not None:
+            args = ["list", *(str(int(i)) for i in indices)]
+        else:
+            if step == 0:
+                raise ValueError("slice step cannot be zero")
+            args = ["slice", _arg(start), _arg(stop), _arg(1 if step is None else step)]
+        keys_ = [rkeys.meta(room), rkeys.order(room), rkeys.frames(room)]
+        seq, n, exists, bad, first, stride, count, fids, packed = await self._script(
+            keys=keys_, args=args)
+        if bad:
+            raise IndexOutOfRange(int(bad), int(n), exists=bool(exists))
+        n = int(n)
+        if indices is not None:
+            positions = [i + n if i < 0 else i for i in indices]
+        else:
+            positions = list(range(first, first + stride * count, stride))
+        return ReadView(seq=int(seq), n_frames=n, exists=bool(exists), indices=positions,
+                        entries=parse_entries(fids, packed))
+
+
+def _arg(value: int | None) -> str:
+    return "" if value is None else str(int(value))
 
 
 async def applied_slots(redis: aioredis.Redis, room: str) -> int:
@@ -121,6 +206,15 @@ class _Load:
     read_ahead: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What ``FrameLoader.load_frames`` found: encoded frames by slot, and whether any
+    of them was read from Zarr."""
+
+    by_slot: dict[int, bytes]
+    from_zarr: bool
+
+
 class FrameLoader:
     """Loads the encoded bytes of a room's frames by slot (one entry per distinct slot).
 
@@ -133,17 +227,27 @@ class FrameLoader:
                  index: IndexReader | None = None) -> None:
         self._redis = redis
         self._cache = cache if cache is not None else FrameCache(0)
-        self._index = index
+        self.index = IndexScript(redis)
+        """The room index with light entries, for the read path."""
+        self._read_ahead = index is not None
         self._rooms: OrderedDict[str, _RoomMemory] = OrderedDict()
 
-    async def load(self, room: str, store: FrameStore, entries: Sequence[FrameEntry],
+    async def load(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
                    keys: Sequence[str] | None,
                    indices: Sequence[int] = ()) -> dict[int, bytes]:
         """Encoded frames by slot; ``indices`` (the logical indices of ``entries``)
         centre the read-ahead window (none without them)."""
+        return (await self.load_frames(room, store, entries, keys, indices)).by_slot
+
+    async def load_frames(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
+                          keys: Sequence[str] | None,
+                          indices: Sequence[int] = ()) -> Loaded:
+        """``load``, also saying whether any frame was read from Zarr (only those can
+        be affected by a compaction running meanwhile: cached frames and blobs are
+        content-addressed)."""
         hash_of = {e.slot: e.hash for e in entries}
         if not hash_of:
-            return {}
+            return Loaded({}, False)
         hits = self._cache.get_many(hash_of.values())
         got = _Load(full={s: hits[h] for s, h in hash_of.items() if h in hits})
         got.cached = len(got.full)
@@ -152,14 +256,15 @@ class FrameLoader:
             await self._load_missing(room, store, missing, hash_of, keys, indices, got)
         self._remember(room, got.full.values(), indices)
         self._log(room, got)
+        zarr = got.from_zarr > 0
         if keys is None:
-            return got.full
+            return Loaded(got.full, zarr)
         if sum(len(b) for b in got.full.values()) <= INLINE_MAX_BYTES:
             out = subset_all(got.full, keys)
         else:
             out = await asyncio.to_thread(subset_all, got.full, keys)
         out.update(got.partial)
-        return out
+        return Loaded(out, zarr)
 
     async def _load_missing(self, room: str, store: FrameStore, missing: list[int],
                             hash_of: dict[int, str], keys: Sequence[str] | None,
@@ -226,7 +331,7 @@ class FrameLoader:
         """Slot -> hash of uncached frames near the requested indices worth reading ahead:
         readable from Zarr, close to a requested slot, within the read-ahead budget."""
         memory = self._rooms.get(room)
-        if self._index is None or not indices or memory is None or not memory.frame_bytes:
+        if not self._read_ahead or not indices or memory is None or not memory.frame_bytes:
             return {}
         first, last = min(indices), max(indices)
         start, stop = memory.window(first, last)
@@ -234,9 +339,9 @@ class FrameLoader:
                     // memory.frame_bytes)
         if limit <= 0:
             return {}
-        view = await self._index.read(room, start=start, stop=stop)
+        view = await self.index.read(room, start=start, stop=stop)
 
-        def distance(pair: tuple[int, FrameEntry]) -> int:
+        def distance(pair: tuple[int, Entry]) -> int:
             return min(abs(pair[0] - i) for i in indices)
 
         picked: dict[int, str] = {}
@@ -285,18 +390,68 @@ class FrameLoader:
 
 
 def pack_frames_response(room: str, seq: int, n_frames: int, indices: Sequence[int],
-                         entries: Sequence[FrameEntry], by_slot: dict[int, bytes]) -> bytes:
+                         entries: Sequence[EntryLike], by_slot: dict[int, bytes]) -> bytes:
     """The GET response, with the frames' encoded bytes spliced in (never re-encoded)."""
+    return b"".join(pack_frames_parts(room, seq, n_frames, indices, entries, by_slot))
+
+
+def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int],
+                      entries: Sequence[EntryLike], by_slot: dict[int, bytes],
+                      chunk_bytes: int = 0) -> list[bytes]:
+    """``pack_frames_response`` in parts whose concatenation is the response: the
+    header, then the frames' bytes, consecutive parts joined until they reach
+    ``chunk_bytes`` (a large frame stays the very cached bytes object, never copied)."""
     packer = msgpack.Packer(use_bin_type=True)
-    header: list[tuple[str, Any]] = [
-        ("room", room), ("seq", seq), ("n_frames", n_frames), ("indices", list(indices)),
-        ("frame_ids", [e.frame_id for e in entries]),
-        ("versions", [e.version for e in entries]),
-        ("hashes", [e.hash for e in entries]),
-    ]
-    parts = [packer.pack_map_header(len(header) + 1)]
-    for key, value in header:
-        parts += (packer.pack(key), packer.pack(value))
-    parts += (packer.pack("frames"), packer.pack_array_header(len(entries)))
-    parts += (by_slot[e.slot] for e in entries)
-    return b"".join(parts)
+    header = packer.pack_map_header(8) + b"".join([
+        packer.pack("room"), packer.pack(room), packer.pack("seq"), packer.pack(seq),
+        packer.pack("n_frames"), packer.pack(n_frames),
+        packer.pack("indices"), packer.pack(list(indices)),
+        packer.pack("frame_ids"), packer.pack([e.frame_id for e in entries]),
+        packer.pack("versions"), packer.pack([e.version for e in entries]),
+        packer.pack("hashes"), packer.pack([e.hash for e in entries]),
+        packer.pack("frames"), packer.pack_array_header(len(entries))])
+    frames = [by_slot[e.slot] for e in entries]
+    if chunk_bytes <= 0:
+        return [header, *frames]
+    return _coalesce([header, *frames], chunk_bytes)
+
+
+def _coalesce(parts: list[bytes], chunk_bytes: int) -> list[bytes]:
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for part in parts:
+        if len(part) >= chunk_bytes:
+            if pending:
+                out.append(b"".join(pending))
+                pending, size = [], 0
+            out.append(part)
+            continue
+        pending.append(part)
+        size += len(part)
+        if size >= chunk_bytes:
+            out.append(b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        out.append(b"".join(pending))
+    return out
+
+
+class PartsResponse(Response):
+    """A response sent as ``parts`` (one ASGI body message each), with the headers a
+    ``Response(b"".join(parts), media_type=...)`` would have: a large answer is never
+    copied into one buffer."""
+
+    def __init__(self, parts: list[bytes], media_type: str) -> None:
+        self.parts = parts
+        super().__init__(None, media_type=media_type,
+                         headers={"content-length": str(sum(map(len, parts)))})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+        if not self.parts:
+            await send({"type": "http.response.body", "body": b""})

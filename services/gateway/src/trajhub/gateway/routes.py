@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trajhub.control import IndexOutOfRange, IndexView
+from trajhub.control import IndexOutOfRange, IndexReader, IndexView
 from trajhub.gateway.body import (
     MSGPACK,
     check_declared_size,
@@ -20,7 +23,7 @@ from trajhub.gateway.body import (
 from trajhub.gateway.errors import ApiError
 from trajhub.gateway.history_routes import AtSeq, past_index, select_past
 from trajhub.gateway.ingest import PreparedFrames, parse_upload
-from trajhub.gateway.reader import pack_frames_response
+from trajhub.gateway.reader import IndexScript, PartsResponse, ReadView, pack_frames_parts
 from trajhub.gateway.rooms import room_head
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.selection import Selection, parse_keys, parse_selection
@@ -52,7 +55,10 @@ DELETE_BODY_LIMIT = 16 * 2**20
 MAX_FRAMES_PER_READ = 10_000
 """One response is built in memory: larger selections must be paged (the client does)."""
 INLINE_RESPONSE_BYTES = 2**20
-"""Smaller GET responses are joined on the loop: a thread hop would cost more."""
+"""GET responses that join (copy) fewer bytes are put together on the loop: a thread hop
+would cost more. Frames of RESPONSE_CHUNK_BYTES or more are sent as they are."""
+RESPONSE_CHUNK_BYTES = 256 * 2**10
+"""Smaller frames are joined into parts of about this size, each one ASGI message."""
 INLINE_UPLOAD_BYTES = 64 * 2**10
 """Smaller uploads (a single edit) are parsed and hashed on the loop (~0.1 ms); the thread
 hop costs more than that, and much more when the loop's threads are busy."""
@@ -105,12 +111,15 @@ async def room_info(room: str, request: Request) -> dict[str, Any]:
 
 
 # -- frames: read -------------------------------------------------------------------------
-async def read_index(gw: Gateway, room: str, sel: Selection) -> Any:
+async def read_index(gw: Gateway, room: str, sel: Selection, *, light: bool = False) -> Any:
+    """The room's index for ``sel`` (404 unknown room or index out of range); with
+    ``light``, a ReadView (entries without pydantic's validation, for reads)."""
+    reader: IndexReader | IndexScript = gw.loader.index if light else gw.index
     try:
         if sel.indices is not None:
-            view = await gw.index.read(room, indices=sel.indices)
+            view = await reader.read(room, indices=sel.indices)
         else:
-            view = await gw.index.read(room, start=sel.start, stop=sel.stop, step=sel.step)
+            view = await reader.read(room, start=sel.start, stop=sel.stop, step=sel.step)
     except IndexOutOfRange as exc:
         if not exc.exists:
             raise ApiError(404, f"room {room!r} does not exist") from None
@@ -120,17 +129,27 @@ async def read_index(gw: Gateway, room: str, sel: Selection) -> Any:
     return view
 
 
-@router.get("/api/v1/rooms/{room}/frames")
+FRAMES_PATH = "/api/v1/rooms/{room}/frames"
+
+
+@router.get(FRAMES_PATH)
 async def get_frames(room: str, request: Request, indices: OptStr = None,
                      start: OptInt = None, stop: OptInt = None, step: OptInt = None,
                      keys: OptStr = None, at_seq: AtSeq = None) -> Response:
+    return await read_frames(request, room, indices, start, stop, step, keys, at_seq)
+
+
+async def read_frames(request: Request, room: str, indices: str | None, start: int | None,
+                      stop: int | None, step: int | None, keys: str | None,
+                      at_seq: int | None) -> Response:
     gw = gateway(request)
     check_room(room)
     sel = parse_selection(indices, start, stop, step)
     wanted = parse_keys(keys)
     for attempt in range(2):
+        view: ReadView | IndexView
         if at_seq is None:
-            view = await read_index(gw, room, sel)
+            view = await read_index(gw, room, sel, light=True)
         else:  # slots are write-once: a past frame is still where its slot says
             past = await past_index(request, room, at_seq)
             positions, picked = select_past(room, at_seq, past, sel)
@@ -139,8 +158,11 @@ async def get_frames(room: str, request: Request, indices: OptStr = None,
         if len(view.indices) > MAX_FRAMES_PER_READ:
             raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
                                 f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
-        by_slot = await gw.loader.load(room, await gw.store(), view.entries, wanted,
-                                       view.indices)
+        loaded = await gw.loader.load_frames(room, await gw.store(), view.entries, wanted,
+                                             view.indices)
+        by_slot = loaded.by_slot
+        if at_seq is None and not loaded.from_zarr:
+            break  # cached frames and blobs are content-addressed: compaction cannot touch them
         # Compaction sets its bound before it deletes data: read after the frames, an
         # old bound means nothing they came from was deleted while they were read.
         below = await compacted_below(gw.redis, room)
@@ -150,12 +172,70 @@ async def get_frames(room: str, request: Request, indices: OptStr = None,
             raise ApiError(410, f"room {room!r} was compacted below seq {below}: the "
                                 f"frames of seq {view.seq} are gone (its index and "
                                 "history remain)", extra={"seq": view.seq})
-    args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot)
-    if sum(len(b) for b in by_slot.values()) <= INLINE_RESPONSE_BYTES:
-        body = pack_frames_response(*args)
+    args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot,
+            RESPONSE_CHUNK_BYTES)
+    copied = sum(len(b) for b in by_slot.values() if len(b) < RESPONSE_CHUNK_BYTES)
+    if copied <= INLINE_RESPONSE_BYTES:
+        parts = pack_frames_parts(*args)
     else:
-        body = await asyncio.to_thread(pack_frames_response, *args)
-    return Response(body, media_type=MSGPACK)
+        parts = await asyncio.to_thread(pack_frames_parts, *args)
+    return PartsResponse(parts, media_type=MSGPACK)
+
+
+_FAST_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
+_FAST_STR = ("indices", "keys")
+_FAST_INTS = ("start", "stop", "step")
+
+
+def _fast_query(query_string: bytes) -> dict[str, Any] | None:
+    """The arguments of ``get_frames`` from a plain query (each known parameter at most
+    once, non-empty, integers in their simplest form), else None: FastAPI judges it."""
+    params = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    out: dict[str, Any] = {}
+    for name, value in params:
+        if name in out or not value:
+            return None
+        if name in _FAST_INTS:
+            if not _FAST_INT.fullmatch(value):
+                return None
+            out[name] = int(value)
+        elif name in _FAST_STR:
+            out[name] = value
+        else:
+            return None
+    return out
+
+
+_FAST_PATH = re.compile(r"/api/v1/rooms/([^/]+)/frames")
+
+
+def fast_frame_reads(api: FastAPI) -> ASGIApp:
+    """``api`` with ``GET /api/v1/rooms/{room}/frames`` answered before FastAPI's
+    routing, dependency and validation machinery (a large share of a cached
+    single-frame read) when the query is plain (see ``_fast_query``). Everything else,
+    and any request whose read raises (nothing has been sent then; a GET has no body),
+    goes to ``api``, so errors and odd queries are answered exactly as the declared
+    route (which also stays the one in the OpenAPI docs) answers them."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" \
+                and not scope.get("root_path"):
+            match = _FAST_PATH.fullmatch(scope["path"])
+            args = _fast_query(scope.get("query_string", b"")) if match else None
+            if match and args is not None:
+                request = Request({**scope, "app": api}, receive)
+                try:
+                    response = await read_frames(
+                        request, match.group(1), args.get("indices"), args.get("start"),
+                        args.get("stop"), args.get("step"), args.get("keys"), None)
+                except Exception:
+                    pass  # let FastAPI's route and error handlers answer it
+                else:
+                    await response(scope, receive, send)
+                    return
+        await api(scope, receive, send)
+
+    return app
 
 
 # -- frames: write ------------------------------------------------------------------------

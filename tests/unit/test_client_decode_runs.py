@@ -1,0 +1,89 @@
+"""Frames answers of many small frames of one layout are decoded a run at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trajhub.client import http
+from trajhub.client.http import decode_frames_body
+from trajhub.shared.codec import CodecError, encode_frame, packb
+from trajhub.shared.frames import Frame, frames_equal
+
+
+def small_frames(n: int, atoms: int = 40) -> list[Frame]:
+    rng = np.random.default_rng(3)
+    return [{"numbers": rng.integers(1, 90, atoms, dtype=np.int32),
+             "positions": rng.normal(size=(atoms, 3)),
+             "cell": np.eye(3) * (i + 1), "pbc": np.array([True, False, True]),
+             "arrays.f16": rng.normal(size=(atoms, 2)).astype(np.float16),
+             "arrays.empty": np.zeros((atoms, 0)),
+             "info.label": np.array(f"frame {i:04d} \u00e9"), "info.step": np.array(i),
+             "calc.energy": np.array(float(i)), "calc.ok": np.array(i % 2 == 0)}
+            for i in range(n)]
+
+
+def body_of(frames: list[Frame]) -> bytes:
+    return packb({"room": "r", "seq": 1, "frames": [encode_frame(f) for f in frames]})
+
+
+def by_msgpack(body: bytes, monkeypatch: pytest.MonkeyPatch) -> list[Frame]:
+    with monkeypatch.context() as m:
+        m.setattr(http, "MIN_RUN_BODY_BYTES", 2**62)
+        frames: list[Frame] = decode_frames_body(body)["frames"]
+    return frames
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_runs_decode_like_msgpack(monkeypatch: pytest.MonkeyPatch, mixed: bool) -> None:
+    frames = small_frames(300)
+    if mixed:  # two layouts: runs of each
+        frames[100:200] = small_frames(100, atoms=7)
+    body = body_of(frames)
+    assert len(body) >= http.MIN_RUN_BODY_BYTES
+    answer = decode_frames_body(body)
+    assert answer["room"] == "r" and answer["seq"] == 1
+    expected = by_msgpack(body, monkeypatch)
+    assert len(answer["frames"]) == len(frames)
+    for got, want, sent in zip(answer["frames"], expected, frames, strict=True):
+        assert frames_equal(got, sent) and list(got) == list(want)
+        for key, arr in got.items():
+            assert arr.dtype == want[key].dtype and arr.shape == want[key].shape
+            assert isinstance(arr, np.ndarray)
+            assert arr.flags.writeable  # copies of the answer, not views of it
+            assert not np.shares_memory(arr, np.frombuffer(body, np.uint8))
+
+
+def test_frames_of_a_run_are_independent() -> None:
+    frames = decode_frames_body(body_of(small_frames(100)))["frames"]
+    frames[0]["positions"][:] = 0.0
+    frames[0]["info.step"][...] = 99
+    assert frames[1]["positions"].any() and int(frames[1]["info.step"]) == 1
+
+
+def test_big_endian_and_irregular_answers_take_the_general_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = small_frames(300)
+    message = {"frames": [encode_frame(f) for f in frames]}
+    for f in message["frames"]:
+        f["positions"]["dtype"] = ">f8"  # valid, but not viewable as is
+    body = packb(message)
+    got = decode_frames_body(body)["frames"]
+    want = by_msgpack(body, monkeypatch)
+    assert all(g["positions"].tobytes() == w["positions"].tobytes()
+               and g["positions"].dtype == w["positions"].dtype
+               for g, w in zip(got, want, strict=True))
+    bad = packb({"frames": [{**encode_frame(f), "x": {"dtype": "<q9", "shape": [1],
+                                                       "data": b"1" * 8}} for f in frames]})
+    with pytest.raises(CodecError):
+        decode_frames_body(bad)
+
+
+def test_a_writable_body_gives_writable_in_place_arrays() -> None:
+    big = [{"positions": np.arange(30_000, dtype=np.float64).reshape(10_000, 3)}] * 3
+    body = bytearray(body_of(big))
+    got = decode_frames_body(body)["frames"]
+    assert all(f["positions"].flags.writeable for f in got)
+    assert np.shares_memory(got[0]["positions"], np.frombuffer(body, np.uint8))
+    got[0]["positions"][0, 0] = -1.0
+    assert got[1]["positions"][0, 0] == 0.0
