@@ -19,6 +19,12 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def body_size(request: Request) -> int | None:
+    """The declared Content-Length, or None if absent or unreadable."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else None
+
+
 def check_declared_size(request: Request, limit: int) -> int | None:
     """Refuse (413) a body whose Content-Length exceeds ``limit``, before reading it;
     returns the declared size (None without a Content-Length)."""

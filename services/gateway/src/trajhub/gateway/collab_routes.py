@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from trajhub.gateway.body import (
+    body_size,
     decode_msgpack_map,
     only_fields,
     read_body,
@@ -130,7 +131,7 @@ async def patch_frame(room: str, index: int, request: Request, if_match: IfMatch
     gw = gateway(request)
     check_room(room)
     held = lock_fields(lock, fence)
-    with gw.writing():
+    with gw.writing(body_size(request)):
         require_msgpack(request)
         limit = gw.settings.max_upload_bytes
         message = decode_msgpack_map(await read_body(request, limit), limit)

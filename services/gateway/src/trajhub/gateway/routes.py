@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from trajhub.control import IndexOutOfRange, IndexReader, IndexView
 from trajhub.gateway.body import (
     MSGPACK,
+    body_size,
     check_declared_size,
     content_type,
     decode_optional_map,
@@ -259,7 +260,7 @@ async def insert_frames(room: str, request: Request, at: Annotated[int | None, Q
     gw = gateway(request)
     check_room(room)
     held = lock_fields(lock, fence)
-    with gw.writing():
+    with gw.writing(body_size(request)):
         message, frames = await receive_frames(gw, request)
         command = build_command(InsertFrames, room=room, at=at, hashes=frames.hashes,
                                 author=pick_author(message.get("author"), author),
@@ -276,7 +277,7 @@ async def replace_frames(room: str, request: Request, idempotency_key: IdemKey =
     gw = gateway(request)
     check_room(room)
     held = lock_fields(lock, fence)
-    with gw.writing():
+    with gw.writing(body_size(request)):
         message, frames = await receive_frames(gw, request)
         addressing, targets = targets_field(message)
         if len(targets) != len(frames.hashes):

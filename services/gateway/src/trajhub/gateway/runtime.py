@@ -40,6 +40,8 @@ from trajhub.shared.settings import Settings
 from trajhub.shared.zarr_store import open_store
 
 log = logging.getLogger(__name__)
+BULK_WRITE_BYTES = 1 << 20
+"""Write requests from this size on make all-in-one storage defer (see ``writing``)."""
 
 
 async def _close(resource: Any) -> None:
@@ -111,8 +113,13 @@ class Gateway:
         self._redis = None
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Mark a write request in progress (see ``busy_with_writes``)."""
+    def writing(self, nbytes: int | None = None) -> Iterator[None]:
+        """Mark a write request of ``nbytes`` (None: unknown, counted as bulk) in
+        progress (see ``busy_with_writes``). Small writes (edits) are not counted:
+        yielding to them would only delay their own apply."""
+        if nbytes is not None and nbytes < BULK_WRITE_BYTES:
+            yield
+            return
         self._writes_in_flight += 1
         try:
             yield
@@ -121,8 +128,8 @@ class Gateway:
             self._last_write_end = time.monotonic()
 
     def busy_with_writes(self, grace_s: float = 0.05) -> bool:
-        """True while a write is in progress or ended less than ``grace_s`` ago (the gap
-        between one upload chunk and the next). All-in-one storage yields to it."""
+        """True while a bulk write is in progress or ended less than ``grace_s`` ago (the
+        gap between one upload chunk and the next). All-in-one storage yields to it."""
         return (self._writes_in_flight > 0
                 or time.monotonic() - self._last_write_end < grace_s)
 
