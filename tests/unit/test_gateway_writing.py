@@ -1,6 +1,6 @@
 """The all-in-one hint that a gateway is taking writes (storage yields to it)."""
 
-from trajhub.gateway.runtime import Gateway
+from trajhub.gateway.runtime import BULK_WRITE_BYTES, Gateway
 from trajhub.shared.settings import Settings
 
 
@@ -24,3 +24,13 @@ def test_a_failed_write_does_not_leave_the_gateway_busy() -> None:
     except ValueError:
         pass
     assert not gw.busy_with_writes(grace_s=0)
+
+
+def test_small_writes_do_not_make_storage_wait() -> None:
+    gw = Gateway(Settings())
+    with gw.writing(nbytes=4096):
+        assert not gw.busy_with_writes(grace_s=60), "an edit is not a bulk upload"
+    assert not gw.busy_with_writes(grace_s=60)
+    with gw.writing(nbytes=BULK_WRITE_BYTES):
+        assert gw.busy_with_writes(grace_s=0)
+    assert gw.busy_with_writes(grace_s=60)
