@@ -112,8 +112,13 @@ class Bus:
 
     async def publish(self, room: str, event: str, data: dict[str, Any]) -> None:
         """Best effort: a lost message only delays what clients learn (the state itself
-        is in Redis), so a Redis error is logged, not raised."""
+        is in Redis), so a Redis error is logged, not raised.
+
+        A step reaches this gateway's own sockets at once, without the round trip
+        through Redis; its echo from the bus is then dropped as not newer (step_seq)."""
         payload = json.dumps({"room": room, "event": event, "data": data})
+        if event == "room_frame":
+            await self._deliver_step(room, data)
         try:
             await self._redis().publish(keys.BUS, payload)
         except (RedisError, OSError) as exc:
@@ -150,8 +155,16 @@ class Bus:
             log.warning("bus: ignoring a malformed message: %.200r", raw)
             return
         room, event, data = parsed
-        if event == "room_frame" and not self._step_is_new(room, data.get("step_seq")):
+        if event == "room_frame":
+            await self._deliver_step(room, data)
             return
+        await self._deliver_safely(room, event, data)
+
+    async def _deliver_step(self, room: str, data: dict[str, Any]) -> None:
+        if self._step_is_new(room, data.get("step_seq")):
+            await self._deliver_safely(room, "room_frame", data)
+
+    async def _deliver_safely(self, room: str, event: str, data: dict[str, Any]) -> None:
         try:
             await self._deliver(room, event, data)
         except Exception:
