@@ -1,6 +1,9 @@
 """The all-in-one hint that a gateway is taking writes (storage yields to it)."""
 
-from trajhub.gateway.runtime import BULK_WRITE_BYTES, Gateway
+import redis.asyncio as aioredis
+
+from trajhub.gateway.runtime import BULK_WRITE_BYTES, YIELD_BACKLOG_BYTES, Gateway
+from trajhub.gateway.staging import Stager
 from trajhub.shared.settings import Settings
 
 
@@ -34,3 +37,13 @@ def test_small_writes_do_not_make_storage_wait() -> None:
     with gw.writing(nbytes=BULK_WRITE_BYTES):
         assert gw.busy_with_writes(grace_s=0)
     assert gw.busy_with_writes(grace_s=60)
+
+
+def test_storage_stops_deferring_once_the_staged_backlog_is_large() -> None:
+    gw = Gateway(Settings())
+    stager = Stager(aioredis.Redis(), ttl_s=60, budget_bytes=1 << 40)
+    gw._stager = stager
+    with gw.writing():
+        assert gw.busy_with_writes(grace_s=0)
+        stager.staged(["0" * 64], [b"x" * (YIELD_BACKLOG_BYTES + 1)])
+        assert not gw.busy_with_writes(grace_s=0), "the backlog must drain during uploads"

@@ -42,6 +42,8 @@ from trajhub.shared.zarr_store import open_store
 log = logging.getLogger(__name__)
 BULK_WRITE_BYTES = 1 << 20
 """Write requests from this size on make all-in-one storage defer (see ``writing``)."""
+YIELD_BACKLOG_BYTES = 128 << 20
+"""... unless Redis holds this much already (staged frames waiting for storage)."""
 
 
 async def _close(resource: Any) -> None:
@@ -129,7 +131,11 @@ class Gateway:
 
     def busy_with_writes(self, grace_s: float = 0.05) -> bool:
         """True while a bulk write is in progress or ended less than ``grace_s`` ago (the
-        gap between one upload chunk and the next). All-in-one storage yields to it."""
+        gap between one upload chunk and the next). All-in-one storage yields to it, but
+        not once the staged backlog passes ``YIELD_BACKLOG_BYTES``: memory stays bounded
+        however long the upload, at the cost of a slower acknowledgement."""
+        if self._stager is not None and self._stager.used_estimate > YIELD_BACKLOG_BYTES:
+            return False
         return (self._writes_in_flight > 0
                 or time.monotonic() - self._last_write_end < grace_s)
 

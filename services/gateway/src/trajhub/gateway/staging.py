@@ -38,6 +38,11 @@ class Stager:
             self._used_at = now
         return self._used
 
+    @property
+    def used_estimate(self) -> int:
+        """The last ``used_memory`` reading plus what was staged since (no I/O)."""
+        return self._used
+
     async def check_budget(self, incoming: int = 0) -> None:
         """503 + Retry-After when Redis is (or would be) over the staging budget."""
         used = await self.used_memory()
