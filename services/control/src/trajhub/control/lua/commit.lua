@@ -307,6 +307,20 @@ end
 
 -- Append the event (stream id <seq>-0), bump meta, store the idempotency record.
 -- `body` is the kind-specific JSON fields; `meta` extra meta field/value pairs.
+-- The answer for a command that creates the room (create, fork) instead of running:
+-- {1, stored} for a retry, a refusal if the room exists or is locked, else nil.
+local function new_room_answer(exists_hint)
+  local stored = stored_result()
+  if stored then
+    return {1, stored}
+  end
+  if read_meta() > 0 or redis.call('EXISTS', K_EVENTS) == 1
+      or redis.call('LLEN', K_ORDER) > 0 then
+    return fail('conflict', 'room ' .. ROOM .. ' already exists' .. exists_hint)
+  end
+  return lock_refusal({})
+end
+
 local function commit(seq, kind, body, meta)
   if seq == 1 or redis.call('EXISTS', K_EVENTS) == 0 then
     -- Groups start at 0 so that their consumers see this very first event.

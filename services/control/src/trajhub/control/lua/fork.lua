@@ -6,18 +6,9 @@
 -- ARGV[A+1] base room, A+2 base seq, A+3 next_fid, A+4 next_slot, A+5 count k, then
 -- k frame ids, then k packed entries "version:hash:slot".
 
-local stored = stored_result()
-if stored then
-  return {1, stored}
-end
-
-local seq = read_meta()
-if seq > 0 or redis.call('EXISTS', K_EVENTS) == 1 or redis.call('LLEN', K_ORDER) > 0 then
-  return fail('conflict', 'room ' .. ROOM .. ' already exists; fork into a new room')
-end
-local refusal = lock_refusal({})
-if refusal then
-  return refusal
+local answer = new_room_answer('; fork into a new room')
+if answer then
+  return answer
 end
 
 local base_room, base_seq = ARGV[A + 1], tonumber(ARGV[A + 2])
