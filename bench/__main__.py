@@ -160,8 +160,8 @@ def plots(rows: list[Row], extra: dict[str, Any]) -> list[Path]:
                 label="peak so far")
         ax.axhline(rss["points"][0]["idle_mb"], color="k", ls="--", label="idle")
         ax.axhline(300, color="r", ls=":", label="300 MB target")
-        ax.set(xlabel="GB uploaded", ylabel="MB (RSS, all server processes + Redis)",
-               title="peak RSS vs upload size", ylim=(0, None))
+        ax.set(xlabel="GB uploaded", ylabel="MB (PSS, all server processes + Redis)",
+               title="peak memory vs upload size", ylim=(0, None))
         written.append(_save(fig, ax, DOCS / "bench_rss.png"))
     return written
 

@@ -416,13 +416,13 @@ def bench_rss(sizes: Sizes, services: bool) -> tuple[list[Row], dict[str, Any]]:
     first = points[0]
     for point in points:
         target, ok = at_most(point["peak_mb"], 300.0)
-        rows.append(row("peak RSS, all server processes + Redis",
+        rows.append(row("peak memory (PSS), server processes + Redis",
                         f"uploading {point['gb']:g} GB", point["peak_mb"], "MB", None, None,
                         f"{target} MB", ok, idle_mb=point["idle_mb"],
                         upload_s=point["upload_s"]))
         if point is not first:
             target, ok = at_most(point["peak_mb"] / first["peak_mb"], 1.1)
-            rows.append(row("peak RSS, all server processes + Redis",
+            rows.append(row("peak memory (PSS), server processes + Redis",
                             f"{point['gb']:g} GB / {first['gb']:g} GB", point["peak_mb"], "MB",
                             first["peak_mb"], point["peak_mb"] / first["peak_mb"], target, ok))
     return rows, {"points": points, "series": series}
