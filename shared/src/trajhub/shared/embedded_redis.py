@@ -81,6 +81,9 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
+            # Staged frames pass through the AOF; rewriting it every 64 MB (the default)
+            # forked a child per ~100 MB uploaded. Once per GB keeps the disk use bounded.
+            "--auto-aof-rewrite-min-size", "1gb",
             "--save", "",
             "--hz", str(self.hz),
             "--logfile", str(self.data_dir / "redis.log"),

@@ -37,13 +37,17 @@ from trajhub.shared.events import MAX_FRAMES_PER_COMMAND
 from trajhub.shared.frames import Frame, FrameError, validate_frame
 from trajhub.shared.hashing import array_header, frame_hash, validated_frame_hash
 
+Blob = bytes | memoryview
+"""A canonical frame's bytes; a memoryview into the request body when they were received
+as such (redis-py sends memoryviews as they are, so staging copies nothing)."""
+
 
 @dataclass(frozen=True)
 class PreparedFrames:
     """Validated frames as content hashes plus their canonical blob bytes."""
 
     hashes: list[str]
-    blobs: list[bytes]
+    blobs: list[Blob]
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +78,8 @@ def prepare_frame(number: int, obj: Any) -> tuple[str, bytes]:
 
 def prepare_frames(raw: Any) -> PreparedFrames:
     check_frame_count(raw)
-    hashes, blobs = [], []
+    hashes: list[str] = []
+    blobs: list[Blob] = []
     for number, obj in enumerate(raw):
         h, blob = prepare_frame(number, obj)
         hashes.append(h)
@@ -111,10 +116,10 @@ def validated_span(number: int, span: FrameSpan) -> tuple[Frame, Frame]:
         raise ApiError(422, f"frame {number}: {exc}") from None
 
 
-def prepare_span(view: memoryview, number: int, span: FrameSpan) -> tuple[str, bytes]:
+def prepare_span(view: memoryview, number: int, span: FrameSpan) -> tuple[str, Blob]:
     decoded, valid = validated_span(number, span)
     if received_is_canonical(span, decoded, valid):
-        return validated_frame_hash(valid), view[span.start:span.end].tobytes()
+        return validated_frame_hash(valid), view[span.start:span.end]
     return validated_frame_hash(valid), frame_to_bytes(valid)
 
 
@@ -163,15 +168,15 @@ def run_hashes(view: memoryview, run: FrameRun, valid: Frame) -> list[str]:
 
 
 def prepare_run(body: bytes | bytearray, view: memoryview, run: FrameRun,
-                first: int) -> tuple[list[str], list[bytes]]:
+                first: int) -> tuple[list[str], list[Blob]]:
     """Hashes and blobs of a run's frames (``first``: frame 0's number in the upload)."""
     decoded, valid = validated_span(first, run.first)
     if run.count == 1 or not received_is_canonical(run.first, decoded, valid):
         prepared = [prepare_span(view, first + i, run.span(i)) for i in range(run.count)]
         return [h for h, _ in prepared], [b for _, b in prepared]
     check_numbers(body, run, first, valid)
-    blobs = [view[start:start + run.stride].tobytes()
-             for start in range(run.first.start, run.end, run.stride)]
+    blobs: list[Blob] = [view[start:start + run.stride]
+                         for start in range(run.first.start, run.end, run.stride)]
     return run_hashes(view, run, valid), blobs
 
 
@@ -179,7 +184,7 @@ def prepare_runs(body: bytes | bytearray, runs: list[FrameRun]) -> PreparedFrame
     check_count(sum(run.count for run in runs))
     view = memoryview(body)
     hashes: list[str] = []
-    blobs: list[bytes] = []
+    blobs: list[Blob] = []
     first = 0
     for run in runs:
         more_hashes, more_blobs = prepare_run(body, view, run, first)

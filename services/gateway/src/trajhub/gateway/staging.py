@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -53,10 +54,13 @@ class Stager:
                 f"{self._budget // 2**20} MiB); retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    def staged(self, hashes: Sequence[str], blobs: Sequence[bytes]) -> dict[str, bytes]:
+    def staged(self, hashes: Sequence[str],
+               blobs: Sequence[bytes | memoryview]) -> dict[str, bytes]:
         """What ``stage`` would SET (hash -> blob), for an in-process commit that stages
         in its own round trip; counts it against the budget and fills the cache."""
-        out = dict(zip(hashes, blobs, strict=True))
+        # Memoryviews into the request body go to redis-py as they are (no copy);
+        # control only hands the values to its pipeline.
+        out = cast(dict[str, bytes], dict(zip(hashes, blobs, strict=True)))
         if self._cache is not None:
             self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         self._used += sum(len(b) for b in out.values())
@@ -66,7 +70,8 @@ class Stager:
     def ttl_s(self) -> int:
         return self._ttl_s
 
-    async def stage(self, room: str, hashes: Sequence[str], blobs: Sequence[bytes]) -> None:
+    async def stage(self, room: str, hashes: Sequence[str],
+                    blobs: Sequence[bytes | memoryview]) -> None:
         """SET each blob with a TTL, pipelined. NX: never touch a blob that a commit
         already PERSISTed (resetting its TTL could expire it before storage applies it)."""
         pipe = self._redis.pipeline(transaction=False)

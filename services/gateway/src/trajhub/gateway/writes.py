@@ -93,7 +93,8 @@ async def commit(control: ControlPort, command: Command) -> CommitResult:
 
 
 async def stage_and_commit(stager: Stager, control: ControlPort, command: Command,
-                           hashes: Sequence[str], blobs: Sequence[bytes]) -> CommitResult:
+                           hashes: Sequence[str],
+                           blobs: Sequence[bytes | memoryview]) -> CommitResult:
     """Stage the uploaded frames, then commit (as ``commit``). An in-process control
     stages in the commit's own round trip (~0.5 ms less per edit); over HTTP the
     gateway stages first."""
