@@ -27,6 +27,7 @@ from math import prod
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import msgpack
 import numpy as np
 import urllib3
 from urllib3.util import parse_url
@@ -51,6 +52,7 @@ from trajhub.shared.codec import (
     CodecError,
     FrameRun,
     IrregularEncoding,
+    _scan_runs,
     decode_frame,
     decode_span,
     scan_bulk,
@@ -479,21 +481,78 @@ def decode_frames_body(body: bytes | bytearray) -> dict[str, Any]:
     server's), and msgpack says what is wrong with a malformed answer.
     """
     if len(body) >= IN_PLACE_MIN_FRAME_BYTES:
-        try:
-            fields, spans = scan_bulk(body, min_frame_bytes=IN_PLACE_MIN_FRAME_BYTES)
-        except IrregularEncoding:
-            pass
-        else:
-            fields["frames"] = [decode_span(span) for span in spans]
-            return fields
-    by_runs = _decode_by_runs(body) if len(body) >= MIN_RUN_BODY_BYTES else None
-    if by_runs is not None:
-        return by_runs
+        scanned = _scan_frames_last(body)
+        if scanned is not None:
+            fields, pos, runs = scanned
+            if len(body) - pos >= IN_PLACE_MIN_FRAME_BYTES * sum(r.count for r in runs):
+                fields["frames"] = [decode_span(s) for run in runs for s in run.spans()]
+                return fields
+            if len(body) >= MIN_RUN_BODY_BYTES:
+                frames = _decode_runs(body, runs)
+                if frames is not None:
+                    fields["frames"] = frames
+                    return fields
+        else:  # not the server's layout: the scanner's own rules (and errors) decide
+            try:
+                fields, spans = scan_bulk(body, min_frame_bytes=IN_PLACE_MIN_FRAME_BYTES)
+            except IrregularEncoding:
+                pass
+            else:
+                fields["frames"] = [decode_span(span) for span in spans]
+                return fields
+            by_runs = _decode_by_runs(body) if len(body) >= MIN_RUN_BODY_BYTES else None
+            if by_runs is not None:
+                return by_runs
     head = unpackb(body)
     if not isinstance(head, dict) or not isinstance(head.get("frames"), list):
         raise CodecError("a frames answer must be a map with a list of frames")
     head["frames"] = [decode_frame(f) for f in head["frames"]]
     return head
+
+
+class _BodyReader:
+    """A file over ``body`` for msgpack's Unpacker, which then copies only what it reads."""
+
+    def __init__(self, body: bytes | bytearray) -> None:
+        self._view = memoryview(body)
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else self._pos + n
+        out = bytes(self._view[self._pos:end])
+        self._pos += len(out)
+        return out
+
+
+def _scan_frames_last(body: bytes | bytearray
+                      ) -> tuple[dict[str, Any], int, list[FrameRun]] | None:
+    """The answer's fields, the position of its first frame and its frames as runs, when
+    ``frames`` is its last field (as the server writes it); None for anything else.
+
+    The fields before the frames (indices, ids, versions, hashes: thousands of items
+    for a long read) are decoded by msgpack's C unpacker; ``scan_bulk_runs`` would walk
+    each of their items in Python first."""
+    unpacker = msgpack.Unpacker(_BodyReader(body), raw=False, strict_map_key=True,
+                                use_list=True, read_size=2**18)
+    fields: dict[str, Any] = {}
+    try:
+        n = unpacker.read_map_header()
+        for i in range(n):
+            key = unpacker.unpack()
+            if not isinstance(key, str) or key in fields:
+                return None
+            if key == "frames":
+                if i != n - 1:
+                    return None
+                count = unpacker.read_array_header()
+                pos = unpacker.tell()
+                runs = _scan_runs(body, memoryview(body), pos, count)
+                end = runs[-1].end if runs else pos
+                return (fields, pos, runs) if end == len(body) else None
+            fields[key] = unpacker.unpack()
+    except Exception:  # malformed or unusual: the general path says what is wrong
+        return None
+    return None
 
 
 def _decode_by_runs(body: bytes | bytearray) -> dict[str, Any] | None:
@@ -503,6 +562,14 @@ def _decode_by_runs(body: bytes | bytearray) -> dict[str, Any] | None:
         fields, runs = scan_bulk_runs(body)
     except IrregularEncoding:
         return None
+    frames = _decode_runs(body, runs)
+    if frames is None:
+        return None
+    fields["frames"] = frames
+    return fields
+
+
+def _decode_runs(body: bytes | bytearray, runs: list[FrameRun]) -> list[Frame] | None:
     count = sum(run.count for run in runs)
     if not runs or count < MIN_RUN_FRAMES * len(runs):
         return None
@@ -512,8 +579,7 @@ def _decode_by_runs(body: bytes | bytearray) -> dict[str, Any] | None:
         if decoded is None:
             return None
         frames += decoded
-    fields["frames"] = frames
-    return fields
+    return frames
 
 
 def _decode_run(body: bytes | bytearray, run: FrameRun) -> list[Frame] | None:

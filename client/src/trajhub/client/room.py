@@ -39,6 +39,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, SupportsIndex, TypeVar, overload
 
 import ase
@@ -132,13 +133,20 @@ def _as_list(values: Iterable[FrameLike]) -> list[FrameLike]:
         raise TypeError("can only assign an iterable of frames to a slice") from None
 
 
+_WRITEABLE = operator.attrgetter("flags.writeable")
+_NBYTES = operator.attrgetter("nbytes")
+
+
 def _writable(frame: Frame) -> Frame:
-    # Decoded arrays are mostly read-only views of the answer: copy those, once.
+    # Decoded arrays are mostly read-only views of the answer: copy those, once. A frame
+    # decoded a run at a time is writable already, and its dict is the caller's own.
+    if all(map(_WRITEABLE, frame.values())):
+        return frame
     return {key: arr if arr.flags.writeable else arr.copy() for key, arr in frame.items()}
 
 
 def _frames_nbytes(frames: list[Frame]) -> int:
-    return sum(arr.nbytes for frame in frames for arr in frame.values())
+    return sum(map(_NBYTES, chain.from_iterable(map(dict.values, frames))))
 
 
 def _fit_query(indices: list[int]) -> list[int]:

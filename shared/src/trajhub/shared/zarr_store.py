@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import threading
@@ -616,7 +617,9 @@ class ZarrFrameStore:
                         unique: list[int], frames: dict[int, Frame]) -> None:
         """Read the slots of ``unique`` in ``a..b`` that hold ``key`` with one call;
         ``shapes`` are the variant's cached shape rows (covering ``b``)."""
-        present = [s for s in _within(unique, a, b) if shapes[s, 0] >= 0]
+        within = _within(unique, a, b)
+        present = list(itertools.compress(within, (shapes[within, 0] >= 0).tolist())) \
+            if within else []
         if not present:
             return
         a, b = present[0], present[-1] + 1
@@ -1169,13 +1172,29 @@ def _take(key: str, v: _Variant, shapes: Array, block: Array, a: int,
           slots: Iterable[int], frames: dict[int, Frame]) -> None:
     """Cut each of ``slots`` that holds ``key`` out of ``block`` (rows from slot ``a``)
     to its true shape, as a read-only view."""
-    for s in slots:
-        shape = shapes[s]
-        if shape[0] < 0:
-            continue
-        index: tuple[Any, ...] = (s - a, *(slice(0, int(n)) for n in shape[:v.ndim])) \
-            if v.ndim else (s - a, ...)
-        frames[s][key] = block[index]  # read-only: so is the block
+    picked = slots if isinstance(slots, list) else list(slots)
+    if not picked:
+        return
+    rows = shapes[picked]  # one fancy index, not a numpy row (and scalars) per slot
+    held = rows[:, 0] >= 0
+    if not v.ndim:
+        for s in itertools.compress(picked, held.tolist()):
+            frames[s][key] = block[s - a, ...]  # a 0-d view, read-only as the block
+        return
+    # A slot whose true shape is the block's whole row needs no slicing: block[i] is
+    # the very view block[i, :n0, :n1, ...] gives (the common case, a trajectory).
+    whole = held & (rows[:, :v.ndim] == block.shape[1:]).all(axis=1)
+    if whole.all():
+        for s in picked:
+            frames[s][key] = block[s - a]
+        return
+    for s, h, w, shape in zip(picked, held.tolist(), whole.tolist(), rows.tolist(),
+                              strict=True):
+        if w:
+            frames[s][key] = block[s - a]
+        elif h:
+            index = (s - a, *(slice(0, n) for n in shape[:v.ndim]))
+            frames[s][key] = block[index]  # read-only: so is the block
 
 
 def _pad_to(block: Array, dims: tuple[int, ...]) -> Array:

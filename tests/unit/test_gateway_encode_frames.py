@@ -1,0 +1,36 @@
+"""encode_frames gives exactly frame_to_bytes of each frame, whatever the mix of layouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trajhub.gateway.reader import encode_frames
+from trajhub.shared.codec import frame_to_bytes
+
+
+def _trajectory(n: int, atoms: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    block = rng.random((n, atoms, 3))
+    block.flags.writeable = False
+    return [{"numbers": np.arange(atoms), "positions": block[i], "cell": np.eye(3),
+             "pbc": np.ones(3, bool), "calc.energy": block[i, 0, 0, ...]} for i in range(n)]
+
+
+def test_a_trajectory_encodes_as_frame_to_bytes() -> None:
+    frames = _trajectory(50, 7)
+    assert encode_frames(frames) == [frame_to_bytes(f) for f in frames]
+
+
+def test_mixed_and_odd_frames_encode_as_frame_to_bytes() -> None:
+    odd: list[dict[str, Any]] = [
+        {"a": np.zeros(0)}, {"a": np.zeros((2, 3))[:, 0]}, {"b": np.arange(3, dtype=">i4")},
+        {"b": np.arange(3, dtype=">i4")}, {"x": np.ones(()), "y": np.ones(3, bool)},
+        {"x": np.ones(()), "y": np.ones(4, bool)}, {"x": np.ones((), np.float32)}, {},
+        {"s": np.array("abc")}, {"s": np.array("abd")},
+        {f"k{i}": np.ones(2) for i in range(20)}, {f"k{i}": np.ones(2) for i in range(20)},
+        {"x": np.ones(()), "z": np.ones(3, bool)}]
+    frames = (odd + odd[::-1] + _trajectory(3, 2) + odd * 3 + _trajectory(40, 3)
+              + _trajectory(3, 5000) + _trajectory(2, 3))
+    assert encode_frames(frames) == [frame_to_bytes(f) for f in frames]
