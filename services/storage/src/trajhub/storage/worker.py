@@ -38,7 +38,9 @@ from trajhub.shared.consumer import IntegrityError, RoomConsumer, seq_of, stream
 from trajhub.shared.events import Event, SlotWrite
 from trajhub.shared.frames import Array, Frame
 from trajhub.shared.hashing import frame_hash
-from trajhub.shared.ports import FrameStore
+from trajhub.shared.history_reader import HistoryGone, HistoryReader
+from trajhub.shared.history_store import ZarrHistoryStore
+from trajhub.shared.ports import FrameStore, HistoryStore
 from trajhub.shared.zarr_store import ProjectionError
 from trajhub.storage.blob_archive import BlobArchive
 
@@ -398,10 +400,19 @@ class StorageWorker(RoomConsumer):
                                   mapping={"seq": proj.seq, "slots": proj.n_slots})
 
     async def _rebuild(self, room: str, n_slots: int) -> Projection:
-        """Replay the stream up to the store's applied seq (a crash tore the projection
-        commit; the slots themselves are intact) and commit the result again."""
+        """Replay the room's history up to the store's applied seq (a crash tore the
+        projection commit; the slots themselves are intact) and commit the result again.
+        Events the snapshotter trimmed from the stream are read from its archive."""
         applied = await asyncio.to_thread(self.store.applied_seq, room)
         proj = Projection(0, n_slots)
+        history = self._history_store()
+        if history is not None:
+            try:
+                async for event in HistoryReader(self.redis, history).events(
+                        room, after=0, upto=applied):
+                    proj.apply(event)
+            except HistoryGone as exc:
+                raise IntegrityError(f"cannot rebuild the projection: {exc}") from None
         while proj.seq < applied:
             got = stream_pairs(await self.redis.xrange(
                 keys.events(room), f"{proj.seq + 1}-0", f"{applied}-0",
@@ -415,6 +426,11 @@ class StorageWorker(RoomConsumer):
         await asyncio.to_thread(self.store.commit_projection, room, proj.seq, proj.order,
                                 proj.frame_ids, proj.versions)
         return proj
+
+    def _history_store(self) -> HistoryStore | None:
+        """The snapshotter's archive, kept in the same Zarr store as the frames."""
+        root = getattr(self.store, "store", None)
+        return ZarrHistoryStore(root) if root is not None else None
 
     async def _init_fork(self, room: str, proj: Projection, events: Sequence[Event]) -> None:
         """A room's first event ``room_forked`` writes no slot: its group only learns its
