@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -33,6 +34,17 @@ class IndexView:
     entries: list[FrameEntry] = field(default_factory=list)
 
 
+class RawIndex(NamedTuple):
+    """The read script's answer: entries as ``fid,...`` and ``version:hash:slot,...``."""
+
+    seq: int
+    n_frames: int
+    exists: bool
+    indices: list[int]
+    fids: bytes | str
+    packed: bytes | str
+
+
 def _entries(fids: bytes, packed: bytes) -> list[FrameEntry]:
     if not fids:
         return []
@@ -54,6 +66,16 @@ class IndexReader:
                    step: int | None = 1) -> IndexView:
         """Entries for ``indices`` (negative ones count from the end), else for the
         Python slice ``[start:stop:step]``; one atomic read."""
+        raw = await self.read_raw(room, indices=indices, start=start, stop=stop, step=step)
+        return IndexView(seq=raw.seq, n_frames=raw.n_frames, exists=raw.exists,
+                         indices=raw.indices,
+                         entries=_entries(_bytes(raw.fids), _bytes(raw.packed)))
+
+    async def read_raw(self, room: str, *, indices: list[int] | None = None,
+                       start: int | None = 0, stop: int | None = None,
+                       step: int | None = 1) -> RawIndex:
+        """``read`` with the entries left as the script's two flat strings, for callers
+        that parse them their own way."""
         if indices is not None:
             args = ["list", *(str(int(i)) for i in indices)]
         else:
@@ -69,9 +91,7 @@ class IndexReader:
             positions = [i + n if i < 0 else i for i in indices]
         else:
             positions = list(range(first, first + stride * count, stride))
-        return IndexView(seq=int(seq), n_frames=int(n), exists=bool(exists),
-                         indices=positions,
-                         entries=_entries(_bytes(fids), _bytes(packed)))
+        return RawIndex(int(seq), int(n), bool(exists), positions, fids, packed)
 
     async def list_rooms(self) -> list[tuple[str, int, int]]:
         """``(room, n_frames, seq)`` of every room, sorted by name."""

@@ -28,8 +28,7 @@ import redis.asyncio as aioredis
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from trajhub.control import IndexOutOfRange, IndexReader
-from trajhub.control.scripts import read_index_script
+from trajhub.control import IndexReader
 from trajhub.gateway.cache import FrameCache
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_to_bytes, packb
@@ -116,33 +115,15 @@ class IndexScript:
     light entries, for the frame read path."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._script = redis.register_script(read_index_script())
+        self._reader = IndexReader(redis)
 
     async def read(self, room: str, *, indices: list[int] | None = None,
                    start: int | None = 0, stop: int | None = None,
                    step: int | None = 1) -> ReadView:
-        if indices is not None:
-            args = ["list", *(str(int(i)) for i in indices)]
-        else:
-            if step == 0:
-                raise ValueError("slice step cannot be zero")
-            args = ["slice", _arg(start), _arg(stop), _arg(1 if step is None else step)]
-        keys_ = [rkeys.meta(room), rkeys.order(room), rkeys.frames(room)]
-        seq, n, exists, bad, first, stride, count, fids, packed = await self._script(
-            keys=keys_, args=args)
-        if bad:
-            raise IndexOutOfRange(int(bad), int(n), exists=bool(exists))
-        n = int(n)
-        if indices is not None:
-            positions = [i + n if i < 0 else i for i in indices]
-        else:
-            positions = list(range(first, first + stride * count, stride))
-        return ReadView(seq=int(seq), n_frames=n, exists=bool(exists), indices=positions,
-                        entries=parse_entries(fids, packed))
-
-
-def _arg(value: int | None) -> str:
-    return "" if value is None else str(int(value))
+        raw = await self._reader.read_raw(room, indices=indices, start=start, stop=stop,
+                                          step=step)
+        return ReadView(seq=raw.seq, n_frames=raw.n_frames, exists=raw.exists,
+                        indices=raw.indices, entries=parse_entries(raw.fids, raw.packed))
 
 
 async def applied_slots(redis: aioredis.Redis, room: str) -> int:
