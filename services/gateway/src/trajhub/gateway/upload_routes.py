@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import ase.io
-from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
@@ -87,9 +85,18 @@ def safe_name(filename: str | None) -> str:
     return UNSAFE_NAME_CHARS.sub("_", base).lstrip(".")[-200:] or "upload"
 
 
+def load_ase() -> None:
+    """Import ASE's readers (in a thread: the first import takes about a second).
+    Only uploads of files need ASE (and with it SciPy, ~65 MB), so the gateway imports
+    it on the first one, not at start."""
+    import ase.io  # noqa: F401
+
+
 def pick_format(filename: str | None, fmt: str | None) -> str:
     """ASE's format name: ``fmt`` if given, else guessed from the file name (422 if
     neither gives a format ASE can read)."""
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
     if fmt is None:
         if not filename:
             raise ApiError(422, "give filename= (its extension names the format) or format=")
@@ -113,6 +120,8 @@ def pick_format(filename: str | None, fmt: str | None) -> str:
 def read_images(body: bytes | bytearray, name: str, fmt: str) -> list[Any]:
     """``ase.io.read(..., index=":")`` of the bytes, from a temporary file: every ASE
     reader takes a path (not all take a file object, nor compressed data)."""
+    import ase.io
+
     with tempfile.TemporaryDirectory(prefix="trajhub-upload-") as tmp:
         path = Path(tmp) / name
         path.write_bytes(body)
@@ -270,6 +279,7 @@ async def upload_file(room: str, request: Request, filename: OptStr = None,
     fields = {"author": author or None, **lock_fields(lock, fence)}
     check_idempotency_key(idempotency_key)
     uid = pick_upload_id(upload_id)
+    await asyncio.to_thread(load_ase)
     fmt = pick_format(filename, fmt)
     body = await receive_file(gw, request)
     progress = Progress(gw, room, uid)
