@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -76,15 +76,33 @@ class IndexReader:
                        step: int | None = 1) -> RawIndex:
         """``read`` with the entries left as the script's two flat strings, for callers
         that parse them their own way."""
+        keys_, args = self.script_call(room, indices=indices, start=start, stop=stop,
+                                       step=step)
+        return self.answer(await self._script(keys=keys_, args=args), indices)
+
+    @property
+    def script(self) -> tuple[str, str]:
+        """The read script's ``(sha1, source)``, for callers that send it themselves."""
+        source = self._script.script
+        return self._script.sha, source if isinstance(source, str) else bytes(source).decode()
+
+    @staticmethod
+    def script_call(room: str, *, indices: list[int] | None = None, start: int | None = 0,
+                    stop: int | None = None, step: int | None = 1
+                    ) -> tuple[list[str], list[str]]:
+        """The script's KEYS and ARGV for a read."""
         if indices is not None:
             args = ["list", *(str(int(i)) for i in indices)]
         else:
             if step == 0:
                 raise ValueError("slice step cannot be zero")
             args = ["slice", _arg(start), _arg(stop), _arg(1 if step is None else step)]
-        keys_ = [keys.meta(room), keys.order(room), keys.frames(room)]
-        seq, n, exists, bad, first, stride, count, fids, packed = await self._script(
-            keys=keys_, args=args)
+        return [keys.meta(room), keys.order(room), keys.frames(room)], args
+
+    @staticmethod
+    def answer(reply: list[Any], indices: list[int] | None) -> RawIndex:
+        """The script's reply as a RawIndex (IndexOutOfRange for a bad index)."""
+        seq, n, exists, bad, first, stride, count, fids, packed = reply
         if bad:
             raise IndexOutOfRange(int(bad), int(n), exists=bool(exists))
         if indices is not None:

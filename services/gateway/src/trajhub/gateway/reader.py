@@ -25,11 +25,16 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from trajhub.control import IndexReader
+from trajhub.control.index import RawIndex
 from trajhub.gateway.cache import FrameCache
+from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_to_bytes, packb
 from trajhub.shared.ports import FrameStore
@@ -112,18 +117,46 @@ def parse_entries(fids: bytes | str, packed: bytes | str) -> list[Entry]:
 
 class IndexScript:
     """``IndexReader.read`` (the same script, the same answers and errors) returning
-    light entries, for the frame read path."""
+    light entries, for the frame read path; sent over ``fast`` (a pipelined
+    connection) when there is one, through redis-py when not or when it fails."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, fast: PipelinedRedis | None = None) -> None:
         self._reader = IndexReader(redis)
+        self._fast = fast
 
     async def read(self, room: str, *, indices: list[int] | None = None,
                    start: int | None = 0, stop: int | None = None,
                    step: int | None = 1) -> ReadView:
-        raw = await self._reader.read_raw(room, indices=indices, start=start, stop=stop,
-                                          step=step)
+        raw = None
+        if self._fast is not None:
+            raw = await self._read_fast(room, indices, start, stop, step)
+        if raw is None:
+            raw = await self._reader.read_raw(room, indices=indices, start=start, stop=stop,
+                                              step=step)
         return ReadView(seq=raw.seq, n_frames=raw.n_frames, exists=raw.exists,
                         indices=raw.indices, entries=parse_entries(raw.fids, raw.packed))
+
+    async def _read_fast(self, room: str, indices: list[int] | None, start: int | None,
+                         stop: int | None, step: int | None) -> RawIndex | None:
+        """The read over the pipelined connection; None if that connection failed (the
+        caller then uses redis-py, which reconnects and retries)."""
+        assert self._fast is not None
+        keys_, args = IndexReader.script_call(room, indices=indices, start=start, stop=stop,
+                                              step=step)
+        sha, source = self._reader.script
+        call: tuple[str | int, ...] = ("EVALSHA", sha, len(keys_), *keys_, *args)
+        try:
+            try:
+                reply = await self._fast.call(*call)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._fast.call("SCRIPT", "LOAD", source)
+                reply = await self._fast.call(*call)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.debug("gateway: pipelined index read failed (%s); using redis-py", exc)
+            return None
+        return IndexReader.answer(reply, indices)
 
 
 async def applied_slots(redis: aioredis.Redis, room: str) -> int:
@@ -213,10 +246,10 @@ class FrameLoader:
     """
 
     def __init__(self, redis: aioredis.Redis, cache: FrameCache | None = None,
-                 index: IndexReader | None = None) -> None:
+                 index: IndexReader | None = None, fast: PipelinedRedis | None = None) -> None:
         self._redis = redis
         self._cache = cache if cache is not None else FrameCache(0)
-        self.index = IndexScript(redis)
+        self.index = IndexScript(redis, fast)
         """The room index with light entries, for the read path."""
         self._read_ahead = index is not None
         self._rooms: OrderedDict[str, _RoomMemory] = OrderedDict()

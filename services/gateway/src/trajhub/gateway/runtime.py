@@ -25,6 +25,7 @@ from trajhub.gateway.collab import Collab
 from trajhub.gateway.collab_sockets import CollabSockets
 from trajhub.gateway.errors import ApiError, NotStarted
 from trajhub.gateway.forking import start_from
+from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.gateway.reader import FrameLoader
 from trajhub.gateway.sessions import Sessions
 from trajhub.gateway.sockets import (
@@ -96,7 +97,10 @@ class Gateway:
         self._stager = Stager(self._redis, ttl_s=self.settings.staging_ttl_s,
                               budget_bytes=int(self.settings.staging_budget_mb * 2**20),
                               cache=self.cache)
-        self._loader = FrameLoader(self._redis, self.cache, self._index)
+        fast = PipelinedRedis.for_client(self._redis)
+        if fast is not None:
+            self._owned.append(fast)
+        self._loader = FrameLoader(self._redis, self.cache, self._index, fast)
         try:
             await self.store()
         except ApiError as exc:  # serve anyway; /readyz reports it and reads retry
