@@ -119,6 +119,30 @@ async def test_a_silent_server_times_out(monkeypatch: pytest.MonkeyPatch) -> Non
         server.close()
 
 
+async def test_a_silent_handshake_is_a_connection_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipelined, "TIMEOUT_S", 0.2)
+    dropped: list[bool] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)  # SELECT, never answered
+        dropped.append(await reader.read(1 << 16) == b"")  # b"": the client hung up
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = PipelinedRedis({"host": "127.0.0.1", "port": port, "db": 2, "username": None,
+                             "password": None})
+    try:
+        with pytest.raises(RedisConnectionError, match="did not answer SELECT"):
+            await asyncio.wait_for(client.call("PING"), 5)
+        assert client._proto is None
+        await asyncio.sleep(0.1)
+        assert dropped == [True]  # the half-open connection was not left behind
+    finally:
+        await client.aclose()
+        server.close()
+
+
 def test_applies_only_to_plain_connections() -> None:
     assert PipelinedRedis.for_client(aioredis.Redis.from_url("rediss://localhost:6390")) is None
     unix = PipelinedRedis.for_client(

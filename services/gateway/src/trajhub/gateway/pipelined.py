@@ -130,7 +130,12 @@ class PipelinedRedis:
                         _Protocol, self._connect["host"], self._connect["port"]), TIMEOUT_S)
             except (TimeoutError, OSError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-            await self._handshake(proto)
+            try:
+                await self._handshake(proto)
+            except BaseException:
+                if proto.transport is not None:
+                    proto.transport.abort()
+                raise
             self._proto = proto
             self._retry_at = 0.0
             self._arm_watchdog()
@@ -145,10 +150,12 @@ class PipelinedRedis:
         if self._connect["db"]:
             commands.append(("SELECT", self._connect["db"]))
         for command in commands:
-            reply = await asyncio.wait_for(proto.send(pack(command)), TIMEOUT_S)
+            try:
+                reply = await asyncio.wait_for(proto.send(pack(command)), TIMEOUT_S)
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"Redis did not answer {command[0]!s} in time") from None
             if isinstance(reply, hiredis.ReplyError):
-                if proto.transport is not None:
-                    proto.transport.close()
                 raise RedisConnectionError(f"Redis refused {command[0]!s}: {reply}")
 
     def _arm_watchdog(self) -> None:
