@@ -3,7 +3,8 @@
     uv run python -m bench [--quick] [--only NAME[,NAME]] [--services] [--rss-gb 1,5]
                            [--plots] [--out PATH]
 
-Workloads (``--only`` names): bulk (upload, read-all, cold read-all at three shapes),
+Workloads (``--only`` names): bulk (upload, read-all, cold read-all at three shapes; and
+upload beside a bare Redis SET of the same bytes, staging's floor),
 frame (single frame fetch p50/p99), commit (latency, commits/s with 1 and 16 clients),
 fanout (room_frame and frames_changed to 50 sockets at 60 Hz), join (join time vs
 history length), rss (peak RSS of all server processes while uploading --rss-gb
