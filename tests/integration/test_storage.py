@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from trajhub.shared import codec, keys
 from trajhub.shared.embedded_redis import EmbeddedRedis
 from trajhub.shared.events import InsertFrames
 from trajhub.shared.hashing import frame_hash
+from trajhub.shared.ports import ProjectionCommit
 from trajhub.shared.zarr_store import ZarrFrameStore
 from trajhub.storage.worker import StorageWorker
 
@@ -126,14 +128,25 @@ async def test_reapply_is_idempotent(redis_url: str, r: aioredis.Redis,
 
 
 class CrashingStore(ZarrFrameStore):
-    """Fails the first projection commit, like a crash after the slots were written."""
+    """Fails the first projection commit, like a crash after the slots were written
+    (whether the commit rides with the last slot write or comes on its own)."""
 
     crashed = False
 
-    def commit_projection(self, *args: object, **kw: object) -> None:
+    def _crash(self) -> None:
         if not self.crashed:
             self.crashed = True
             raise RuntimeError("simulated crash before the commit point")
+
+    def write_slots(self, *args: Any, commit: ProjectionCommit | None = None,
+                    **kw: Any) -> None:
+        super().write_slots(*args, **kw)
+        if commit is not None:
+            self._crash()
+            super().commit_projection(args[0], *commit)
+
+    def commit_projection(self, *args: object, **kw: object) -> None:
+        self._crash()
         super().commit_projection(*args, **kw)  # type: ignore[arg-type]
 
 

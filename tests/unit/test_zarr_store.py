@@ -22,7 +22,7 @@ from zarr.storage import LocalStore
 
 from trajhub.shared.frames import Frame, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
-from trajhub.shared.ports import FrameStore
+from trajhub.shared.ports import FrameStore, ProjectionCommit
 from trajhub.shared.zarr_store import ProjectionError, ZarrFrameStore, open_store
 
 ROOM = "demo"
@@ -342,6 +342,32 @@ def test_projection_commit_and_read(store: ZarrFrameStore) -> None:
     with pytest.raises(ValueError, match="length"):
         store.commit_projection(ROOM, 9, [1, 2], [1], [1])
     assert store.n_slots(ROOM) == 6 and store.applied_seq(ROOM) == 8
+
+
+def test_projection_committed_with_the_slots_it_refers_to(store: ZarrFrameStore) -> None:
+    frames = [make_frame(2, i) for i in range(4)]
+    hashes = [frame_hash(f) for f in frames]
+    store.write_slots(ROOM, 0, frames[:2], hashes[:2],
+                      commit=ProjectionCommit(1, [1, 0], [1, 2], [1, 1]))
+    seq, order, fids, _ = store.read_projection(ROOM)
+    assert (seq, order.tolist(), fids.tolist()) == (1, [1, 0], [1, 2])
+    assert store.n_slots(ROOM) == 2
+    # Bad projections are refused before anything is written.
+    with pytest.raises(ValueError, match="outside"):
+        store.write_slots(ROOM, 2, frames[2:], hashes[2:],
+                          commit=ProjectionCommit(2, [4], [1], [1]))
+    with pytest.raises(ValueError, match="older"):
+        store.write_slots(ROOM, 2, frames[2:], hashes[2:],
+                          commit=ProjectionCommit(0, [], [], []))
+    assert store.n_slots(ROOM) == 2 and store.applied_seq(ROOM) == 1
+    store.write_slots(ROOM, 2, frames[2:], hashes[2:],
+                      commit=ProjectionCommit(2, [0, 3], [1, 4], [1, 1]))
+    # Slots already written (a retry after a crash) still commit the projection.
+    store.write_slots(ROOM, 0, frames, hashes, commit=ProjectionCommit(3, [3], [4], [2]))
+    seq, order, _, versions = store.read_projection(ROOM)
+    assert (seq, order.tolist(), versions.tolist()) == (3, [3], [2])
+    assert store.n_slots(ROOM) == 4
+    assert frames_equal(store.read_slots(ROOM, [3])[0], frames[3])
 
 
 def test_torn_projection_is_detected(store: ZarrFrameStore, tmp_path: Path) -> None:

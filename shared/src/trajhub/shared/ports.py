@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from trajhub.shared.collab import (
     LockAcquire,
@@ -21,6 +21,16 @@ from trajhub.shared.events import Command, CommitResult, ForkRoom
 from trajhub.shared.frames import Frame
 
 
+class ProjectionCommit(NamedTuple):
+    """A room's logical order as of ``seq`` (slot, frame id and version per index), to
+    be recorded by ``FrameStore.commit_projection`` or with the slots it refers to."""
+
+    seq: int
+    order: Sequence[int]
+    frame_ids: Sequence[int]
+    versions: Sequence[int]
+
+
 class FrameStore(Protocol):
     """Frame data of every room, in write-once slots (the storage projection).
 
@@ -31,8 +41,8 @@ class FrameStore(Protocol):
 
     def write_slots(self, room: str, start: int, frames: Sequence[Frame],
                     hashes: Sequence[str],
-                    layers: Sequence[tuple[int, Sequence[str]] | None] | None = None
-                    ) -> None:
+                    layers: Sequence[tuple[int, Sequence[str]] | None] | None = None,
+                    commit: ProjectionCommit | None = None) -> None:
         """Write ``frames`` to slots ``start .. start+len-1``, one call per key.
 
         Slots below ``n_slots(room)`` are already written and are skipped (write-once),
@@ -40,7 +50,9 @@ class FrameStore(Protocol):
         ``layers[i]`` (patches): None stores ``frames[i]`` whole; ``(base, keys)`` stores
         only ``keys`` of it (``frames[i]`` is still the whole merged frame and
         ``hashes[i]`` its hash), the other keys being read from slot ``base`` (< the
-        slot).
+        slot). ``commit``: also commit this projection, which may refer to the slots
+        being written, as ``commit_projection`` would after this call, but in the
+        same commit point (one fewer round of metadata writes).
         """
         ...
 

@@ -75,6 +75,7 @@ from trajhub.shared.codec import decode_array, encode_array, packb, unpackb
 from trajhub.shared.frames import Array, Frame, canonical_array, is_per_atom
 from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import InvalidName, check_key_name, check_room_name
+from trajhub.shared.ports import ProjectionCommit
 
 # VariableLengthBytes has no ratified v3 spec yet; zarr warns on every use.
 warnings.filterwarnings("ignore", category=UnstableSpecificationWarning,
@@ -295,6 +296,37 @@ def _projection_digest(*arrays: Array) -> str:
         h.update(len(arr).to_bytes(8, "little"))
         h.update(np.ascontiguousarray(arr, dtype="<i8").tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Projection:
+    seq: int
+    arrays: tuple[Array, Array, Array]  # order, frame ids, versions (int64)
+
+
+def _projection_arrays(commit: ProjectionCommit) -> _Projection:
+    arrays = (_as_int64(commit.order, "order"), _as_int64(commit.frame_ids, "frame_ids"),
+              _as_int64(commit.versions, "versions"))
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError("order, frame_ids and versions differ in length")
+    return _Projection(int(commit.seq), arrays)
+
+
+def _check_projection(room: str, projection: _Projection, applied_seq: int,
+                      n_slots: int) -> None:
+    if projection.seq < applied_seq:
+        raise ValueError(f"room {room!r}: seq {projection.seq} is older than the applied "
+                         f"seq {applied_seq}")
+    order = projection.arrays[0]
+    if order.size and (order.min() < 0 or order.max() >= n_slots):
+        raise ValueError(f"room {room!r}: order refers to slots outside "
+                         f"0..{n_slots - 1}")
+
+
+def _projection_attrs(projection: _Projection) -> dict[str, Any]:
+    """The group attributes that commit ``projection`` (with ``n_slots``)."""
+    return {"applied_seq": projection.seq, "n_frames": len(projection.arrays[0]),
+            "projection_sha256": _projection_digest(*projection.arrays)}
 
 
 def _as_int64(values: Sequence[int] | Array, what: str) -> Array:
@@ -729,8 +761,8 @@ class ZarrFrameStore:
             return self._write_locks.setdefault(room, threading.Lock())
 
     def write_slots(self, room: str, start: int, frames: Sequence[Frame],
-                    hashes: Sequence[str], layers: Sequence[Layer | None] | None = None
-                    ) -> None:
+                    hashes: Sequence[str], layers: Sequence[Layer | None] | None = None,
+                    commit: ProjectionCommit | None = None) -> None:
         """Write ``frames`` to slots ``start ..``: one Zarr write per array per call.
 
         Slots below ``n_slots`` are skipped (write-once); ``start > n_slots`` raises.
@@ -742,6 +774,9 @@ class ZarrFrameStore:
         written by this call). If ``base`` is itself a patch slot, the new slot stores
         its keys too and takes its base, so a base is always a whole slot. A patch
         whose frame lacks one of those keys (it would remove a key) is stored whole.
+
+        ``commit``: the projection arrays are written beside the slots and the group
+        attributes then record both at once (``commit_projection``'s checks apply).
         """
         check_room(room)
         if len(frames) != len(hashes):
@@ -752,12 +787,14 @@ class ZarrFrameStore:
         if bad:
             raise ValueError(f"not a sha256 hex digest: {str(bad[0])[:80]!r}")
         checked = _check_layers(start, len(frames), layers)
+        projection = None if commit is None else _projection_arrays(commit)
         canonical = []
         for i, frame in enumerate(frames):
             canonical.append(_canonical_frame(frame))
             _breathe(i)
         with self._write_lock(room):
-            _run(self._write_slots(room, start, canonical, list(hashes), checked))
+            _run(self._write_slots(room, start, canonical, list(hashes), checked,
+                                   projection))
 
     def init_fork(self, room: str, parent: str, parent_slots: int) -> None:
         """Make ``room`` a fork of ``parent``: its slots below ``parent_slots`` are read
@@ -796,7 +833,8 @@ class ZarrFrameStore:
         return group
 
     async def _write_slots(self, room: str, start: int, frames: list[Frame],
-                           hashes: list[str], layers: list[Layer | None] | None) -> None:
+                           hashes: list[str], layers: list[Layer | None] | None,
+                           projection: _Projection | None = None) -> None:
         group = await self._open_group(room)
         info = _room_info(group.attrs)
         n = info.n_slots
@@ -805,8 +843,14 @@ class ZarrFrameStore:
                              f"(n_slots={n})")
         frames, hashes = frames[n - start:], hashes[n - start:]
         if not frames:
+            if projection is not None:
+                await self._commit(room, projection)
             return
         end = n + len(frames)
+        commit_attrs: dict[str, Any] = {}
+        if projection is not None:
+            _check_projection(room, projection, info.applied_seq, end)
+            commit_attrs = _projection_attrs(projection)
         stored, bases = await self._layered(
             room, info, frames, None if layers is None else layers[n - start:])
         registry = dict(info.registry)
@@ -819,14 +863,19 @@ class ZarrFrameStore:
         if bases is not None:
             jobs.append(self._write_block(group, room, n, end, BASE_ARRAY, bases,
                                           chunks=(MAX_SLOT_CHUNK,), fill=-1))
+        if projection is not None:
+            jobs.extend(self._write_projection_array(group, name, values)
+                        for name, values in zip(PROJECTION_ARRAYS, projection.arrays,
+                                                strict=True))
         await asyncio.gather(*jobs)
         layered = info.layered or bases is not None
+        applied_seq = info.applied_seq if projection is None else projection.seq
         await group.update_attributes({
             "trajhub_format": FORMAT_VERSION, ARRAYS_ATTR: _registry_json(registry),
-            "n_slots": end, "applied_seq": info.applied_seq,
+            "n_slots": end, "applied_seq": applied_seq, **commit_attrs,
             **({LAYERED_ATTR: True} if layered else {})})
         with self._lock:
-            self._rooms[room] = _RoomInfo(end, info.applied_seq, registry, layered,
+            self._rooms[room] = _RoomInfo(end, applied_seq, registry, layered,
                                           info.parent, info.parent_slots)
             self._extend_row_caches(room, n, end, registry, info.registry, plans)
             if layered:
@@ -993,31 +1042,22 @@ class ZarrFrameStore:
         """Write ``_order``/``_frame_id``/``_version`` (one write each), then the group
         attributes ``applied_seq``/``n_slots`` (the commit point)."""
         check_room(room)
-        arrays = (_as_int64(order, "order"), _as_int64(frame_ids, "frame_ids"),
-                  _as_int64(versions, "versions"))
-        if len({len(a) for a in arrays}) != 1:
-            raise ValueError("order, frame_ids and versions differ in length")
+        projection = _projection_arrays(ProjectionCommit(seq, order, frame_ids, versions))
         with self._write_lock(room):
-            _run(self._commit(room, int(seq), arrays))
+            _run(self._commit(room, projection))
 
-    async def _commit(self, room: str, seq: int, arrays: tuple[Array, Array, Array]) -> None:
+    async def _commit(self, room: str, projection: _Projection) -> None:
         group = await self._open_group(room)
         info = _room_info(group.attrs)
-        if seq < info.applied_seq:
-            raise ValueError(f"room {room!r}: seq {seq} is older than the applied seq "
-                             f"{info.applied_seq}")
-        order = arrays[0]
-        if order.size and (order.min() < 0 or order.max() >= info.n_slots):
-            raise ValueError(f"room {room!r}: order refers to slots outside "
-                             f"0..{info.n_slots - 1}")
+        _check_projection(room, projection, info.applied_seq, info.n_slots)
         await asyncio.gather(*(self._write_projection_array(group, name, values)
-                               for name, values in zip(PROJECTION_ARRAYS, arrays,
+                               for name, values in zip(PROJECTION_ARRAYS, projection.arrays,
                                                        strict=True)))
         await group.update_attributes({
-            "trajhub_format": FORMAT_VERSION, "applied_seq": seq, "n_slots": info.n_slots,
-            "n_frames": len(order), "projection_sha256": _projection_digest(*arrays)})
+            "trajhub_format": FORMAT_VERSION, "n_slots": info.n_slots,
+            **_projection_attrs(projection)})
         with self._lock:
-            self._rooms[room] = replace(info, applied_seq=seq)
+            self._rooms[room] = replace(info, applied_seq=projection.seq)
 
     async def _write_projection_array(self, group: AsyncGroup, name: str,
                                       values: Array) -> None:

@@ -4,9 +4,11 @@ For a batch of events it writes every ``new_slots`` entry from the staged blobs 
 store call per contiguous slot range; a patch's slot keeps only its changed keys over
 its ``base`` slot, see ``FrameStore.write_slots``), applies the events to the room's
 projection (logical order -> slot, frame ids, versions) kept in memory, and commits:
-``store.commit_projection`` (the commit point), ``HSET {r}:applied``, XACK, then UNLINK
-the applied blobs. Every step is idempotent, so a crash anywhere is repaired by
-re-applying from the store's applied seq.
+the projection rides with the batch's last slot write (``write_slots(commit=...)``: one
+commit point for both; ``store.commit_projection`` when the batch writes no slot or a
+blob is missing), then ``HSET {r}:applied``, XACK, then UNLINK the applied blobs.
+Every step is idempotent, so a crash anywhere is repaired by re-applying from the
+store's applied seq.
 
 Replicas share the rooms: each holds the lease of the rooms it works on and, through
 the registry ``trajhub:storage:replicas``, prefers the rooms rendezvous hashing gives it
@@ -40,7 +42,7 @@ from trajhub.shared.frames import Array, Frame
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history_reader import HistoryGone, HistoryReader
 from trajhub.shared.history_store import ZarrHistoryStore
-from trajhub.shared.ports import FrameStore, HistoryStore
+from trajhub.shared.ports import FrameStore, HistoryStore, ProjectionCommit
 from trajhub.shared.zarr_store import ProjectionError
 from trajhub.storage.blob_archive import BlobArchive
 
@@ -83,6 +85,9 @@ class Projection:
     order: list[int] = field(default_factory=list)
     frame_ids: list[int] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
+
+    def commit(self) -> ProjectionCommit:
+        return ProjectionCommit(self.seq, self.order, self.frame_ids, self.versions)
 
     def copy(self) -> Projection:
         return Projection(self.seq, self.n_slots, list(self.order), list(self.frame_ids),
@@ -346,15 +351,21 @@ class StorageWorker(RoomConsumer):
         await self._init_fork(room, proj, events)
         writes = sorted({w.slot: w for e in events for w in e.new_slots
                          if w.slot >= proj.n_slots}.values(), key=lambda w: w.slot)
-        n_slots = await self._materialize(room, proj.n_slots, writes)
+        # The projection once every blob is written, committed with the last slot write
+        # (a thread: on a large room, copying and editing the order lists takes a while).
+        planned = writes[-1].slot + 1 if writes else proj.n_slots
+        work, count = await asyncio.to_thread(_apply_events, proj, events, planned)
+        commit = work.commit() if count else None
+        n_slots, committed = await self._materialize(room, proj.n_slots, writes, commit)
         proj.n_slots = n_slots  # written slots stay written even if nothing commits now
-        # A thread: on a large room, copying and editing the order lists takes a while.
-        work, count = await asyncio.to_thread(_apply_events, proj, events, n_slots)
-        if count == 0:
-            return 0
-        await self.ensure_lease(room)
-        await asyncio.to_thread(self.store.commit_projection, room, work.seq, work.order,
-                                work.frame_ids, work.versions)
+        if not committed:
+            if n_slots < planned:  # a blob is missing: commit the events before it
+                work, count = await asyncio.to_thread(_apply_events, proj, events, n_slots)
+            if count == 0:
+                return 0
+            await self.ensure_lease(room)
+            await asyncio.to_thread(self.store.commit_projection, room, *work.commit())
+        work.n_slots = n_slots
         self._projections[room] = work
         await self.redis.hset(keys.applied(room),
                               mapping={"seq": work.seq, "slots": work.n_slots})
@@ -445,12 +456,14 @@ class StorageWorker(RoomConsumer):
                                 first.parent_slots)
         proj.n_slots = max(proj.n_slots, first.parent_slots)
 
-    async def _materialize(self, room: str, n_slots: int, writes: list[SlotWrite]) -> int:
+    async def _materialize(self, room: str, n_slots: int, writes: list[SlotWrite],
+                           commit: ProjectionCommit | None = None) -> tuple[int, bool]:
         """Write ``writes`` (sorted, from slot ``n_slots`` on) from their blobs, in chunks
         of at most ``max_chunk_bytes``; the next chunk is fetched and decoded while the
-        previous one is being written. Returns the first slot not written."""
+        previous one is being written. ``commit`` goes with the last chunk if every blob
+        is there. Returns the first slot not written and whether ``commit`` was."""
         if not writes:
-            return n_slots
+            return n_slots, False
         if writes[0].slot != n_slots or writes[-1].slot - writes[0].slot != len(writes) - 1:
             raise IntegrityError(f"slots to write {writes[0].slot}..{writes[-1].slot} "
                                  f"({len(writes)}) do not continue from n_slots={n_slots}")
@@ -460,8 +473,11 @@ class StorageWorker(RoomConsumer):
         written = n_slots  # slots below are in the store
         writing: asyncio.Future[None] | None = None
         writing_end = n_slots
+        chunks = self._chunks(sizes)
+        complete = bool(chunks) and chunks[-1][1] == len(writes)
+        committed = False
         try:
-            for start, end in self._chunks(sizes):
+            for start, end in chunks:
                 await self.yield_to_foreground()
                 blobs: list[Any] = await self.redis.mget(blob_keys[start:end])
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
@@ -475,11 +491,14 @@ class StorageWorker(RoomConsumer):
                     await writing
                     writing, written = None, writing_end
                 if chunk:
+                    last = complete and end == len(writes) and got == len(blobs)
                     await self.ensure_lease(room)
                     writing = asyncio.ensure_future(asyncio.to_thread(
                         self.store.write_slots, room, chunk[0].slot, frames,
-                        [w.hash for w in chunk], _layers(chunk)))
+                        [w.hash for w in chunk], _layers(chunk),
+                        commit=commit if last else None))
                     writing_end = chunk[-1].slot + 1
+                    committed = last and commit is not None
                 if got < len(blobs):
                     break
             if writing is not None:
@@ -491,7 +510,7 @@ class StorageWorker(RoomConsumer):
                     await writing
         if written <= writes[-1].slot:
             self._missing(room, writes[written - n_slots])
-        return written
+        return written, committed and written == writes[-1].slot + 1
 
     def _chunks(self, sizes: list[int]) -> list[tuple[int, int]]:
         """Index ranges of at most ``max_chunk_bytes`` (at least one blob each), up to
