@@ -58,7 +58,7 @@ MAX_FRAMES_PER_READ = 10_000
 INLINE_RESPONSE_BYTES = 2**20
 """GET responses that join (copy) fewer bytes are put together on the loop: a thread hop
 would cost more. Frames of RESPONSE_CHUNK_BYTES or more are sent as they are."""
-RESPONSE_CHUNK_BYTES = 256 * 2**10
+RESPONSE_CHUNK_BYTES = 32 * 2**10
 """Smaller frames are joined into parts of about this size, each one ASGI message."""
 INLINE_UPLOAD_BYTES = 64 * 2**10
 """Smaller uploads (a single edit) are parsed and hashed on the loop (~0.1 ms); the thread
