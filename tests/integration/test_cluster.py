@@ -25,7 +25,7 @@ from tests.cluster_fixture import SLOTS, RedisClusterProcs, cluster_url, redis_c
 from trajhub.control import Control, IndexReader
 from trajhub.control import scripts as control_scripts
 from trajhub.gateway.bus import Bus
-from trajhub.shared import codec, consumer, hashing, keys
+from trajhub.shared import codec, consumer, hashing, keys, staging
 from trajhub.shared.collab import LockAcquire, LockRelease, PresenterRequest, SetStep
 from trajhub.shared.events import CommitResult, Event, InsertFrames, Redo, ReplaceFrames, Undo
 from trajhub.shared.history_store import ZarrHistoryStore
@@ -37,6 +37,7 @@ from trajhub.shared.redis_util import (
     sync_client,
     used_memory,
 )
+from trajhub.shared.staging import SIZES_LUA, pointing_markers
 from trajhub.shared.zarr_store import ZarrFrameStore
 from trajhub.snapshotter import compaction, history
 from trajhub.snapshotter.history import read_progress
@@ -248,8 +249,9 @@ async def test_compaction_forget_and_lease_scripts_on_every_node(
     for room in rooms:
         ok(await control.commit(InsertFrames(room=room, hashes=staged[room])))
         assert await compaction.compacted_below(rc, room) == 0
-        sizes = rc.register_script(storage_worker._SIZES_LUA)
+        sizes = rc.register_script(SIZES_LUA)
         assert await sizes(keys=[keys.blob(room, staged[room][0])]) != [0]
+        assert await pointing_markers(rc, room, staged[room][:1]) == [None]
     w = StorageWorker(cluster_url, ZarrFrameStore(tmp_path / "zarr"), "w1")
     try:
         for room in rooms:
@@ -313,7 +315,7 @@ def _lua_sources() -> dict[str, str]:
         ("lock", control_scripts.lock_script()),
         ("presenter", control_scripts.presenter_script()),
         ("fork", control_scripts.fork_script()))}
-    modules = {"consumer": consumer, "storage.worker": storage_worker,
+    modules = {"consumer": consumer, "storage.worker": storage_worker, "shared.staging": staging,
                "snapshotter.history": history, "snapshotter.compaction": compaction}
     for module_name, module in modules.items():
         for name, value in vars(module).items():

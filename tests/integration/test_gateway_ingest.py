@@ -22,6 +22,8 @@ from redis import Redis
 from trajhub.shared import codec, keys
 from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
+from trajhub.shared.staging import StagingPacks, resolve
+from trajhub.shared.zarr_store import open_zarr_store
 
 ROOM = "ingest"
 URL = f"/api/v1/rooms/{ROOM}/frames"
@@ -53,10 +55,12 @@ def assert_staged(gateway: GatewayServer, answer: dict[str, Any],  # noqa: F811
                   frames: list[Frame]) -> None:
     valid = [validate_frame(f) for f in frames]
     assert answer["hashes"] == [frame_hash(v) for v in valid]
+    packs = StagingPacks(open_zarr_store(gateway.settings.storage_url))
     redis = Redis.from_url(gateway.settings.redis_url)
     try:
-        for h, v in zip(answer["hashes"], valid, strict=True):
-            assert redis.get(keys.blob(ROOM, h)) == codec.frame_to_bytes(v)
+        values = redis.mget([keys.blob(ROOM, h) for h in answer["hashes"]])
+        # A bulk request is staged in a pack: its keys hold markers to follow.
+        assert resolve(packs, ROOM, values) == [codec.frame_to_bytes(v) for v in valid]
     finally:
         redis.close()
 

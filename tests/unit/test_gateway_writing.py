@@ -39,11 +39,11 @@ def test_small_writes_do_not_make_storage_wait() -> None:
     assert gw.busy_with_writes(grace_s=60)
 
 
-def test_storage_stops_deferring_once_the_staged_backlog_is_large() -> None:
+async def test_storage_stops_deferring_once_the_staged_backlog_is_large() -> None:
     gw = Gateway(Settings())
     stager = Stager(aioredis.Redis(), ttl_s=60, budget_bytes=1 << 40)
     gw._stager = stager
     with gw.writing():
         assert gw.busy_with_writes(grace_s=0)
-        stager.staged(["0" * 64], [b"x" * (YIELD_BACKLOG_BYTES + 1)])
+        await stager.staged("r", ["0" * 64], [b"x" * (YIELD_BACKLOG_BYTES + 1)])
         assert not gw.busy_with_writes(grace_s=0), "the backlog must drain during uploads"

@@ -28,6 +28,13 @@ class Settings(BaseModel):
         3600, description="TRAJHUB_STAGING_TTL_S: life of an uncommitted upload")
     staging_budget_mb: float = Field(2048.0, description=(
         "TRAJHUB_STAGING_BUDGET_MB: refuse uploads (503) when Redis uses more than this"))
+    staging_pack_mb: float = Field(1.0, ge=0, description=(
+        "TRAJHUB_STAGING_PACK_MB: an upload whose frames total at least this is staged as "
+        "one pack object in the frame store (<room>/_staging/), with small markers in "
+        "Redis, rather than in Redis itself (0: always in Redis)"))
+    staging_fsync: bool = Field(True, description=(
+        "TRAJHUB_STAGING_FSYNC: fdatasync each pack before its commit is acknowledged "
+        "(local directory stores)"))
     cache_mb: float = Field(64.0, ge=0, description=(
         "TRAJHUB_CACHE_MB: the gateway's in-memory cache of encoded frames (0 disables)"))
     undo_retention: int = Field(10_000, ge=0, description=(

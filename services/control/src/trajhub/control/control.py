@@ -109,9 +109,11 @@ class Control:
         return "" if self.clock is None else str(int(self.clock()))
 
     # -- commits ---------------------------------------------------------------------
-    async def commit(self, command: Command, *, stage: Mapping[str, bytes] | None = None,
+    async def commit(self, command: Command, *,
+                     stage: Mapping[str, bytes | memoryview] | None = None,
                      stage_ttl_s: int = 3600) -> CommitResult:
-        """Commit ``command``. ``stage`` (hash -> canonical frame bytes) is staged
+        """Commit ``command``. ``stage`` (hash -> canonical frame bytes, or a
+        marker into a staging pack: ``trajhub.shared.staging``) is staged
         (SET NX EX) in the same round trip, just before the script runs."""
         if command.idempotency_key is None:
             # Every commit is idempotent in the script, so the Redis client may safely
@@ -159,7 +161,8 @@ class Control:
         return result.model_copy(update={"replayed": True}) if replayed else result
 
     async def _run_and_announce(self, script: AsyncScript, room: str, script_keys: list[str],
-                                args: list[str | int], staged: list[tuple[str, bytes]],
+                                args: list[str | int],
+                                staged: list[tuple[str, bytes | memoryview]],
                                 stage_ttl_s: int) -> Any:
         """Stage, run the commit script and announce the room.
 

@@ -38,6 +38,7 @@ from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_to_bytes, packb
 from trajhub.shared.ports import FrameStore
+from trajhub.shared.staging import StagingPacks, has_markers, packs_of, resolve
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,7 @@ class FrameLoader:
         """The room index with light entries, for the read path."""
         self._read_ahead = index is not None
         self._rooms: OrderedDict[str, _RoomMemory] = OrderedDict()
+        self._packs: dict[int, StagingPacks | None] = {}
 
     async def load(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
                    keys: Sequence[str] | None,
@@ -306,7 +308,7 @@ class FrameLoader:
         zarr_slots = [s for s in missing if s < applied]
         blob_slots = [s for s in missing if s >= applied]
         if blob_slots:
-            zarr_slots += await self._load_blobs(room, blob_slots, hash_of, got)
+            zarr_slots += await self._load_blobs(room, store, blob_slots, hash_of, got)
         if not zarr_slots:
             return
         zarr_slots.sort()
@@ -330,12 +332,20 @@ class FrameLoader:
         size = memory.frame_bytes if memory is not None else 0
         return size * n_frames <= self._cache.budget_bytes * READ_AHEAD_SHARE
 
-    async def _load_blobs(self, room: str, slots: list[int], hash_of: dict[int, str],
-                          got: _Load) -> list[int]:
-        """Read staged blobs into ``got`` (and the cache); returns the slots whose blob
-        is gone (applied and deleted since we read ``applied``)."""
+    def _packs_of(self, store: FrameStore) -> StagingPacks | None:
+        if id(store) not in self._packs:
+            self._packs[id(store)] = packs_of(store)
+        return self._packs[id(store)]
+
+    async def _load_blobs(self, room: str, store: FrameStore, slots: list[int],
+                          hash_of: dict[int, str], got: _Load) -> list[int]:
+        """Read staged blobs (from Redis, or the packs their markers name) into ``got``
+        (and the cache); returns the slots whose blob is gone (applied and deleted since
+        we read ``applied``)."""
         values: list[Any] = await self._redis.mget([rkeys.blob(room, hash_of[s])
                                                     for s in slots])
+        if has_markers(values):
+            values = await asyncio.to_thread(resolve, self._packs_of(store), room, values)
         gone = []
         found: list[tuple[str, bytes]] = []
         for slot, value in zip(slots, values, strict=True):

@@ -7,6 +7,7 @@ gateways can run in one process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import socketio
+from zarr.abc.store import Store
 
 from trajhub.control import Control, ControlUnavailable, HttpControl, IndexReader
 from trajhub.gateway.broadcaster import Broadcaster
@@ -38,11 +40,14 @@ from trajhub.gateway.staging import Stager
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.redis_util import async_client
 from trajhub.shared.settings import Settings
+from trajhub.shared.staging import StagingPacks, sweep
 from trajhub.shared.zarr_store import open_store
 
 log = logging.getLogger(__name__)
 BULK_WRITE_BYTES = 1 << 20
 """Write requests from this size on make all-in-one storage defer (see ``writing``)."""
+SWEEP_EVERY_S = 600.0
+"""How often a gateway looks for expired staging packs (at most; a quarter of the TTL)."""
 YIELD_BACKLOG_BYTES = 32 << 20
 """... unless Redis holds this much already (staged frames waiting for storage). At
 128 MiB, the 300 MB memory budget (#6) was missed by the backlog alone; 32 MiB costs a
@@ -71,6 +76,7 @@ class Gateway:
         self._index: IndexReader | None = None
         self._stager: Stager | None = None
         self._loader: FrameLoader | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.cache = FrameCache(int(settings.cache_mb * 2**20))
         self._owned: list[Any] = []
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
@@ -96,19 +102,42 @@ class Gateway:
         self._index = IndexReader(self._redis)
         self._stager = Stager(self._redis, ttl_s=self.settings.staging_ttl_s,
                               budget_bytes=int(self.settings.staging_budget_mb * 2**20),
-                              cache=self.cache)
+                              cache=self.cache,
+                              pack_min_bytes=int(self.settings.staging_pack_mb * 2**20))
         fast = PipelinedRedis.for_client(self._redis)
         if fast is not None:
             self._owned.append(fast)
         self._loader = FrameLoader(self._redis, self.cache, self._index, fast)
         try:
-            await self.store()
+            self._attach_packs(await self.store())
         except ApiError as exc:  # serve anyway; /readyz reports it and reads retry
             log.error("gateway: %s", exc.detail)
         self.broadcaster.start()
         await self.bus.start()
+        self._sweeper = asyncio.create_task(self._sweep_packs(), name="staging-sweep")
+
+    async def _sweep_packs(self) -> None:
+        """Now and then, delete staging packs whose uploads were never committed."""
+        every = max(1.0, min(self.settings.staging_ttl_s / 4, SWEEP_EVERY_S))
+        while True:
+            await asyncio.sleep(every)
+            packs = self.stager.packs if self._stager is not None else None
+            if packs is None:
+                continue
+            try:
+                gone = await sweep(self.redis, packs, self.settings.staging_ttl_s)
+            except Exception:
+                log.exception("gateway: sweeping staging packs failed; will retry")
+                continue
+            if gone:
+                log.info("gateway: deleted %d expired staging packs", len(gone))
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         await self.collab.stop()
         await self.bus.stop()
         await self.broadcaster.stop()
@@ -214,4 +243,11 @@ class Gateway:
                     raise ApiError(503, f"frame store {self.settings.storage_url!r} cannot "
                                         f"be opened: {exc}") from exc
                 self._owned.append(self._store)
+                self._attach_packs(self._store)
             return self._store
+
+    def _attach_packs(self, store: FrameStore) -> None:
+        """Stage bulk uploads beside the store's rooms (a store that is not Zarr: never)."""
+        root = getattr(store, "store", None)
+        if self._stager is not None and isinstance(root, Store):
+            self._stager.packs = StagingPacks(root, fsync=self.settings.staging_fsync)

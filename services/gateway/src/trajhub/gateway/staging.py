@@ -1,10 +1,12 @@
-"""Staging uploaded frames as content-addressed blobs in Redis, within a memory budget."""
+"""Staging uploaded frames as content-addressed blobs in Redis, within a memory budget;
+a bulk upload's frames as one pack in the frame store, with markers in Redis
+(``trajhub.shared.staging``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -12,6 +14,7 @@ from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.errors import ApiError
 from trajhub.shared import keys
 from trajhub.shared.redis_util import used_memory
+from trajhub.shared.staging import StagingPacks
 
 MEMORY_CACHE_S = 1.0
 RETRY_AFTER_S = 5
@@ -22,8 +25,12 @@ frames): a large upload must not flush the frames viewers are reading."""
 
 class Stager:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int, budget_bytes: int,
-                 cache: FrameCache | None = None) -> None:
+                 cache: FrameCache | None = None, pack_min_bytes: int = 0) -> None:
         self._redis = redis
+        self.packs: StagingPacks | None = None
+        """Where bulk uploads are staged (set once the frame store is open)."""
+        self.pack_min_bytes = pack_min_bytes
+        """Uploads whose frames total at least this go to a pack (0: never)."""
         self._cache = cache
         self._ttl_s = ttl_s
         self._budget = budget_bytes
@@ -54,17 +61,27 @@ class Stager:
                 f"{self._budget // 2**20} MiB); retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    def staged(self, hashes: Sequence[str],
-               blobs: Sequence[bytes | memoryview]) -> dict[str, bytes]:
-        """What ``stage`` would SET (hash -> blob), for an in-process commit that stages
-        in its own round trip; counts it against the budget and fills the cache."""
+    async def staged(self, room: str, hashes: Sequence[str],
+                     blobs: Sequence[bytes | memoryview]) -> dict[str, bytes | memoryview]:
+        """What ``stage`` would SET (hash -> blob or pack marker), for an in-process
+        commit that stages in its own round trip; writes the pack if there is one, counts
+        Redis's share against the budget and fills the cache."""
         # Memoryviews into the request body go to redis-py as they are (no copy);
         # control only hands the values to its pipeline.
-        out = cast(dict[str, bytes], dict(zip(hashes, blobs, strict=True)))
+        out = await self._values(room, hashes, blobs)
         if self._cache is not None:
             self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         self._used += sum(len(b) for b in out.values())
         return out
+
+    async def _values(self, room: str, hashes: Sequence[str],
+                      blobs: Sequence[bytes | memoryview]) -> dict[str, bytes | memoryview]:
+        """hash -> the value of its Redis key: the blob, or a marker into a new pack."""
+        packs = self.packs
+        if (packs is not None and self.pack_min_bytes > 0
+                and sum(len(b) for b in blobs) >= self.pack_min_bytes):
+            return dict(await asyncio.to_thread(packs.write, room, hashes, blobs))
+        return dict(zip(hashes, blobs, strict=True))
 
     @property
     def ttl_s(self) -> int:
@@ -72,19 +89,15 @@ class Stager:
 
     async def stage(self, room: str, hashes: Sequence[str],
                     blobs: Sequence[bytes | memoryview]) -> None:
-        """SET each blob with a TTL, pipelined. NX: never touch a blob that a commit
-        already PERSISTed (resetting its TTL could expire it before storage applies it)."""
+        """SET each blob (or its marker) with a TTL, pipelined. NX: never touch a blob
+        that a commit already PERSISTed (resetting its TTL could expire it before storage
+        applies it)."""
+        values = await self._values(room, hashes, blobs)
         pipe = self._redis.pipeline(transaction=False)
-        seen: set[str] = set()
-        staged = 0
-        for h, blob in zip(hashes, blobs, strict=True):
-            if h in seen:
-                continue
-            seen.add(h)
-            pipe.set(keys.blob(room, h), blob, ex=self._ttl_s, nx=True)
-            staged += len(blob)
+        for h, value in values.items():
+            pipe.set(keys.blob(room, h), value, ex=self._ttl_s, nx=True)
         await pipe.execute()
         if self._cache is not None:
             self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         # Count our own uploads against the cached figure until the next INFO.
-        self._used += staged
+        self._used += sum(len(v) for v in values.values())

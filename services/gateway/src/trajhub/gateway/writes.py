@@ -99,7 +99,8 @@ async def stage_and_commit(stager: Stager, control: ControlPort, command: Comman
     stages in the commit's own round trip (~0.5 ms less per edit); over HTTP the
     gateway stages first."""
     if isinstance(control, Control):
-        return checked(await control.commit(command, stage=stager.staged(hashes, blobs),
+        staged = await stager.staged(command.room, hashes, blobs)
+        return checked(await control.commit(command, stage=staged,
                                             stage_ttl_s=stager.ttl_s))
     await stager.stage(command.room, hashes, blobs)
     return await commit(control, command)

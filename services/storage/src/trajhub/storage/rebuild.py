@@ -30,7 +30,7 @@ room's group and nothing live is touched; the operator stops storage and swaps t
 directories. Without ``into`` the store must be a local directory: the group is built
 in ``<root>/.rebuild/<stamp>/<room>``, under the room's storage lease (a running
 storage worker keeps away from the room), then swapped in by renames: the old group's
-entries (all but ``_history``, its ``zarr.json`` first) move to
+entries (all but ``_history`` and ``_staging``, its ``zarr.json`` first) move to
 ``<root>/.rebuild/<stamp>/<room>.old``, the new arrays move in and the new
 ``zarr.json`` last. The swap is a few renames, not one: a reader during it may fail a
 read (and retry), and a crash in it leaves both halves under ``.rebuild`` to finish by
@@ -58,6 +58,7 @@ from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history_reader import HistoryReader
 from trajhub.shared.history_store import HISTORY_DIR, ZarrHistoryStore
 from trajhub.shared.ports import HistoryStore
+from trajhub.shared.staging import STAGING_DIR, has_markers, packs_of, resolve
 from trajhub.shared.zarr_store import ZarrFrameStore, open_store
 from trajhub.storage.blob_archive import BlobArchive
 from trajhub.storage.worker import Projection, _layers, frame_view
@@ -217,6 +218,8 @@ class _Sources:
     async def _from_blobs(self, wanted: dict[str, int]) -> list[tuple[str, Frame, str]]:
         hashes = list(wanted)
         blobs: list[Any] = await self.redis.mget([keys.blob(self.room, h) for h in hashes])
+        if has_markers(blobs):
+            blobs = await asyncio.to_thread(resolve, packs_of(self.old), self.room, blobs)
         return _decoded(hashes, blobs, "blob")
 
     async def _from_archive(self, wanted: dict[str, int]) -> list[tuple[str, Frame, str]]:
@@ -313,14 +316,15 @@ async def _verify(target: ZarrFrameStore, room: str, writes: list[SlotWrite],
 
 def _swap_local(root: Path, staging: Path, room: str) -> Path:
     """Move the new group at ``staging/room`` to ``root/room``, the old one's entries
-    (but ``_history``) to ``staging/room.old``; ``zarr.json`` out first and in last."""
+    (but ``_history`` and ``_staging``) to ``staging/room.old``; ``zarr.json`` out first
+    and in last."""
     live, new, old = root / room, staging / room, staging / f"{room}.old"
     old.mkdir(parents=True)
     live.mkdir(exist_ok=True)
     if (live / "zarr.json").exists():
         (live / "zarr.json").rename(old / "zarr.json")
     for entry in list(live.iterdir()):
-        if entry.name != HISTORY_DIR:
+        if entry.name not in (HISTORY_DIR, STAGING_DIR):
             entry.rename(old / entry.name)
     for entry in list(new.iterdir()):
         if entry.name != "zarr.json":

@@ -43,6 +43,14 @@ from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history_reader import HistoryGone, HistoryReader
 from trajhub.shared.history_store import ZarrHistoryStore
 from trajhub.shared.ports import FrameStore, HistoryStore, ProjectionCommit
+from trajhub.shared.staging import (
+    SIZES_LUA,
+    has_markers,
+    packs_of,
+    pointing_markers,
+    release_packs,
+    resolve,
+)
 from trajhub.shared.zarr_store import ProjectionError
 from trajhub.storage.blob_archive import BlobArchive
 
@@ -54,15 +62,7 @@ call costs about a chunk per array beside the data (it rewrites the partly fille
 so smaller chunks cost more CPU in all; the next chunk is fetched and decoded while one
 is being written, so about three chunks are in memory at a time."""
 SIZE_KEYS = 10_000
-"""Blob keys per STRLEN script call."""
-
-# The sizes of the blobs, in one round trip and without a reply per key to parse.
-_SIZES_LUA = """
-local sizes = {}
-for i, key in ipairs(KEYS) do sizes[i] = redis.call('STRLEN', key) end
-return sizes
-"""
-
+"""Blob keys per sizes script call."""
 
 class ProjectionStore(FrameStore, Protocol):
     """A FrameStore that can also read back the committed projection."""
@@ -318,7 +318,9 @@ class StorageWorker(RoomConsumer):
         self.archive = archive
         """Copy every blob here before writing its slot (``TRAJHUB_ARCHIVE_BLOBS``), so
         that ``trajhub rebuild`` can restore the room without its Zarr data arrays."""
-        self._sizes = self.redis.register_script(_SIZES_LUA)
+        self._sizes = self.redis.register_script(SIZES_LUA)
+        self.packs = packs_of(store)
+        """Where bulk uploads' frames are staged (markers in their Redis keys)."""
         self._projections: dict[str, Projection] = {}
 
     async def apply_room(self, room: str) -> int:
@@ -376,11 +378,17 @@ class StorageWorker(RoomConsumer):
 
     async def after_ack(self, room: str, events: Sequence[Event]) -> None:
         # The slots are in the store now (also for events applied before a crash).
-        blob_keys = {keys.blob(room, w.hash) for e in events for w in e.new_slots}
-        if blob_keys:
-            # UNLINK frees the (large) values in the background: Redis, which the gateway
-            # is staging the next upload into, is not held up.
-            await self.redis.unlink(*blob_keys)
+        hashes = list(dict.fromkeys(w.hash for e in events for w in e.new_slots))
+        if not hashes:
+            return
+        refs = await pointing_markers(self.redis, room, hashes) if self.packs else []
+        # UNLINK frees the (large) values in the background: Redis, which the gateway
+        # is staging the next upload into, is not held up.
+        await self.redis.unlink(*(keys.blob(room, h) for h in hashes))
+        names = [r.pack for r in refs if r is not None]
+        if names and self.packs is not None:
+            # A crash before this leaves the packs to the gateways' sweep.
+            await release_packs(self.redis, self.packs, room, names)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -480,6 +488,8 @@ class StorageWorker(RoomConsumer):
             for start, end in chunks:
                 await self.yield_to_foreground()
                 blobs: list[Any] = await self.redis.mget(blob_keys[start:end])
+                if has_markers(blobs):
+                    blobs = await asyncio.to_thread(resolve, self.packs, room, blobs)
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]
                 if self.archive is not None and chunk:

@@ -1,0 +1,289 @@
+"""Bulk uploads staged as packs in the frame store, with markers in Redis: the gateway
+writes them, readers follow them, storage applies and releases them, the sweep removes
+the ones nobody committed. Real Redis, real Zarr directories, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from gateway_server import (  # noqa: F401  (fixtures)
+    GatewayServer,
+    apply_room,
+    gateway,
+    get_frames,
+    make_frame,
+    post_frames,
+    start_gateway,
+)
+from redis import Redis
+from zarr.abc.store import Store
+from zarr.storage import LocalStore, MemoryStore
+
+from tests.helpers import eventually
+from tests.s3_fixture import new_s3_url
+from trajhub.gateway.staging import Stager
+from trajhub.shared import codec, keys
+from trajhub.shared.frames import Frame, frames_equal, validate_frame
+from trajhub.shared.hashing import frame_hash
+from trajhub.shared.staging import (
+    MARKER,
+    StagingPacks,
+    parse_marker,
+    pointing_markers,
+    release_packs,
+    resolve,
+    sweep,
+)
+from trajhub.shared.zarr_store import open_store, open_zarr_store
+
+ROOM = "packs"
+BIG_ATOMS = 25_000  # ~1 MB per frame with the extras: two frames pass 1 MiB
+
+
+@pytest.fixture
+def client(gateway: GatewayServer) -> Iterator[httpx.Client]:  # noqa: F811
+    with httpx.Client(base_url=gateway.url, timeout=30) as c:
+        yield c
+
+
+def staging_dir(tmp_path: Path, room: str = ROOM) -> Path:
+    return tmp_path / "zarr" / room / "_staging"
+
+
+def pack_files(tmp_path: Path, room: str = ROOM) -> list[Path]:
+    d = staging_dir(tmp_path, room)
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+def staged_values(redis_url: str, frames: list[Frame], room: str = ROOM) -> list[bytes | None]:
+    with Redis.from_url(redis_url) as r:
+        return list(r.mget([keys.blob(room, frame_hash(f)) for f in frames]))
+
+
+def big_frames(n: int, seed: int = 0) -> list[Frame]:
+    return [validate_frame(make_frame(BIG_ATOMS, seed=seed + i)) for i in range(n)]
+
+
+def assert_frames(client: httpx.Client, expected: list[Frame], room: str = ROOM) -> None:
+    got = get_frames(client, room)
+    assert got["hashes"] == [frame_hash(f) for f in expected]
+    for want, have in zip(expected, got["frames"], strict=True):
+        assert frames_equal(want, have)
+
+
+def test_a_bulk_upload_is_staged_as_one_pack_read_from_it_and_released_once_applied(
+        client: httpx.Client, redis_url: str, tmp_path: Path,
+        apply_room: Callable[[str], int]) -> None:  # noqa: F811
+    frames = big_frames(3)
+    r = post_frames(client, ROOM, frames)
+    assert r.status_code == 201, r.text
+
+    packs = pack_files(tmp_path)
+    assert len(packs) == 1, "one request, one pack"
+    values = staged_values(redis_url, frames)
+    refs = [parse_marker(v) for v in values]
+    assert all(v is not None and v[:1] == MARKER and len(v) < 100 for v in values), \
+        "Redis holds small markers, not the frames"
+    assert {ref.pack for ref in refs if ref is not None} == {packs[0].name}
+    sizes = [len(codec.frame_to_bytes(f)) for f in frames]
+    assert [ref.size for ref in refs if ref is not None] == sizes
+
+    # Committed, not applied (no storage runs here): served from the pack.
+    assert_frames(client, frames)
+
+    assert apply_room(ROOM) == 1
+    assert staged_values(redis_url, frames) == [None] * 3
+    assert pack_files(tmp_path) == [], "storage releases the pack it applied"
+    stored = open_store(str(tmp_path / "zarr")).read_slots(ROOM, [0, 1, 2])
+    for want, have in zip(frames, stored, strict=True):
+        assert frames_equal(want, have)
+    assert_frames(client, frames)
+
+
+def test_a_small_edit_stays_in_redis(client: httpx.Client, redis_url: str,
+                                     tmp_path: Path) -> None:
+    frames = [validate_frame(make_frame(50, seed=1))]
+    assert post_frames(client, ROOM, frames).status_code == 201
+    assert staged_values(redis_url, frames) == [codec.frame_to_bytes(frames[0])]
+    assert pack_files(tmp_path) == []
+
+
+def test_packs_can_be_turned_off(start_gateway: Callable[..., GatewayServer],  # noqa: F811
+                                 redis_url: str, tmp_path: Path) -> None:
+    server = start_gateway(staging_pack_mb=0)
+    frames = big_frames(2)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert post_frames(c, ROOM, frames).status_code == 201
+        assert_frames(c, frames)
+    assert staged_values(redis_url, frames) == [codec.frame_to_bytes(f) for f in frames]
+    assert pack_files(tmp_path) == []
+
+
+def test_a_lost_pack_is_a_missing_blob_for_storage(
+        client: httpx.Client, redis_url: str, tmp_path: Path,
+        apply_room: Callable[[str], int]) -> None:  # noqa: F811
+    frames = big_frames(2)
+    assert post_frames(client, ROOM, frames).status_code == 201
+    (pack,) = pack_files(tmp_path)
+    data = pack.read_bytes()
+    pack.unlink()
+    assert apply_room(ROOM) == 0, "nothing is applied without the frames"
+    assert all(v is not None for v in staged_values(redis_url, frames)), \
+        "the markers stay for a retry"
+    pack.write_bytes(data)
+    assert apply_room(ROOM) == 1
+    assert pack_files(tmp_path) == []
+    assert_frames(client, frames)
+
+
+def test_duplicate_content_in_one_upload_is_packed_once(
+        client: httpx.Client, redis_url: str, tmp_path: Path,
+        apply_room: Callable[[str], int]) -> None:  # noqa: F811
+    a, b = big_frames(2, seed=5)
+    r = post_frames(client, ROOM, [a, b, a])
+    assert r.status_code == 201, r.text
+    (pack,) = pack_files(tmp_path)
+    sizes = [len(codec.frame_to_bytes(f)) for f in (a, b)]
+    assert pack.stat().st_size == 8 + 4 + 2 * 32 + sum(sizes)
+    assert_frames(client, [a, b, a])
+    assert apply_room(ROOM) == 1
+    assert pack_files(tmp_path) == []
+    assert_frames(client, [a, b, a])
+
+
+def test_the_gateway_sweeps_the_pack_of_a_refused_upload(
+        start_gateway: Callable[..., GatewayServer], redis_url: str,  # noqa: F811
+        tmp_path: Path) -> None:
+    server = start_gateway(staging_ttl_s=1)
+    frames = big_frames(2)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert post_frames(c, ROOM, frames).status_code == 201
+        (committed,) = pack_files(tmp_path)
+        body = codec.frames_to_bytes(big_frames(2, seed=50), indices=[0, 1],
+                                     base_versions=[7, 7])
+        stale = c.put(f"/api/v1/rooms/{ROOM}/frames", content=body,
+                      headers={"content-type": "application/msgpack"})
+        assert stale.status_code == 409, stale.text
+        assert len(pack_files(tmp_path)) == 2
+
+        async def only_the_committed_pack_is_left() -> bool:
+            return pack_files(tmp_path) == [committed]
+
+        asyncio.run(eventually(only_the_committed_pack_is_left, limit_s=15))
+        assert_frames(c, frames)
+
+
+# -- the Redis side, directly -------------------------------------------------------------
+
+def frame_blobs(n: int, seed: int = 0) -> tuple[list[str], list[bytes]]:
+    frames = [validate_frame(make_frame(40, seed=seed + i)) for i in range(n)]
+    return [frame_hash(f) for f in frames], [codec.frame_to_bytes(f) for f in frames]
+
+
+async def test_stager_stages_a_pack_for_http_control(r: aioredis.Redis,
+                                                     tmp_path: Path) -> None:
+    packs = StagingPacks(LocalStore(tmp_path / "store"))
+    stager = Stager(r, ttl_s=60, budget_bytes=1 << 40, pack_min_bytes=1)
+    stager.packs = packs
+    hashes, blobs = frame_blobs(3)
+    await stager.stage(ROOM, hashes, blobs)
+    values = await r.mget([keys.blob(ROOM, h) for h in hashes])
+    assert all(parse_marker(v) is not None for v in values)
+    assert 0 < await r.ttl(keys.blob(ROOM, hashes[0])) <= 60
+    assert resolve(packs, ROOM, values) == blobs
+    assert len(packs.packs(ROOM)) == 1
+
+
+async def test_a_pack_is_released_only_once_no_marker_points_to_it(
+        r: aioredis.Redis, tmp_path: Path) -> None:
+    packs = StagingPacks(LocalStore(tmp_path / "store"))
+    hashes, blobs = frame_blobs(3)
+    markers = packs.write(ROOM, hashes, blobs)
+    (name,) = packs.packs(ROOM)
+    await r.mset({keys.blob(ROOM, h): m for h, m in markers.items()})
+    assert await release_packs(r, packs, ROOM, [name]) == []
+    await r.delete(keys.blob(ROOM, hashes[0]), keys.blob(ROOM, hashes[1]))
+    assert await release_packs(r, packs, ROOM, [name]) == [], "one frame still waits"
+    # A marker of the same content into another pack does not hold this one.
+    other = packs.write(ROOM, hashes[2:], blobs[2:])
+    await r.set(keys.blob(ROOM, hashes[2]), other[hashes[2]])
+    assert await release_packs(r, packs, ROOM, [name]) == [name]
+    assert packs.packs(ROOM) == [parse_marker(other[hashes[2]]).pack]  # type: ignore[union-attr]
+    refs = await pointing_markers(r, ROOM, hashes)
+    assert refs[:2] == [None, None] and refs[2] is not None
+
+
+async def test_sweep_deletes_old_unreferenced_packs_only(r: aioredis.Redis,
+                                                         tmp_path: Path) -> None:
+    packs = StagingPacks(LocalStore(tmp_path / "store"))
+    hashes, blobs = frame_blobs(4)
+    committed = packs.write(ROOM, hashes[:2], blobs[:2])  # its markers persist
+    packs.write(ROOM, hashes[2:], blobs[2:])  # never committed: no markers
+    packs.write("other-room", hashes[:1], blobs[:1])
+    await r.mset({keys.blob(ROOM, h): m for h, m in committed.items()})
+    assert len(packs.packs(ROOM)) == 2
+
+    assert await sweep(r, packs, ttl_s=3600) == [], "young packs stay"
+    gone = await sweep(r, packs, ttl_s=3600, now=time.time() + 7200)
+    assert sorted(room for room, _ in gone) == ["other-room", ROOM]
+    (left,) = packs.packs(ROOM)
+    assert left == parse_marker(committed[hashes[0]]).pack  # type: ignore[union-attr]
+    assert packs.packs("other-room") == []
+
+
+# -- the pack store contract, on a local directory and on any other zarr store -----------
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def any_packs(request: pytest.FixtureRequest, tmp_path: Path) -> StagingPacks:
+    store: Store
+    if request.param == "local":
+        store = LocalStore(tmp_path / "s")
+    elif request.param == "memory":
+        store = MemoryStore()
+    else:
+        store = open_zarr_store(new_s3_url())
+    return StagingPacks(store, fsync=True)
+
+
+def test_pack_store_contract(any_packs: StagingPacks) -> None:
+    hashes, blobs = frame_blobs(3, seed=9)
+    markers = any_packs.write(ROOM, [*hashes, hashes[0]], [*blobs, blobs[0]])
+    assert list(markers) == hashes
+    refs = [parse_marker(m) for m in markers.values()]
+    assert all(ref is not None for ref in refs)
+    (name,) = any_packs.packs(ROOM)
+    assert any_packs.rooms() == [ROOM]
+    assert any_packs.hashes(ROOM, name) == hashes
+    assert any_packs.read(ROOM, [ref for ref in refs if ref is not None]) == blobs
+    assert resolve(any_packs, ROOM, [None, blobs[1], markers[hashes[2]]]) == \
+        [None, blobs[1], blobs[2]]
+    any_packs.delete(ROOM, name)
+    assert any_packs.packs(ROOM) == []
+    assert any_packs.hashes(ROOM, name) is None
+    assert any_packs.read(ROOM, [ref for ref in refs if ref is not None]) == [None] * 3
+    any_packs.delete(ROOM, name)  # twice is harmless
+    with pytest.raises(ValueError):
+        any_packs.key(ROOM, "../escape")
+
+
+def test_resolving_without_packs_finds_nothing() -> None:
+    hashes, blobs = frame_blobs(1)
+    packs = StagingPacks(MemoryStore())
+    marker = packs.write(ROOM, hashes, blobs)[hashes[0]]
+    assert resolve(None, ROOM, [marker, blobs[0]]) == [None, blobs[0]]
+
+
+def test_packs_are_read_from_worker_threads(any_packs: StagingPacks) -> None:
+    hashes, blobs = frame_blobs(2)
+    markers = any_packs.write(ROOM, hashes, blobs)
+
+    async def in_a_thread() -> list[bytes | None]:
+        return await asyncio.to_thread(resolve, any_packs, ROOM, list(markers.values()))
+
+    assert asyncio.run(in_a_thread()) == blobs
