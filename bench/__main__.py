@@ -4,7 +4,7 @@
                            [--plots] [--out PATH]
 
 Workloads (``--only`` names): bulk (upload, read-all, cold read-all at three shapes; and
-upload beside a bare Redis SET of the same bytes, staging's floor),
+upload beside its floor: the bare transfer plus one sha256 of the same bytes),
 frame (single frame fetch p50/p99), commit (latency, commits/s with 1 and 16 clients),
 fanout (room_frame and frames_changed to 50 sockets at 60 Hz), join (join time vs
 history length), rss (peak RSS of all server processes while uploading --rss-gb
