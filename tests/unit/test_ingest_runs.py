@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trajhub.gateway.errors import ApiError
-from trajhub.gateway.ingest import parse_upload, parse_upload_generic
+from trajhub.gateway.ingest import PARALLEL_HASH_BYTES, parse_upload, parse_upload_generic
 from trajhub.shared.codec import frame_to_bytes, frames_to_bytes, scan_bulk, scan_bulk_runs
 from trajhub.shared.frames import Frame
 from trajhub.shared.hashing import frame_hash
@@ -43,6 +43,17 @@ def test_a_run_is_hashed_and_staged_frame_by_frame() -> None:
     assert got == outcome(parse_upload_generic, body)
     assert got[2] == [frame_hash(f) for f in frames]
     assert got[3] == [frame_to_bytes(f) for f in frames]
+
+
+@pytest.mark.parametrize("count", [2, 3, 9])
+def test_a_large_run_hashed_on_two_threads_gives_every_frame_its_hash(count: int) -> None:
+    n_atoms = PARALLEL_HASH_BYTES // (count * 24) + 1  # the run just passes the threshold
+    frames = [frame(i, n_atoms) for i in range(count)]
+    body = frames_to_bytes(frames)
+    assert len(body) > PARALLEL_HASH_BYTES
+    got = outcome(parse_upload, body)
+    assert got[2] == [frame_hash(f) for f in frames]
+    assert got == outcome(parse_upload_generic, body)
 
 
 def test_layout_changes_start_new_runs() -> None:
