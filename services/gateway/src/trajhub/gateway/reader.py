@@ -254,7 +254,7 @@ class FrameLoader:
         """The room index with light entries, for the read path."""
         self._read_ahead = index is not None
         self._rooms: OrderedDict[str, _RoomMemory] = OrderedDict()
-        self._packs: dict[int, StagingPacks | None] = {}
+        self._packs: tuple[FrameStore, StagingPacks | None] | None = None
 
     async def load(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
                    keys: Sequence[str] | None,
@@ -333,9 +333,9 @@ class FrameLoader:
         return size * n_frames <= self._cache.budget_bytes * READ_AHEAD_SHARE
 
     def _packs_of(self, store: FrameStore) -> StagingPacks | None:
-        if id(store) not in self._packs:
-            self._packs[id(store)] = packs_of(store)
-        return self._packs[id(store)]
+        if self._packs is None or self._packs[0] is not store:
+            self._packs = (store, packs_of(store))
+        return self._packs[1]
 
     async def _load_blobs(self, room: str, store: FrameStore, slots: list[int],
                           hash_of: dict[int, str], got: _Load) -> list[int]:

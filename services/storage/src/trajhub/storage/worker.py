@@ -64,6 +64,7 @@ is being written, so about three chunks are in memory at a time."""
 SIZE_KEYS = 10_000
 """Blob keys per sizes script call."""
 
+
 class ProjectionStore(FrameStore, Protocol):
     """A FrameStore that can also read back the committed projection."""
 
