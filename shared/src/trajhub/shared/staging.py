@@ -49,13 +49,15 @@ IOV_MAX = 512
 """Buffers per ``os.writev`` call (Linux allows 1024)."""
 
 # The markers among some blob keys (a frame staged in Redis answers nil: its bytes are
-# not sent back).
+# not sent back); with ARGV[1] == 'unlink', the keys are unlinked too (one round trip
+# for storage's cleanup).
 MARKERS_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('GETRANGE', key, 0, 0) == '\\193' then out[i] = redis.call('GET', key)
   else out[i] = false end
 end
+if ARGV[1] == 'unlink' and #KEYS > 0 then redis.call('UNLINK', unpack(KEYS)) end
 return out
 """
 
@@ -301,13 +303,15 @@ class StagingPacks:
 
 # -- the Redis side: which packs are still referenced -------------------------------------
 
-async def pointing_markers(redis: aioredis.Redis, room: str,
-                           hashes: Sequence[str]) -> list[PackRef | None]:
-    """The PackRef of each hash's staged blob (None: none, or staged in Redis)."""
+async def pointing_markers(redis: aioredis.Redis, room: str, hashes: Sequence[str], *,
+                           unlink: bool = False) -> list[PackRef | None]:
+    """The PackRef of each hash's staged blob (None: none, or staged in Redis); with
+    ``unlink``, the staged blobs are unlinked in the same call."""
     out: list[PackRef | None] = []
     script = redis.register_script(MARKERS_LUA)
     for i in range(0, len(hashes), 10_000):
-        got: list[Any] = await script(keys=[keys.blob(room, h) for h in hashes[i:i + 10_000]])
+        got: list[Any] = await script(keys=[keys.blob(room, h) for h in hashes[i:i + 10_000]],
+                                      args=["unlink" if unlink else ""])
         out.extend(parse_marker(v) if v else None for v in got)
     return out
 

@@ -382,10 +382,10 @@ class StorageWorker(RoomConsumer):
         hashes = list(dict.fromkeys(w.hash for e in events for w in e.new_slots))
         if not hashes:
             return
-        refs = await pointing_markers(self.redis, room, hashes) if self.packs else []
         # UNLINK frees the (large) values in the background: Redis, which the gateway
-        # is staging the next upload into, is not held up.
-        await self.redis.unlink(*(keys.blob(room, h) for h in hashes))
+        # is staging the next upload into, is not held up. The same call names the
+        # packs that markers among them pointed to.
+        refs = await pointing_markers(self.redis, room, hashes, unlink=True)
         names = [r.pack for r in refs if r is not None]
         if names and self.packs is not None:
             # A crash before this leaves the packs to the gateways' sweep.
