@@ -51,6 +51,17 @@ async def pending_count(r: aioredis.Redis, room: str = ROOM) -> int:
     return int(info["pending"])
 
 
+async def applied_history(redis_url: str, r: aioredis.Redis, store: ZarrFrameStore,
+                          rng: np.random.Generator) -> RoomSim:
+    """``edit_history`` in ROOM, applied by a worker that is then closed."""
+    sim = RoomSim(r, ROOM)
+    await edit_history(sim, rng)
+    worker = StorageWorker(redis_url, store, "w1")
+    assert await worker.apply_room(ROOM) == sim.seq
+    await worker.aclose()
+    return sim
+
+
 async def edit_history(sim: RoomSim, rng: np.random.Generator, **kw: bool) -> None:
     """Inserts (append, front, middle, duplicate content), replaces and deletes."""
     frames = [make_frame(rng) for _ in range(6)]
@@ -352,11 +363,7 @@ async def test_run_end_to_end_and_stop(redis_url: str, r: aioredis.Redis,
 async def test_torn_projection_is_rebuilt(redis_url: str, r: aioredis.Redis,
                                           store: ZarrFrameStore,
                                           rng: np.random.Generator) -> None:
-    sim = RoomSim(r, ROOM)
-    await edit_history(sim, rng)
-    worker = StorageWorker(redis_url, store, "w1")
-    assert await worker.apply_room(ROOM) == sim.seq
-    await worker.aclose()
+    sim = await applied_history(redis_url, r, store, rng)
     # A crash in the middle of commit_projection: _order written, attributes not.
     g = zarr.open_group(str(store.store.root / ROOM), mode="r+")  # type: ignore[attr-defined]
     g["_order"][0] = int(g["_order"][0]) + 1
@@ -454,11 +461,7 @@ async def test_torn_projection_is_rebuilt_from_the_archive_after_a_trim(
     from trajhub.shared.history_store import ZarrHistoryStore
     from trajhub.snapshotter.history import take_snapshot
 
-    sim = RoomSim(r, ROOM)
-    await edit_history(sim, rng)
-    worker = StorageWorker(redis_url, store, "w1")
-    assert await worker.apply_room(ROOM) == sim.seq
-    await worker.aclose()
+    sim = await applied_history(redis_url, r, store, rng)
     # the snapshotter's group has handled everything too, so the stream may be trimmed
     got = await r.xreadgroup(keys.SNAPSHOTTER_GROUP, "s1", {keys.events(ROOM): ">"})
     await r.xack(keys.events(ROOM), keys.SNAPSHOTTER_GROUP, *(i for i, _ in got[0][1]))
