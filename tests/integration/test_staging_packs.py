@@ -33,7 +33,9 @@ from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.staging import (
     MARKER,
+    PackRef,
     StagingPacks,
+    marker,
     parse_marker,
     pointing_markers,
     release_packs,
@@ -217,6 +219,18 @@ async def test_a_pack_is_released_only_once_no_marker_points_to_it(
     assert packs.packs(ROOM) == [parse_marker(other[hashes[2]]).pack]  # type: ignore[union-attr]
     refs = await pointing_markers(r, ROOM, hashes)
     assert refs[:2] == [None, None] and refs[2] is not None
+
+
+async def test_markers_are_read_and_unlinked_for_more_keys_than_lua_can_unpack(
+        r: aioredis.Redis) -> None:
+    # One storage batch of 10,000 small frames: Lua's unpack() takes at most 8000.
+    hashes = [f"{i:064x}" for i in range(9_001)]
+    ref = PackRef("0000000000001-pack", 0, 10)
+    await r.mset({keys.blob(ROOM, h): (marker(ref) if i % 2 else b"blob")
+                  for i, h in enumerate(hashes)})
+    refs = await pointing_markers(r, ROOM, hashes, unlink=True)
+    assert refs == [ref if i % 2 else None for i in range(len(hashes))]
+    assert await r.exists(*(keys.blob(ROOM, h) for h in hashes)) == 0
 
 
 async def test_sweep_deletes_old_unreferenced_packs_only(r: aioredis.Redis,

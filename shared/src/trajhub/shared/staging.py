@@ -50,14 +50,18 @@ IOV_MAX = 512
 
 # The markers among some blob keys (a frame staged in Redis answers nil: its bytes are
 # not sent back); with ARGV[1] == 'unlink', the keys are unlinked too (one round trip
-# for storage's cleanup).
+# for storage's cleanup), in slices: Lua's unpack() stops at 8000 values.
 MARKERS_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('GETRANGE', key, 0, 0) == '\\193' then out[i] = redis.call('GET', key)
   else out[i] = false end
 end
-if ARGV[1] == 'unlink' and #KEYS > 0 then redis.call('UNLINK', unpack(KEYS)) end
+if ARGV[1] == 'unlink' then
+  for i = 1, #KEYS, 1000 do
+    redis.call('UNLINK', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+  end
+end
 return out
 """
 
