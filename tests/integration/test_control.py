@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
-from control_testutil import index, order, snapshot, stage
+from control_testutil import index, make_frame, order, snapshot, stage
 from pydantic import ValidationError
 
 from trajhub.control import Control, IndexReader
-from trajhub.shared import keys
+from trajhub.shared import codec, hashing, keys
 from trajhub.shared.events import (
     CommitResult,
     DeleteFrames,
@@ -319,6 +319,24 @@ async def test_blobs_are_persisted_only_when_they_get_a_slot(r: aioredis.Redis) 
     await stage(r, ROOM, [0])
     ok(await control.commit(InsertFrames(room=ROOM, hashes=[a])))
     assert await r.ttl(keys.blob(ROOM, a)) > 0
+
+
+async def test_staging_with_the_commit_never_resets_a_persisted_blob(
+        r: aioredis.Redis) -> None:
+    control = Control(r)
+    frames = [make_frame(i) for i in range(3)]
+    blobs = {hashing.frame_hash(f): codec.frame_to_bytes(f) for f in frames}
+    a, b, c = blobs
+    ok(await control.commit(InsertFrames(room=ROOM, hashes=[a, b]),
+                            stage={a: blobs[a], b: blobs[b]}, stage_ttl_s=60))
+    assert [await r.ttl(keys.blob(ROOM, h)) for h in (a, b)] == [-1, -1]
+
+    # Staged again with the next commit (an upload that repeats a frame): a and b keep
+    # no TTL (NX), c is staged and persisted, and every value is the frame's bytes.
+    ok(await control.commit(InsertFrames(room=ROOM, hashes=[a, c]),
+                            stage={a: blobs[a], c: blobs[c]}, stage_ttl_s=60))
+    assert [await r.ttl(keys.blob(ROOM, h)) for h in (a, b, c)] == [-1, -1, -1]
+    assert [await r.get(keys.blob(ROOM, h)) for h in (a, b, c)] == list(blobs.values())
 
 
 async def test_consumer_groups_exist_from_the_first_event(r: aioredis.Redis) -> None:

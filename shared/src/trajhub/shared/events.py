@@ -7,7 +7,6 @@ it and, if accepted, appends one event to ``{room}:events`` with stream id
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -101,7 +100,7 @@ class Event(_Model):
         data = fields.get(b"data") if b"data" in fields else fields.get("data")  # type: ignore[call-overload]
         if data is None:
             raise ValueError("stream entry has no data field")
-        return cls.model_validate(json.loads(data))
+        return cls.model_validate_json(data)
 
     @property
     def hashes(self) -> list[str]:
