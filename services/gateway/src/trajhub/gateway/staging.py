@@ -93,7 +93,7 @@ class Stager:
         never touch a blob that a commit already PERSISTed (resetting its TTL could
         expire it before storage applies it)."""
         values = await self._values(room, hashes, blobs)
-        await self._redis.eval(STAGE_LUA, len(values),  # type: ignore[no-untyped-call]
+        await self._redis.eval(STAGE_LUA, len(values),
                                *(keys.blob(room, h) for h in values), self._ttl_s,
                                *values.values())
         if self._cache is not None:
