@@ -55,6 +55,7 @@ from trajhub.shared.codec import (
     IrregularEncoding,
     _scan_runs,
     decode_frame,
+    decode_run,
     decode_span,
     scan_bulk,
     scan_bulk_runs,
@@ -490,7 +491,8 @@ def decode_frames_body(body: bytes | bytearray) -> dict[str, Any]:
         if scanned is not None:
             fields, pos, runs = scanned
             if len(body) - pos >= IN_PLACE_MIN_FRAME_BYTES * sum(r.count for r in runs):
-                fields["frames"] = [decode_span(s) for run in runs for s in run.spans()]
+                fields["frames"] = [frame for run in runs for frame in (
+                    decode_run(run) or [decode_span(s) for s in run.spans()])]
                 return fields
             if len(body) >= MIN_RUN_BODY_BYTES:
                 frames = _decode_runs(body, runs)

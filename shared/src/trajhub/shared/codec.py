@@ -477,6 +477,31 @@ def decode_span(span: FrameSpan) -> Frame:
     return out
 
 
+def decode_run(run: FrameRun) -> list[Frame] | None:
+    """``decode_span`` of every frame of ``run`` (zero-copy views over the message),
+    each key's arrays cut from one strided view of all the run's frames: ~1 us per array
+    instead of ~20 us per frame for the span's dict and each frombuffer. None when a
+    dtype or a size is one that decode_span leaves to decode_array (the caller then
+    decodes span by span, which gives the same answer or error)."""
+    columns: list[list[Array]] = []
+    for value, (offset, size) in zip(run.first.obj.values(), run.data, strict=True):
+        dtype, shape = _plain_dtype(value["dtype"]), tuple(value["shape"])
+        count = prod(shape)
+        if (dtype is None or len(shape) > 8 or count > MAX_ELEMENTS
+                or count * dtype.itemsize != size):
+            return None
+        inner = [dtype.itemsize * prod(shape[k + 1:]) for k in range(len(shape))]
+        column: Array = np.ndarray((run.count, *shape), dtype=dtype, buffer=run.view,
+                                   offset=run.first.start + offset,
+                                   strides=(run.stride, *inner))
+        # Iterating gives each frame's view (0-d arrays need the explicit index).
+        columns.append(list(column) if shape else [column[i, ...] for i in range(run.count)])
+    keys = list(run.first.obj)
+    if not keys:
+        return [{} for _ in range(run.count)]
+    return [dict(zip(keys, arrays, strict=True)) for arrays in zip(*columns, strict=True)]
+
+
 def _scan_field(data: bytes | bytearray, view: memoryview, pos: int) -> tuple[Any, int]:
     end = _skip(data, pos)
     try:
