@@ -133,6 +133,18 @@ def test_dropped_post_is_retried_with_the_same_idempotency_key(
     assert first["headers"]["X-Trajhub-Author"] == "ada"
 
 
+def test_a_body_in_parts_is_sent_whole_and_again_whole_on_a_retry(
+        scripted: tuple[Script, str]) -> None:
+    script, url = scripted
+    script.answers = [DROP, (201, WRITE, {})]
+    parts = [b"\x81\xa6frames\x92", b"\x01" * 300_000, b"\x02"]
+    assert transport(url).post_frames("r", parts) == WRITE
+    for seen in script.seen:
+        assert seen["body"] == b"".join(parts)
+        assert seen["headers"]["Content-Length"] == str(300_010)
+        assert "Transfer-Encoding" not in seen["headers"]
+
+
 def test_each_write_gets_its_own_key(scripted: tuple[Script, str]) -> None:
     script, url = scripted
     script.answers = [(200, WRITE, {}), (200, WRITE, {})]

@@ -242,7 +242,7 @@ class Transport:
                                 not_found=RoomNotFound)
         return response.json()  # type: ignore[no-any-return]
 
-    def post_frames(self, room: str, body: bytes, *, at: int | None = None,
+    def post_frames(self, room: str, body: bytes | Sequence[bytes], *, at: int | None = None,
                     idempotency_key: str | None = None,
                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Insert the frames of a msgpack ``{"frames": [...]}`` body (append if at is None)."""
@@ -252,7 +252,8 @@ class Transport:
                                 headers=headers)
         return response.json()  # type: ignore[no-any-return]
 
-    def put_frames(self, room: str, body: bytes, *, idempotency_key: str | None = None,
+    def put_frames(self, room: str, body: bytes | Sequence[bytes], *,
+                   idempotency_key: str | None = None,
                    headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Replace frames: msgpack ``{"indices" | "frame_ids": [...], "frames": [...],
         "base_versions"?: [...]}``."""
@@ -372,7 +373,8 @@ class Transport:
         return response.json()  # type: ignore[no-any-return]
 
     def request(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
-                content: bytes | None = None, idempotency_key: str | None = None,
+                content: bytes | Sequence[bytes] | None = None,
+                idempotency_key: str | None = None,
                 not_found: type[TrajhubError] = FrameIndexError,
                 headers: Mapping[str, str] | None = None,
                 content_type: str = MSGPACK, writable: bool = False) -> Response:
@@ -393,6 +395,9 @@ class Transport:
             headers["Idempotency-Key"] = idempotency_key or new_idempotency_key()
         if content is not None:
             headers["Content-Type"] = content_type
+        if content is not None and not isinstance(content, bytes):
+            # Parts, sent one after the other (urllib3 would send them chunked).
+            headers["Content-Length"] = str(sum(len(part) for part in content))
         url = f"{self.base_url}{path}"
         full_url = f"{url}?{urlencode(params)}" if params else url
         busy = connect = 0

@@ -62,6 +62,7 @@ T = TypeVar("T")
 
 CHUNK_BYTES = 16 * 1024 * 1024
 CHUNK_FRAMES = 1000
+SEND_PART_BYTES = 256 * 1024
 READ_BYTES = 16 * 1024 * 1024
 READ_FRAMES = 5000
 # The first read request, before any frame size is known: small, so that even frames
@@ -77,7 +78,7 @@ _MANY = (slice, np.ndarray, Sequence)  # as opposed to one index (int, numpy int
 
 @dataclass(frozen=True)
 class _Chunk:
-    body: bytes
+    body: list[bytes]  # sent back to back
     offset: int  # position of the chunk's first frame in the whole upload
     count: int
     head: Mapping[str, Any] | None = None  # replace: how its frames are addressed
@@ -100,14 +101,28 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _body(frames: list[bytes], head: Mapping[str, Any] | None) -> bytes:
-    """``{**head, "frames": [...]}`` from frames packed one by one."""
+def _body(frames: list[bytes], head: Mapping[str, Any] | None) -> list[bytes]:
+    """``{**head, "frames": [...]}`` from frames packed one by one, as the parts the
+    request sends one after the other: a large frame is a part of its own (joining
+    them would copy the whole body once more), runs of small ones are joined (one
+    send each would cost more than the copy)."""
     head = head or {}
-    parts = [bytes([0x80 | (len(head) + 1)])]
+    start = [bytes([0x80 | (len(head) + 1)])]
     for key, value in head.items():
-        parts += [packb(key), packb(value)]
-    parts += [packb("frames"), _array_header(len(frames)), *frames]
-    return b"".join(parts)
+        start += [packb(key), packb(value)]
+    start += [packb("frames"), _array_header(len(frames))]
+    parts, small = [b"".join(start)], []
+    for frame in frames:
+        if len(frame) < SEND_PART_BYTES:
+            small.append(frame)
+            continue
+        if small:
+            parts.append(b"".join(small))
+            small = []
+        parts.append(frame)
+    if small:
+        parts.append(b"".join(small))
+    return parts
 
 
 def _patch_frame(changes: Mapping[str, Any]) -> Frame:
