@@ -57,6 +57,7 @@ from trajhub.shared.codec import (
     decode_frame,
     decode_run,
     decode_span,
+    frames_of_columns,
     scan_bulk,
     scan_bulk_runs,
     unpackb,
@@ -601,7 +602,7 @@ def _decode_run(body: bytes | bytearray, run: FrameRun) -> list[Frame] | None:
     block = np.frombuffer(body, np.uint8, count=run.count * run.stride,
                           offset=run.first.start).reshape(run.count, run.stride)
     keys: list[str] = []
-    columns: list[list[np.ndarray]] = []
+    columns: list[np.ndarray] = []
     for (key, value), (offset, size) in zip(run.first.obj.items(), run.data, strict=True):
         dtype, shape = _plain_dtype(value["dtype"]), tuple(value["shape"])
         if dtype is None or len(shape) > 8:
@@ -611,13 +612,9 @@ def _decode_run(body: bytes | bytearray, run: FrameRun) -> list[Frame] | None:
             return None
         data = np.empty((run.count, size), np.uint8)
         data[...] = block[:, offset:offset + size]
-        column = data.view(dtype).reshape((run.count, *shape))
         keys.append(key)
-        # Iterating gives each frame's view (0-d arrays need the explicit index).
-        columns.append(list(column) if shape else [column[i, ...] for i in range(run.count)])
-    if not keys:
-        return [{} for _ in range(run.count)]
-    return [dict(zip(keys, arrays, strict=True)) for arrays in zip(*columns, strict=True)]
+        columns.append(data.view(dtype).reshape((run.count, *shape)))
+    return frames_of_columns(keys, columns, run.count)
 
 
 def _plain_dtype(dtype_s: Any) -> np.dtype[Any] | None:

@@ -483,7 +483,7 @@ def decode_run(run: FrameRun) -> list[Frame] | None:
     instead of ~20 us per frame for the span's dict and each frombuffer. None when a
     dtype or a size is one that decode_span leaves to decode_array (the caller then
     decodes span by span, which gives the same answer or error)."""
-    columns: list[list[Array]] = []
+    columns: list[Array] = []
     for value, (offset, size) in zip(run.first.obj.values(), run.data, strict=True):
         dtype, shape = _plain_dtype(value["dtype"]), tuple(value["shape"])
         count = prod(shape)
@@ -491,15 +491,19 @@ def decode_run(run: FrameRun) -> list[Frame] | None:
                 or count * dtype.itemsize != size):
             return None
         inner = [dtype.itemsize * prod(shape[k + 1:]) for k in range(len(shape))]
-        column: Array = np.ndarray((run.count, *shape), dtype=dtype, buffer=run.view,
-                                   offset=run.first.start + offset,
-                                   strides=(run.stride, *inner))
-        # Iterating gives each frame's view (0-d arrays need the explicit index).
-        columns.append(list(column) if shape else [column[i, ...] for i in range(run.count)])
-    keys = list(run.first.obj)
+        columns.append(np.ndarray((run.count, *shape), dtype=dtype, buffer=run.view,
+                                  offset=run.first.start + offset,
+                                  strides=(run.stride, *inner)))
+    return frames_of_columns(list(run.first.obj), columns, run.count)
+
+
+def frames_of_columns(keys: list[str], columns: list[Array], count: int) -> list[Frame]:
+    """``count`` frames whose ``keys[k]`` is row i of ``columns[k]`` (a view of it)."""
     if not keys:
-        return [{} for _ in range(run.count)]
-    return [dict(zip(keys, arrays, strict=True)) for arrays in zip(*columns, strict=True)]
+        return [{} for _ in range(count)]
+    # Iterating gives each row's view (0-d rows need the explicit index).
+    rows = [list(c) if c.ndim > 1 else [c[i, ...] for i in range(count)] for c in columns]
+    return [dict(zip(keys, arrays, strict=True)) for arrays in zip(*rows, strict=True)]
 
 
 def _scan_field(data: bytes | bytearray, view: memoryview, pos: int) -> tuple[Any, int]:
