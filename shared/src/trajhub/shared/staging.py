@@ -377,6 +377,16 @@ def resolve(packs: StagingPacks | None, room: str,
     return out
 
 
+async def read_staged(redis: aioredis.Redis, packs: StagingPacks | None, room: str,
+                      blob_keys: Sequence[str]) -> list[bytes | None]:
+    """The staged blobs at ``blob_keys`` (one MGET), each marker followed into its pack
+    (in a thread): None where a blob or its pack is gone."""
+    values: list[Any] = await redis.mget(blob_keys)
+    if has_markers(values):
+        return await asyncio.to_thread(resolve, packs, room, values)
+    return values
+
+
 def packs_of(frame_store: object, *, fsync: bool = True) -> StagingPacks | None:
     """The staging packs beside a Zarr FrameStore's rooms (None for another store)."""
     root = getattr(frame_store, "store", None)

@@ -38,7 +38,7 @@ from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_to_bytes, packb
 from trajhub.shared.ports import FrameStore
-from trajhub.shared.staging import StagingPacks, has_markers, packs_of, resolve
+from trajhub.shared.staging import StagingPacks, packs_of, read_staged
 
 log = logging.getLogger(__name__)
 
@@ -342,10 +342,8 @@ class FrameLoader:
         """Read staged blobs (from Redis, or the packs their markers name) into ``got``
         (and the cache); returns the slots whose blob is gone (applied and deleted since
         we read ``applied``)."""
-        values: list[Any] = await self._redis.mget([rkeys.blob(room, hash_of[s])
-                                                    for s in slots])
-        if has_markers(values):
-            values = await asyncio.to_thread(resolve, self._packs_of(store), room, values)
+        values = await read_staged(self._redis, self._packs_of(store), room,
+                                   [rkeys.blob(room, hash_of[s]) for s in slots])
         gone = []
         found: list[tuple[str, bytes]] = []
         for slot, value in zip(slots, values, strict=True):

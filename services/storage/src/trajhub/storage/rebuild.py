@@ -58,7 +58,7 @@ from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history_reader import HistoryReader
 from trajhub.shared.history_store import HISTORY_DIR, ZarrHistoryStore
 from trajhub.shared.ports import HistoryStore
-from trajhub.shared.staging import STAGING_DIR, has_markers, packs_of, resolve
+from trajhub.shared.staging import STAGING_DIR, packs_of, read_staged
 from trajhub.shared.zarr_store import ZarrFrameStore, open_store
 from trajhub.storage.blob_archive import BlobArchive
 from trajhub.storage.worker import Projection, _layers, frame_view
@@ -217,9 +217,8 @@ class _Sources:
 
     async def _from_blobs(self, wanted: dict[str, int]) -> list[tuple[str, Frame, str]]:
         hashes = list(wanted)
-        blobs: list[Any] = await self.redis.mget([keys.blob(self.room, h) for h in hashes])
-        if has_markers(blobs):
-            blobs = await asyncio.to_thread(resolve, packs_of(self.old), self.room, blobs)
+        blobs = await read_staged(self.redis, packs_of(self.old), self.room,
+                                  [keys.blob(self.room, h) for h in hashes])
         return _decoded(hashes, blobs, "blob")
 
     async def _from_archive(self, wanted: dict[str, int]) -> list[tuple[str, Frame, str]]:

@@ -45,11 +45,10 @@ from trajhub.shared.history_store import ZarrHistoryStore
 from trajhub.shared.ports import FrameStore, HistoryStore, ProjectionCommit
 from trajhub.shared.staging import (
     SIZES_LUA,
-    has_markers,
     packs_of,
     pointing_markers,
+    read_staged,
     release_packs,
-    resolve,
 )
 from trajhub.shared.zarr_store import ProjectionError
 from trajhub.storage.blob_archive import BlobArchive
@@ -488,9 +487,8 @@ class StorageWorker(RoomConsumer):
         try:
             for start, end in chunks:
                 await self.yield_to_foreground()
-                blobs: list[Any] = await self.redis.mget(blob_keys[start:end])
-                if has_markers(blobs):
-                    blobs = await asyncio.to_thread(resolve, self.packs, room, blobs)
+                blobs: list[Any] = await read_staged(self.redis, self.packs, room,
+                                                     blob_keys[start:end])
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]
                 if self.archive is not None and chunk:
