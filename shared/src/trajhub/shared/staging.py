@@ -65,16 +65,6 @@ end
 return out
 """
 
-# Stage blobs in one command (a pipeline of one SET per blob cost redis-py ~20 us
-# each): SET key value EX ttl NX for KEYS[i] = ARGV[i + 1], ARGV[1] the TTL. NX: never
-# reset the TTL of a blob that a commit already PERSISTed.
-STAGE_LUA = """
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1], 'NX')
-end
-return #KEYS
-"""
-
 # Blob sizes in one round trip: a marker's size is the frame's, not the marker's.
 SIZES_LUA = """
 local sizes = {}

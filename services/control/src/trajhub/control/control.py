@@ -52,7 +52,6 @@ from trajhub.shared.events import (
     Undo,
 )
 from trajhub.shared.redis_util import is_cluster
-from trajhub.shared.staging import STAGE_LUA
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch. None (the default) uses the Redis server's clock."""
@@ -191,12 +190,9 @@ class Control:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if listing:
                     pipe.sadd(keys.ROOMS, room)
-                if staged:
-                    # EVAL, not EVALSHA: it cannot fail with NOSCRIPT after a restart
-                    # and leave the commit script to run without its blobs.
-                    pipe.execute_command("EVAL", STAGE_LUA, len(staged),
-                                         *(key for key, _ in staged), stage_ttl_s,
-                                         *(blob for _, blob in staged))
+                for key, blob in staged:
+                    # NX: never reset the TTL of a blob a commit already PERSISTed.
+                    pipe.set(key, blob, ex=stage_ttl_s, nx=True)
                 # Not pipe.evalsha: a cluster pipeline refuses it (it cannot know that
                 # the keys share a slot; ours do, and it routes by them).
                 pipe.execute_command("EVALSHA", script.sha, len(script_keys), *script_keys,
@@ -207,7 +203,7 @@ class Control:
                 replies = await pipe.execute(raise_on_error=False)
             if listing and not isinstance(replies[0], Exception):
                 self._listed.add(room)
-            answer = replies[int(listing) + int(bool(staged))]
+            answer = replies[int(listing) + len(staged)]
             if not (isinstance(answer, NoScriptError) and attempt == 0):
                 break
             await self.redis.script_load(script.script)  # Redis restarted or flushed

@@ -14,7 +14,7 @@ from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.errors import ApiError
 from trajhub.shared import keys
 from trajhub.shared.redis_util import used_memory
-from trajhub.shared.staging import STAGE_LUA, StagingPacks
+from trajhub.shared.staging import StagingPacks
 
 MEMORY_CACHE_S = 1.0
 RETRY_AFTER_S = 5
@@ -89,13 +89,14 @@ class Stager:
 
     async def stage(self, room: str, hashes: Sequence[str],
                     blobs: Sequence[bytes | memoryview]) -> None:
-        """SET each blob (or its marker) with a TTL, in one command (STAGE_LUA). NX:
-        never touch a blob that a commit already PERSISTed (resetting its TTL could
-        expire it before storage applies it)."""
+        """SET each blob (or its marker) with a TTL, pipelined. NX: never touch a blob
+        that a commit already PERSISTed (resetting its TTL could expire it before storage
+        applies it)."""
         values = await self._values(room, hashes, blobs)
-        await self._redis.eval(STAGE_LUA, len(values),
-                               *(keys.blob(room, h) for h in values), self._ttl_s,
-                               *values.values())
+        pipe = self._redis.pipeline(transaction=False)
+        for h, value in values.items():
+            pipe.set(keys.blob(room, h), value, ex=self._ttl_s, nx=True)
+        await pipe.execute()
         if self._cache is not None:
             self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         # Count our own uploads against the cached figure until the next INFO.
