@@ -36,6 +36,7 @@ Working with others in the same room:
 from __future__ import annotations
 
 import operator
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ READ_FRAMES = 5000
 # The first read request, before any frame size is known: small, so that even frames
 # of 100k atoms (~5 MB each) keep it near read_bytes; it costs small frames one request.
 READ_FIRST_FRAMES = 8
+# Read requests in flight while the caller works on an answer (see _read_chunks).
+READ_AHEAD = 2
 # Explicit indices travel in the query string; keep URLs well under the 8 KiB that
 # proxies and servers commonly accept (a comma is sent as %2C).
 MAX_INDICES_CHARS = 6000
@@ -501,7 +504,7 @@ class Room(MutableSequence[ase.Atoms]):
     def _read(self, indices: range | list[int], keys: Sequence[str] | None = None, *,
               convert: Callable[[Frame], T], at_seq: int | None = None) -> list[T]:
         """The frames at ``indices``, each passed through ``convert`` (which copies the
-        arrays) as its answer arrives, so that only one answer is held at a time."""
+        arrays) as its answer arrives, so that only a few answers are held at a time."""
         out: list[T] = []
         for part in self._read_chunks(indices, keys, at_seq=at_seq):
             out.extend(convert(f) for f in part)
@@ -513,30 +516,66 @@ class Room(MutableSequence[ase.Atoms]):
         """The frames at ``indices`` (as of seq ``at_seq`` if given), one list per request.
 
         The first request asks for READ_FIRST_FRAMES; each next one for as many frames
-        as fit ``read_bytes`` at the size of the frames of the previous answer (so a
-        trajectory whose frames grow is followed), at most ``read_frames``.
+        as fit ``read_bytes`` at the size of the frames of the latest answer (so a
+        trajectory whose frames grow is followed), at most ``read_frames``. From the
+        second request on, READ_AHEAD requests are in flight (each answer is read and
+        decoded in a thread) while the caller works on the one before: the server
+        prepares an answer and its bytes travel while this process decodes another.
         """
-        pos, size = 0, max(1, min(READ_FIRST_FRAMES, self.read_frames))
-        while pos < len(indices):
-            part = indices[pos:pos + size]
-            if isinstance(part, range) and part.step > 0:
-                # stop = last + 1 keeps it non-negative and exact for the server.
-                answer = self.transport.get_frames(self.room, start=part.start,
-                                                   stop=part[-1] + 1, step=part.step,
-                                                   keys=keys, at_seq=at_seq)
-            else:
-                part = _fit_query(list(part))
-                answer = self.transport.get_frames(self.room, indices=part, keys=keys,
-                                                   at_seq=at_seq)
-            frames: list[Frame] = answer["frames"]
-            if at_seq is None:  # past versions are no base for an edit
-                self.seen.record(answer.get("indices", ()), answer.get("frame_ids", ()),
-                                 answer.get("versions", ()))
-            yield frames
-            pos += len(part)
-            per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
-            size = max(1, min(self.read_frames, int(self.read_bytes / per_frame)))
-            del answer, frames  # before the next answer arrives
+        if not indices:
+            return
+        first = self._part(indices, 0, max(1, min(READ_FIRST_FRAMES, self.read_frames)))
+        answer = self._fetch(first, keys, at_seq)
+        pos = len(first)
+        if pos >= len(indices):
+            yield self._received(answer, at_seq)
+            return
+        pending: deque[Future[dict[str, Any]]] = deque()
+        with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="trajhub-read") as pool:
+            try:
+                while True:
+                    size = self._read_size(answer["frames"])
+                    while len(pending) < READ_AHEAD and pos < len(indices):
+                        part = self._part(indices, pos, size)
+                        pos += len(part)
+                        pending.append(pool.submit(self._fetch, part, keys, at_seq))
+                    yield self._received(answer, at_seq)
+                    del answer  # before the next answer arrives
+                    if not pending:
+                        return
+                    answer = pending.popleft().result()
+            finally:
+                for future in pending:  # the caller stopped early or a request failed
+                    future.cancel()
+
+    @staticmethod
+    def _part(indices: range | list[int], pos: int, size: int) -> range | list[int]:
+        part = indices[pos:pos + size]
+        if isinstance(part, range) and part.step > 0:
+            return part
+        return _fit_query(list(part))
+
+    def _fetch(self, part: range | list[int], keys: Sequence[str] | None,
+               at_seq: int | None) -> dict[str, Any]:
+        if isinstance(part, range) and part.step > 0:
+            # stop = last + 1 keeps it non-negative and exact for the server.
+            return self.transport.get_frames(self.room, start=part.start,
+                                             stop=part[-1] + 1, step=part.step,
+                                             keys=keys, at_seq=at_seq)
+        return self.transport.get_frames(self.room, indices=list(part), keys=keys,
+                                         at_seq=at_seq)
+
+    def _received(self, answer: dict[str, Any], at_seq: int | None) -> list[Frame]:
+        if at_seq is None:  # past versions are no base for an edit
+            self.seen.record(answer.get("indices", ()), answer.get("frame_ids", ()),
+                             answer.get("versions", ()))
+        frames: list[Frame] = answer["frames"]
+        return frames
+
+    def _read_size(self, frames: list[Frame]) -> int:
+        """Frames per request: as many as fit read_bytes at the size of ``frames``."""
+        per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
+        return max(1, min(self.read_frames, int(self.read_bytes / per_frame)))
 
     def _chunks(self, values: Iterable[FrameLike],
                 address: Callable[[int, int], Mapping[str, Any]] | None = None
