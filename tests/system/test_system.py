@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -152,10 +153,12 @@ def test_socketio_client_sees_frames_changed_with_seq(services: Services) -> Non
         sio.disconnect()
 
 
-def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _serve(data_dir: Path, port: int,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [str(BIN / "trajhub"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=open(data_dir.parent / "serve.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        stdout=open(data_dir.parent / "serve.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        env={**os.environ, **(env or {})})
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 60, "trajhub serve")
     return proc
 
@@ -180,6 +183,23 @@ def test_serve_keeps_everything_across_restart(tmp_path: Path, s22_path: Path) -
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_serve_logs_each_request_only_when_asked(tmp_path: Path) -> None:
+    for asked in ("false", "true"):
+        data_dir = tmp_path / asked / "data"
+        data_dir.parent.mkdir()
+        port = free_port()
+        proc = _serve(data_dir, port, {"TRAJHUB_ACCESS_LOG": asked})
+        try:
+            http_ok(f"http://127.0.0.1:{port}/api/v1/rooms/logged/frames?indices=7")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        log = (data_dir.parent / "serve.log").read_text()
+        assert "trajhub serving" in log
+        logged = '"GET /api/v1/rooms/logged/frames?indices=7 HTTP/1.1" 404' in log
+        assert logged == (asked == "true"), log[-2000:]
 
 
 def test_positions_readable_with_plain_zarr(services: Services) -> None:

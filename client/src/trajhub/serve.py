@@ -60,6 +60,7 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
                    asyncio.create_task(snapshotter.run(stop), name="snapshotter")]
         config = uvicorn.Config(app, host=settings.host, port=settings.port,
                                 log_level=settings.log_level.lower(), lifespan="on",
+                                access_log=settings.access_log,
                                 loop="none", http="auto", ws="auto")
         server = uvicorn.Server(config)
         # uvicorn restores the previous handlers after its graceful shutdown and then

@@ -20,7 +20,7 @@ def port_for(settings: Settings, environ: Mapping[str, str]) -> int:
 def main() -> None:
     settings = Settings.from_env()
     run_asgi(create_app(settings), settings.host, port_for(settings, os.environ),
-             settings.log_level)
+             settings.log_level, access_log=settings.access_log)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def run_asgi(app: Any, host: str, port: int, log_level: str) -> None:
+def run_asgi(app: Any, host: str, port: int, log_level: str, *,
+             access_log: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully and return (exit status 0).
 
     uvicorn finishes in-flight requests and runs the lifespan shutdown, then restores
@@ -27,6 +28,7 @@ def run_asgi(app: Any, host: str, port: int, log_level: str) -> None:
     tune_malloc()
     config = uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_level=log_level.lower(),
+        access_log=access_log,
         loop="uvloop" if _have("uvloop") else "asyncio",
         http="httptools" if _have("httptools") else "h11",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
