@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from math import prod
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -49,7 +48,6 @@ from trajhub.client.errors import (
     TrajhubError,
 )
 from trajhub.shared.codec import (
-    MAX_ELEMENTS,
     CodecError,
     FrameRun,
     IrregularEncoding,
@@ -58,11 +56,12 @@ from trajhub.shared.codec import (
     decode_run,
     decode_span,
     frames_of_columns,
+    plain_layout,
     scan_bulk,
     scan_bulk_runs,
     unpackb,
 )
-from trajhub.shared.frames import Frame, check_dtype
+from trajhub.shared.frames import Frame
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -604,25 +603,12 @@ def _decode_run(body: bytes | bytearray, run: FrameRun) -> list[Frame] | None:
     keys: list[str] = []
     columns: list[np.ndarray] = []
     for (key, value), (offset, size) in zip(run.first.obj.items(), run.data, strict=True):
-        dtype, shape = _plain_dtype(value["dtype"]), tuple(value["shape"])
-        if dtype is None or len(shape) > 8:
+        plain = plain_layout(value, size)
+        if plain is None:
             return None
-        n = prod(shape)
-        if n > MAX_ELEMENTS or n * dtype.itemsize != size:
-            return None
+        dtype, shape, _ = plain
         data = np.empty((run.count, size), np.uint8)
         data[...] = block[:, offset:offset + size]
         keys.append(key)
         columns.append(data.view(dtype).reshape((run.count, *shape)))
     return frames_of_columns(keys, columns, run.count)
-
-
-def _plain_dtype(dtype_s: Any) -> np.dtype[Any] | None:
-    """The dtype when it is allowed and little-endian (or has no byte order), else None."""
-    if not isinstance(dtype_s, str) or len(dtype_s) > 16:
-        return None
-    try:
-        dtype = np.dtype(dtype_s)
-        return check_dtype(dtype, "?") if dtype.byteorder != ">" else None
-    except Exception:  # anything numpy or check_dtype refuses: the general path says why
-        return None

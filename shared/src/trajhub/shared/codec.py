@@ -467,14 +467,30 @@ def decode_span(span: FrameSpan) -> Frame:
     generic checks (the scanner already made sure of the map's structure)."""
     out: Frame = {}
     for key, value in span.obj.items():
-        dtype, shape, data = _plain_dtype(value["dtype"]), value["shape"], value["data"]
-        if dtype is not None and len(shape) <= 8:
-            count = prod(shape)
-            if count <= MAX_ELEMENTS and count * dtype.itemsize == len(data):
-                out[key] = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
-                continue
-        out[key] = decode_array(value, key)
+        data = value["data"]
+        plain = plain_layout(value, len(data))
+        if plain is not None:
+            dtype, shape, count = plain
+            out[key] = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+        else:
+            out[key] = decode_array(value, key)
     return out
+
+
+def plain_layout(value: Mapping[str, Any], size: int
+                 ) -> tuple[np.dtype[Any], tuple[int, ...], int] | None:
+    """(dtype, shape, element count) of an encoded array whose ``size`` data bytes can
+    be viewed as they are (an allowed little-endian dtype, a sane shape, the right
+    size); None when decode_array must judge it."""
+    dtype_s = value["dtype"]
+    dtype = _plain_dtype(dtype_s) if isinstance(dtype_s, str) else None
+    shape = tuple(value["shape"])
+    if dtype is None or len(shape) > 8:
+        return None
+    count = prod(shape)
+    if count > MAX_ELEMENTS or count * dtype.itemsize != size:
+        return None
+    return dtype, shape, count
 
 
 def decode_run(run: FrameRun) -> list[Frame] | None:
@@ -485,11 +501,10 @@ def decode_run(run: FrameRun) -> list[Frame] | None:
     decodes span by span, which gives the same answer or error)."""
     columns: list[Array] = []
     for value, (offset, size) in zip(run.first.obj.values(), run.data, strict=True):
-        dtype, shape = _plain_dtype(value["dtype"]), tuple(value["shape"])
-        count = prod(shape)
-        if (dtype is None or len(shape) > 8 or count > MAX_ELEMENTS
-                or count * dtype.itemsize != size):
+        plain = plain_layout(value, size)
+        if plain is None:
             return None
+        dtype, shape, _ = plain
         inner = [dtype.itemsize * prod(shape[k + 1:]) for k in range(len(shape))]
         columns.append(np.ndarray((run.count, *shape), dtype=dtype, buffer=run.view,
                                   offset=run.first.start + offset,
