@@ -37,7 +37,7 @@ from trajhub.shared.codec import (
 )
 from trajhub.shared.events import MAX_FRAMES_PER_COMMAND
 from trajhub.shared.frames import Frame, FrameError, validate_frame
-from trajhub.shared.hashing import array_header, frame_hash, validated_frame_hash
+from trajhub.shared.hashing import array_header, frame_hash, is_hash, validated_frame_hash
 
 Blob = bytes | memoryview
 """A canonical frame's bytes; a memoryview into the request body when they were received
@@ -46,14 +46,11 @@ as such (redis-py sends memoryviews as they are, so staging copies nothing)."""
 
 @dataclass(frozen=True)
 class PreparedFrames:
-    """Validated frames as content hashes plus their canonical blob bytes."""
+    """Validated frames as content hashes plus their canonical blob bytes; ``blobs`` is
+    None for a commit of frames staged before (``{"hashes": [...]}``), by hash only."""
 
     hashes: list[str]
-    blobs: list[Blob]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(b) for b in self.blobs)
+    blobs: list[Blob] | None
 
 
 def check_frame_count(raw: Any) -> None:
@@ -222,12 +219,33 @@ def prepare_runs(body: bytes | bytearray, runs: list[FrameRun]) -> PreparedFrame
     return PreparedFrames(hashes, blobs)
 
 
+def staged_hashes(raw: Any) -> PreparedFrames:
+    """The ``hashes`` of a commit of staged frames (``POST .../blobs`` staged them)."""
+    check_frame_count(raw)
+    for number, h in enumerate(raw):
+        if not is_hash(h):
+            raise ApiError(422, f"hashes[{number}] is not a content hash (64 lowercase "
+                                f"hex digits): {str(h)[:80]!r}")
+    return PreparedFrames(list(raw), None)
+
+
+def check_not_both(fields: dict[str, Any]) -> None:
+    if "hashes" in fields:
+        raise ApiError(422, "send either 'frames' or the 'hashes' of staged frames, not both")
+
+
 def parse_upload_generic(body: bytes | bytearray,
                          limit: int) -> tuple[dict[str, Any], PreparedFrames]:
-    """Decode the whole body with ``unpackb``, then each frame (the reference path)."""
+    """Decode the whole body with ``unpackb``, then each frame (the reference path);
+    or take its ``hashes`` of frames staged before."""
     message = decode_msgpack_map(body, limit)
+    if "frames" in message:
+        check_not_both(message)
+    elif "hashes" in message:
+        return message, staged_hashes(message.pop("hashes"))
     if "frames" not in message:
-        raise ApiError(422, "request body has no 'frames' list")
+        raise ApiError(422, "request body has no 'frames' list (nor the 'hashes' of "
+                            "frames staged with POST .../blobs)")
     prepared = prepare_frames(message.pop("frames"))
     return message, prepared
 
@@ -240,5 +258,6 @@ def parse_upload(body: bytes | bytearray, limit: int) -> tuple[dict[str, Any], P
         except IrregularEncoding:
             pass
         else:
+            check_not_both(fields)
             return fields, prepare_runs(body, runs)
     return parse_upload_generic(body, limit)

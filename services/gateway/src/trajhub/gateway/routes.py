@@ -18,6 +18,7 @@ from trajhub.gateway.body import (
     check_declared_size,
     content_type,
     decode_optional_map,
+    only_fields,
     read_body,
     require_msgpack,
 )
@@ -251,6 +252,25 @@ async def receive_frames(gw: Gateway, request: Request) -> tuple[dict[str, Any],
     if len(body) <= INLINE_UPLOAD_BYTES:
         return parse_upload(body, limit)
     return await asyncio.to_thread(parse_upload, body, limit)
+
+
+@router.post("/api/v1/rooms/{room}/blobs", status_code=201)
+async def stage_frames(room: str, request: Request) -> JSONResponse:
+    """Stage frames without committing them (as ``POST .../frames`` would stage them):
+    a later ``POST``/``PUT .../frames`` with ``{"hashes": [...]}`` commits them. A client
+    stages its next chunk while the previous one commits; staging is idempotent (content
+    addressed) and what is never committed expires after the staging TTL."""
+    gw = gateway(request)
+    check_room(room)
+    with gw.writing(body_size(request)):
+        message, frames = await receive_frames(gw, request)
+        if frames.blobs is None:
+            raise ApiError(422, "POST .../blobs stages frames: send {'frames': [...]}")
+        only_fields(message, ())
+        await gw.stager.stage(room, frames.hashes, frames.blobs)
+    return JSONResponse({"room": room, "n_frames": len(frames.hashes),
+                         "hashes": frames.hashes, "expires_in_s": gw.stager.ttl_s},
+                        status_code=201)
 
 
 @router.post("/api/v1/rooms/{room}/frames", status_code=201)
