@@ -248,10 +248,14 @@ async def receive_frames(gw: Gateway, request: Request) -> tuple[dict[str, Any],
     limit = gw.settings.max_upload_bytes
     check_declared_size(request, limit)
     await gw.stager.check_budget(int(request.headers.get("content-length") or 0))
-    body = await read_body(request, limit)
-    if len(body) <= INLINE_UPLOAD_BYTES:
-        return parse_upload(body, limit)
-    return await asyncio.to_thread(parse_upload, body, limit)
+    body = await read_body(request, limit, gw.bodies)
+    try:
+        if len(body) <= INLINE_UPLOAD_BYTES:
+            return parse_upload(body, limit)
+        return await asyncio.to_thread(parse_upload, body, limit)
+    finally:
+        # Reused once the frames (views into it) are gone, i.e. after this request.
+        gw.bodies.give(body)
 
 
 @router.post("/api/v1/rooms/{room}/blobs", status_code=201)

@@ -20,6 +20,7 @@ import socketio
 from zarr.abc.store import Store
 
 from trajhub.control import Control, ControlUnavailable, HttpControl, IndexReader
+from trajhub.gateway.body import BodyBuffers
 from trajhub.gateway.broadcaster import Broadcaster
 from trajhub.gateway.bus import Bus
 from trajhub.gateway.cache import FrameCache
@@ -78,6 +79,7 @@ class Gateway:
         self._loader: FrameLoader | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.cache = FrameCache(int(settings.cache_mb * 2**20))
+        self.bodies = BodyBuffers()
         self._owned: list[Any] = []
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
         self.broadcaster = Broadcaster(settings.redis_url, make_emitter(self.sio))
