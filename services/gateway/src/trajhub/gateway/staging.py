@@ -14,13 +14,16 @@ from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.errors import ApiError
 from trajhub.shared import keys
 from trajhub.shared.redis_util import used_memory
-from trajhub.shared.staging import StagingPacks
+from trajhub.shared.staging import STAGE_LUA, StagingPacks
 
 MEMORY_CACHE_S = 1.0
 RETRY_AFTER_S = 5
 WRITE_THROUGH_SHARE = 0.25
 """An upload puts at most this share of the frame cache's budget in the cache (its last
-frames): a large upload must not flush the frames viewers are reading."""
+frames): a large upload must not flush the frames viewers are reading. Only uploads
+staged in Redis (edits, small appends) are written through: the frames of a pack are a
+bulk upload's, where copying each request's tail into the cache (~10 ms per 16 MB
+here) is work the next request waits for, and a reader finds them in the pack."""
 
 
 class Stager:
@@ -69,18 +72,19 @@ class Stager:
         # Memoryviews into the request body go to redis-py as they are (no copy);
         # control only hands the values to its pipeline.
         out = await self._values(room, hashes, blobs)
-        if self._cache is not None:
-            self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         self._used += sum(len(b) for b in out.values())
         return out
 
     async def _values(self, room: str, hashes: Sequence[str],
                       blobs: Sequence[bytes | memoryview]) -> dict[str, bytes | memoryview]:
-        """hash -> the value of its Redis key: the blob, or a marker into a new pack."""
+        """hash -> the value of its Redis key: a marker into a new pack, or the blob
+        itself (then also written through to the cache)."""
         packs = self.packs
         if (packs is not None and self.pack_min_bytes > 0
                 and sum(len(b) for b in blobs) >= self.pack_min_bytes):
             return dict(await asyncio.to_thread(packs.write, room, hashes, blobs))
+        if self._cache is not None:
+            self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
         return dict(zip(hashes, blobs, strict=True))
 
     @property
@@ -89,15 +93,14 @@ class Stager:
 
     async def stage(self, room: str, hashes: Sequence[str],
                     blobs: Sequence[bytes | memoryview]) -> None:
-        """SET each blob (or its marker) with a TTL, pipelined. NX: never touch a blob
-        that a commit already PERSISTed (resetting its TTL could expire it before storage
-        applies it)."""
+        """SET each blob (or its marker) with a TTL, in one command (STAGE_LUA). NX:
+        never touch a blob that a commit already PERSISTed (resetting its TTL could
+        expire it before storage applies it)."""
         values = await self._values(room, hashes, blobs)
-        pipe = self._redis.pipeline(transaction=False)
-        for h, value in values.items():
-            pipe.set(keys.blob(room, h), value, ex=self._ttl_s, nx=True)
-        await pipe.execute()
-        if self._cache is not None:
-            self._cache.put_recent(hashes, blobs, WRITE_THROUGH_SHARE)
+        # EVAL, not EVALSHA: nothing to reload after a Redis restart; the script is
+        # tiny next to the blobs it carries.
+        await self._redis.eval(STAGE_LUA, len(values),
+                               *(keys.blob(room, h) for h in values), self._ttl_s,
+                               *values.values())
         # Count our own uploads against the cached figure until the next INFO.
         self._used += sum(len(v) for v in values.values())
