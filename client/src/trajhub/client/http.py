@@ -245,12 +245,21 @@ class Transport:
     def post_frames(self, room: str, body: bytes | Sequence[bytes], *, at: int | None = None,
                     idempotency_key: str | None = None,
                     headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """Insert the frames of a msgpack ``{"frames": [...]}`` body (append if at is None)."""
+        """Insert the frames of a msgpack ``{"frames": [...]}`` body, or the staged frames
+        of ``{"hashes": [...]}`` (append if at is None)."""
         params = {"at": str(at)} if at is not None else None
         response = self.request("POST", self._frames_path(room), params=params,
                                 content=body, idempotency_key=idempotency_key,
                                 headers=headers)
         return response.json()  # type: ignore[no-any-return]
+
+    def stage_frames(self, room: str, body: bytes | Sequence[bytes]) -> list[str]:
+        """Stage the frames of a msgpack ``{"frames": [...]}`` body without committing
+        them; returns their content hashes, which a later ``post_frames``/``put_frames``
+        body ``{"hashes": [...]}`` commits. Safe to repeat (content addressed)."""
+        response = self.request("POST", f"{self._room_path(room)}/blobs", content=body)
+        hashes: list[str] = response.json()["hashes"]
+        return hashes
 
     def put_frames(self, room: str, body: bytes | Sequence[bytes], *,
                    idempotency_key: str | None = None,

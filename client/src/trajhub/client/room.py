@@ -48,7 +48,7 @@ import numpy as np
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from trajhub.client.convert import atoms_to_frame, frame_to_atoms
-from trajhub.client.errors import FrameIndexError
+from trajhub.client.errors import BadRequest, FrameIndexError
 from trajhub.client.http import Transport, new_idempotency_key
 from trajhub.client.locks import Lock, wait_while_locked
 from trajhub.client.versions import SEEN_LIMIT, SeenVersions
@@ -69,6 +69,10 @@ READ_FRAMES = 5000
 # The first read request, before any frame size is known: small, so that even frames
 # of 100k atoms (~5 MB each) keep it near read_bytes; it costs small frames one request.
 READ_FIRST_FRAMES = 8
+# An upload of more than one chunk stages this many chunks ahead (each on a connection
+# of its own) of the one committing: the server receives, hashes and writes the next
+# chunks while it commits the one before.
+STAGE_AHEAD = 2
 # Read requests in flight while the caller works on an answer (see _read_chunks). Two
 # gained ~10% for small frames here, but cost 35% for 5 MB frames (more fresh memory at
 # once, two Zarr reads competing on a cold server).
@@ -77,16 +81,33 @@ READ_AHEAD = 1
 # proxies and servers commonly accept (a comma is sent as %2C).
 MAX_INDICES_CHARS = 6000
 PROGRESS_MIN_FRAMES = 100
+NOT_STAGED = "was not staged or has expired"  # the server's refusal of a commit by hash
 HISTORY_PAGE = 1000  # the server's largest page
 _MANY = (slice, np.ndarray, Sequence)  # as opposed to one index (int, numpy integer)
 
 
 @dataclass(frozen=True)
 class _Chunk:
-    body: list[bytes]  # sent back to back
+    frames: list[bytes]  # each packed on its own
     offset: int  # position of the chunk's first frame in the whole upload
-    count: int
     head: Mapping[str, Any] | None = None  # replace: how its frames are addressed
+    last: bool = True  # no chunk follows
+
+    @property
+    def count(self) -> int:
+        return len(self.frames)
+
+    def body(self) -> list[bytes]:
+        """``{**head, "frames": [...]}``: stages and commits the frames at once."""
+        return _body(self.frames, self.head)
+
+    def staging_body(self) -> list[bytes]:
+        """``{"frames": [...]}`` for ``POST .../blobs``."""
+        return _body(self.frames, None)
+
+    def staged_body(self, hashes: list[str]) -> bytes:
+        """``{**head, "hashes": [...]}``: commits the frames staged as ``hashes``."""
+        return packb({**(self.head or {}), "hashes": hashes})
 
 
 def _to_frame(value: object) -> Frame:
@@ -592,42 +613,79 @@ class Room(MutableSequence[ase.Atoms]):
         batch: list[bytes] = []
         size = offset = 0
 
-        def flush() -> _Chunk:
+        def flush(last: bool) -> _Chunk:
             head = None if address is None else address(offset, len(batch))
-            return _Chunk(_body(batch, head), offset, len(batch), head)
+            return _Chunk(batch, offset, head, last)
 
         for value in values:
             packed = frame_to_bytes(_to_frame(value))
             if batch and (size + len(packed) > self.chunk_bytes
                           or len(batch) >= self.chunk_frames):
-                yield flush()
+                yield flush(last=False)
                 offset, batch, size = offset + len(batch), [], 0
             batch.append(packed)
             size += len(packed)
         if batch:
-            yield flush()
+            yield flush(last=True)
 
-    def _send(self, chunks: Iterator[_Chunk], send: Callable[[_Chunk], object]) -> Iterator[_Chunk]:
-        """Send every chunk; yield each once it is committed.
+    def _send(self, chunks: Iterator[_Chunk], send: Callable[[_Chunk, list[str] | None], object]
+              ) -> Iterator[_Chunk]:
+        """Send every chunk; yield each once it is committed, in order.
 
-        With ``overlap``, one background thread sends chunk k while this thread builds
-        chunk k+1 (the caller's iterable is always consumed in the caller's thread).
+        ``send(chunk, None)`` stages and commits a chunk in one request, ``send(chunk,
+        hashes)`` commits it once staged. Without ``overlap``, or for a single chunk,
+        every chunk is one request. Otherwise the upload is pipelined: each chunk is
+        staged first (``POST .../blobs``, STAGE_AHEAD at a time), then committed by its
+        hashes, in order, by one committing thread, while this thread packs the next
+        chunks (the caller's iterable is always consumed in the caller's thread). A
+        failed chunk fails the upload: no chunk after it is committed.
         """
-        if not self.overlap:
-            for chunk in chunks:
-                send(chunk)
+        first = next(chunks, None)
+        if first is None:
+            return
+        if not self.overlap or first.last:
+            for chunk in chain([first], chunks):
+                send(chunk, None)
                 yield chunk
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="trajhub-upload") as pool:
-            pending: tuple[Future[object], _Chunk] | None = None
-            for chunk in chunks:
-                if pending is not None:
-                    pending[0].result()
-                    yield pending[1]
-                pending = (pool.submit(send, chunk), chunk)
-            if pending is not None:
-                pending[0].result()
-                yield pending[1]
+        with ThreadPoolExecutor(STAGE_AHEAD, thread_name_prefix="trajhub-stage") as stagers, \
+                ThreadPoolExecutor(1, thread_name_prefix="trajhub-commit") as committer:
+            pending: deque[tuple[_Chunk, Future[object]]] = deque()
+            previous: Future[object] | None = None
+            try:
+                for chunk in chain([first], chunks):
+                    staged = stagers.submit(self._stage, chunk)
+                    previous = committer.submit(self._commit_staged, chunk, staged, previous,
+                                                send)
+                    pending.append((chunk, previous))
+                    while len(pending) > STAGE_AHEAD:
+                        done, committed = pending.popleft()
+                        committed.result()
+                        yield done
+                while pending:
+                    done, committed = pending.popleft()
+                    committed.result()
+                    yield done
+            finally:
+                for _, committed in pending:  # a chunk failed, or the caller stopped
+                    committed.cancel()
+
+    def _stage(self, chunk: _Chunk) -> list[str]:
+        return self.transport.stage_frames(self.room, chunk.staging_body())
+
+    def _commit_staged(self, chunk: _Chunk, staged: Future[list[str]],
+                       previous: Future[object] | None,
+                       send: Callable[[_Chunk, list[str] | None], object]) -> object:
+        """Commit ``chunk`` once the one before it is committed (never after a failed
+        one) and its frames are staged; staged again if they expired meanwhile."""
+        if previous is not None:
+            previous.result()
+        try:
+            return send(chunk, staged.result())
+        except BadRequest as exc:
+            if NOT_STAGED not in str(exc):
+                raise
+        return send(chunk, self._stage(chunk))
 
     def _insert_many(self, values: Iterable[FrameLike], *, at: int | None,
                      progress: bool | None) -> None:
@@ -636,10 +694,14 @@ class Room(MutableSequence[ase.Atoms]):
             progress is None and total is not None and total > PROGRESS_MIN_FRAMES)
         bar: Any = tqdm(total=total, unit="frame", desc=self.room) if show_now else None
 
-        def send(chunk: _Chunk) -> object:
-            key = new_idempotency_key()  # the same for every retry: never twice
+        keys: dict[int, str] = {}
+
+        def send(chunk: _Chunk, hashes: list[str] | None) -> object:
+            # The same key for every retry of a chunk: never committed twice.
+            key = keys.setdefault(chunk.offset, new_idempotency_key())
+            body = chunk.body() if hashes is None else chunk.staged_body(hashes)
             return self._committing(lambda headers: self.transport.post_frames(
-                self.room, chunk.body, at=None if at is None else at + chunk.offset,
+                self.room, body, at=None if at is None else at + chunk.offset,
                 idempotency_key=key, headers=headers))
 
         if at is not None:
@@ -680,10 +742,13 @@ class Room(MutableSequence[ase.Atoms]):
         def address(offset: int, count: int) -> dict[str, Any]:
             return self._address(indices[offset:offset + count])
 
-        def send(chunk: _Chunk) -> object:
-            key = new_idempotency_key()
+        keys: dict[int, str] = {}
+
+        def send(chunk: _Chunk, hashes: list[str] | None) -> object:
+            key = keys.setdefault(chunk.offset, new_idempotency_key())
+            body = chunk.body() if hashes is None else chunk.staged_body(hashes)
             answer = self._committing(lambda headers: self.transport.put_frames(
-                self.room, chunk.body, idempotency_key=key, headers=headers))
+                self.room, body, idempotency_key=key, headers=headers))
             self._remember_edit(indices[chunk.offset:chunk.offset + chunk.count],
                                 chunk.head, answer)
             return answer
