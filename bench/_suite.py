@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -185,6 +186,7 @@ def bench_bulk(dep: Deployment, bare: BareHttp, sizes: Sizes) -> list[Row]:
         bodies = request_bodies([atoms_to_frame(a) for a in frames])
         base[room] = bare_transfer(bare.port, bodies)
         base[room]["sha256_s"] = sha256_s(bodies)
+        base[room]["disk_s"] = disk_write_s(dep.root / "disk-probe", bodies)
         got = ours[room] = {"bytes": float(sum(map(len, bodies)))}
         got["upload_s"] = timed(Room(dep.url, room=room).extend, frames, progress=False)
         # read what is stored (in the all-in-one process storage would compete otherwise)
@@ -212,6 +214,13 @@ def bench_bulk(dep: Deployment, bare: BareHttp, sizes: Sizes) -> list[Row]:
         rows.append(row(f"bulk {n_frames}x{n_atoms}", "upload vs bare + sha256", value, "s",
                         b, b / value, mb=round(mb, 1),
                         sha256_mb_per_s=round(mb / base[room]["sha256_s"], 1)))
+        # Nor this: a durable upload writes every byte to the data disk once (a pack,
+        # fdatasync'd before the commit); on this VM's disk that is the floor of a large
+        # upload (~1 GB/s for a burst of a few hundred MB, then ~0.3 GB/s).
+        b = base[room]["disk_s"]
+        rows.append(row(f"bulk {n_frames}x{n_atoms}", "upload vs bare disk write + fdatasync",
+                        value, "s", b, b / value, mb=round(mb, 1),
+                        disk_mb_per_s=round(mb / b, 1)))
         # Not a target either: the bare read above drops each answer, so its memory is
         # reused; a reader keeps every frame, and the kernel's first touch of that much
         # new memory is a large cost on this machine (~0.8 ms per MB).
@@ -222,12 +231,33 @@ def bench_bulk(dep: Deployment, bare: BareHttp, sizes: Sizes) -> list[Row]:
 
 
 def sha256_s(bodies: list[bytes]) -> float:
-    """Seconds to sha256 the request bodies once (the content hash every upload needs:
-    this CPU has no SHA instructions, so it runs at ~0.25-0.4 GB/s here)."""
+    """Seconds to sha256 the request bodies once (the content hash every upload needs;
+    0.25-0.4 GB/s on a CPU without SHA instructions, ~1-2 GB/s with them)."""
     def run() -> None:
         for body in bodies:
             hashlib.sha256(body).digest()
     return median_timed(run)
+
+
+def disk_write_s(where: Path, bodies: list[bytes]) -> float:
+    """Seconds to write the request bodies to files beside the deployment's data, one
+    write and one fdatasync each, as staging packs are written (timed once: a repeat
+    would find the disk's burst allowance spent, or not, by chance)."""
+    where.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, body in enumerate(bodies):
+        fd = os.open(where / f"probe-{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    elapsed = time.perf_counter() - t0
+    for i in range(len(bodies)):
+        (where / f"probe-{i}").unlink()
+    return elapsed
 
 
 def bare_transfer(port: int, bodies: list[bytes]) -> dict[str, float]:
