@@ -85,7 +85,6 @@ class BodyBuffers:
             del self._free[:-self.keep]
 
 
-
 def _unexported(buf: bytearray) -> bool:
     """True when no memoryview or array exports ``buf`` (a resize fails while one does)."""
     try:

@@ -239,15 +239,13 @@ def parse_upload_generic(body: bytes | bytearray,
     """Decode the whole body with ``unpackb``, then each frame (the reference path);
     or take its ``hashes`` of frames staged before."""
     message = decode_msgpack_map(body, limit)
-    if "frames" in message:
-        check_not_both(message)
-    elif "hashes" in message:
-        return message, staged_hashes(message.pop("hashes"))
     if "frames" not in message:
+        if "hashes" in message:
+            return message, staged_hashes(message.pop("hashes"))
         raise ApiError(422, "request body has no 'frames' list (nor the 'hashes' of "
                             "frames staged with POST .../blobs)")
-    prepared = prepare_frames(message.pop("frames"))
-    return message, prepared
+    check_not_both(message)
+    return message, prepare_frames(message.pop("frames"))
 
 
 def parse_upload(body: bytes | bytearray, limit: int) -> tuple[dict[str, Any], PreparedFrames]:
