@@ -1,6 +1,9 @@
 """The Lua scripts, assembled from the files in ``lua/``.
 
-Every script gets ``lib.lua`` prepended; the commit scripts also ``commit.lua``.
+Every script gets ``lib_read.lua`` prepended, and every script that writes ``lib.lua``
+as well (the read script, run on every frame read, defines only what it uses: Redis
+runs a script's whole body, function definitions included, at every call); the commit
+scripts also get ``commit.lua``.
 Scripts run with EVALSHA (redis-py reloads them on NOSCRIPT); no FUNCTION, so they
 run on Redis 6.2 as well as 7.
 """
@@ -18,26 +21,30 @@ def _read(name: str) -> str:
     return files("trajhub.control").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+def _with_lib(*names: str) -> str:
+    return "\n".join([_read("lib_read"), _read("lib"), *map(_read, names)])
+
+
 @cache
 def commit_script(op: CommitOp) -> str:
-    return "\n".join([_read("lib"), _read("commit"), _read(op)])
+    return _with_lib("commit", op)
 
 
 @cache
 def read_index_script() -> str:
-    return "\n".join([_read("lib"), _read("read_index")])
+    return "\n".join([_read("lib_read"), _read("read_index")])
 
 
 @cache
 def lock_script() -> str:
-    return "\n".join([_read("lib"), _read("lock")])
+    return _with_lib("lock")
 
 
 @cache
 def presenter_script() -> str:
-    return "\n".join([_read("lib"), _read("presenter")])
+    return _with_lib("presenter")
 
 
 @cache
 def fork_script() -> str:
-    return "\n".join([_read("lib"), _read("commit"), _read("fork")])
+    return _with_lib("commit", "fork")
