@@ -111,6 +111,35 @@ async def test_batches_and_chunks(redis_url: str, r: aioredis.Redis, store: Zarr
     sim.assert_store_matches(store)
 
 
+class _BatchRecorder(StorageWorker):
+    """A storage worker that records the frame count of each event of each batch."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.batches: list[list[int]] = []
+
+    async def handle_batch(self, room: str, events: Any) -> int:
+        self.batches.append([len(e.frames) for e in events])
+        return await super().handle_batch(room, events)
+
+
+async def test_a_batch_takes_no_more_events_once_it_holds_batch_frames(
+        redis_url: str, r: aioredis.Redis, store: ZarrFrameStore,
+        rng: np.random.Generator) -> None:
+    """A backlog of bulk commits is handled a few frames' worth at a time (what the
+    worker keeps per batch stays bounded), with the same result."""
+    sim = RoomSim(r, ROOM)
+    for size in (3, 4, 2, 5, 1, 4, 3):
+        await sim.insert([make_frame(rng) for _ in range(size)])
+    worker = _BatchRecorder(redis_url, store, "w1", batch_frames=6)
+    try:
+        assert await worker.apply_room(ROOM) == sim.seq
+    finally:
+        await worker.aclose()
+    sim.assert_store_matches(store)
+    assert worker.batches == [[3, 4], [2, 5], [1, 4, 3]]
+
+
 async def test_reapply_is_idempotent(redis_url: str, r: aioredis.Redis,
                                      store: ZarrFrameStore, rng: np.random.Generator) -> None:
     sim = RoomSim(r, ROOM)

@@ -48,6 +48,10 @@ RETRYABLE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeout
 """Errors that mean "Redis is unreachable right now": back off and try again."""
 
 NOTIFY_BLOCK_MS = 1000
+BATCH_FRAMES = 1024
+"""A batch takes no more events once they hold this many frames: what a consumer keeps
+while handling a batch (parsed events, slot writes) stays bounded when a long backlog
+of bulk commits waits, as it does after an upload the all-in-one storage yielded to."""
 
 # Returns 2 when newly acquired, 1 when renewed (already ours), 0 when held by another.
 _ACQUIRE_LUA = """
@@ -166,7 +170,8 @@ class RoomConsumer(abc.ABC):
     def __init__(self, redis_url: str, group: str, consumer: str, *,
                  claim_idle_ms: int = 5_000, reconcile_s: float = 2.0,
                  lease_ms: int = 10_000, batch_events: int = 256,
-                 max_rooms: int = 4, logger: logging.Logger | None = None,
+                 batch_frames: int = BATCH_FRAMES, max_rooms: int = 4,
+                 logger: logging.Logger | None = None,
                  yield_to: Callable[[], bool] | None = None,
                  max_yield_s: float = 2.0, registry_ttl_ms: int | None = None,
                  orphan_after_s: float | None = None) -> None:
@@ -180,6 +185,7 @@ class RoomConsumer(abc.ABC):
         self.reconcile_s = reconcile_s
         self.lease_ms = lease_ms
         self.batch_events = batch_events
+        self.batch_frames = batch_frames
         self.max_rooms = max_rooms
         self.registry_ttl_ms = registry_ttl_ms or lease_ms
         """A replica that has not heartbeated for this long is presumed dead."""
@@ -505,11 +511,15 @@ class RoomConsumer(abc.ABC):
 
     async def _ordered_batch(self, room: str, progress: int,
                              entries: dict[int, _Entry]) -> list[Event]:
-        """Events progress+1, progress+2, ... as far as known, gaps filled by XRANGE."""
+        """Events progress+1, progress+2, ... as far as known, gaps filled by XRANGE; at
+        most ``batch_events`` events, and no more once they hold ``batch_frames``
+        frames (at least one event)."""
         batch: list[Event] = []
         nxt = progress + 1
         highest = max(entries)
-        while len(batch) < self.batch_events and nxt <= highest:
+        frames = 0
+        while len(batch) < self.batch_events and frames < self.batch_frames \
+                and nxt <= highest:
             entry = entries.get(nxt)
             if entry is None or not entry.fields:
                 highest = max(highest, await self._fill(room, nxt, entries))
@@ -517,7 +527,9 @@ class RoomConsumer(abc.ABC):
                 if entry is None or not entry.fields:
                     raise IntegrityError(f"event seq {nxt} is missing from {keys.events(room)}"
                                          f" (have up to {highest})")
-            batch.append(self._parse(room, entry))
+            event = self._parse(room, entry)
+            batch.append(event)
+            frames += len(event.frames)
             nxt += 1
         return batch
 

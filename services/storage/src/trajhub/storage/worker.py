@@ -36,7 +36,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from trajhub.shared import codec, keys
-from trajhub.shared.consumer import IntegrityError, RoomConsumer, seq_of, stream_pairs
+from trajhub.shared.consumer import (
+    BATCH_FRAMES,
+    IntegrityError,
+    RoomConsumer,
+    seq_of,
+    stream_pairs,
+)
 from trajhub.shared.events import Event, SlotWrite
 from trajhub.shared.frames import Array, Frame
 from trajhub.shared.hashing import frame_hash
@@ -300,15 +306,17 @@ class StorageWorker(RoomConsumer):
     def __init__(self, redis_url: str, store: ProjectionStore, consumer: str, *,
                  lease_ms: int = 10_000, claim_idle_ms: int = 5_000,
                  reconcile_s: float = 2.0, batch_events: int = 256,
-                 max_chunk_bytes: int = MAX_CHUNK_BYTES, verify: bool = False,
+                 batch_frames: int = BATCH_FRAMES, max_chunk_bytes: int = MAX_CHUNK_BYTES,
+                 verify: bool = False,
                  yield_to: Callable[[], bool] | None = None,
                  archive: BlobArchive | None = None, share: bool = True,
                  registry_ttl_ms: int | None = None,
                  orphan_after_s: float | None = None) -> None:
         super().__init__(redis_url, keys.STORAGE_GROUP, consumer, claim_idle_ms=claim_idle_ms,
                          reconcile_s=reconcile_s, lease_ms=lease_ms,
-                         batch_events=batch_events, logger=log, yield_to=yield_to,
-                         registry_ttl_ms=registry_ttl_ms, orphan_after_s=orphan_after_s)
+                         batch_events=batch_events, batch_frames=batch_frames, logger=log,
+                         yield_to=yield_to, registry_ttl_ms=registry_ttl_ms,
+                         orphan_after_s=orphan_after_s)
         self.share = share
         """Heartbeat into ``trajhub:storage:replicas`` and take only this replica's share."""
         self.store = store
