@@ -62,6 +62,15 @@ async def applied_history(redis_url: str, r: aioredis.Redis, store: ZarrFrameSto
     return sim
 
 
+async def apply_all(worker: StorageWorker, sim: RoomSim, store: ZarrFrameStore) -> None:
+    """Apply the whole room with ``worker`` (then closed); the store matches ``sim``."""
+    try:
+        assert await worker.apply_room(ROOM) == sim.seq
+    finally:
+        await worker.aclose()
+    sim.assert_store_matches(store)
+
+
 async def edit_history(sim: RoomSim, rng: np.random.Generator, **kw: bool) -> None:
     """Inserts (append, front, middle, duplicate content), replaces and deletes."""
     frames = [make_frame(rng) for _ in range(6)]
@@ -81,11 +90,7 @@ async def test_apply_matches_list_model(redis_url: str, r: aioredis.Redis,
     sim = RoomSim(r, ROOM)
     await edit_history(sim, rng)
     worker = StorageWorker(redis_url, store, "w1")
-    try:
-        assert await worker.apply_room(ROOM) == sim.seq
-    finally:
-        await worker.aclose()
-    sim.assert_store_matches(store)
+    await apply_all(worker, sim, store)
     assert await applied(r) == {b"seq": str(sim.seq).encode(),
                                 b"slots": str(sim.next_slot).encode()}
     assert await blob_keys(r) == []
@@ -104,11 +109,7 @@ async def test_batches_and_chunks(redis_url: str, r: aioredis.Redis, store: Zarr
     for _ in range(5):
         await edit_history(sim, rng)
     worker = StorageWorker(redis_url, store, "w1", batch_events=7, max_chunk_bytes=2000)
-    try:
-        assert await worker.apply_room(ROOM) == sim.seq
-    finally:
-        await worker.aclose()
-    sim.assert_store_matches(store)
+    await apply_all(worker, sim, store)
 
 
 class _BatchRecorder(StorageWorker):
@@ -132,11 +133,7 @@ async def test_a_batch_takes_no_more_events_once_it_holds_batch_frames(
     for size in (3, 4, 2, 5, 1, 4, 3):
         await sim.insert([make_frame(rng) for _ in range(size)])
     worker = _BatchRecorder(redis_url, store, "w1", batch_frames=6)
-    try:
-        assert await worker.apply_room(ROOM) == sim.seq
-    finally:
-        await worker.aclose()
-    sim.assert_store_matches(store)
+    await apply_all(worker, sim, store)
     assert worker.batches == [[3, 4], [2, 5], [1, 4, 3]]
 
 
@@ -247,11 +244,7 @@ async def test_gap_is_filled_by_xrange(redis_url: str, r: aioredis.Redis,
     # first, sees seq 4 after applied seq 0 and reads 1..3 by seq.
     await r.xreadgroup(keys.STORAGE_GROUP, "X", {keys.events(ROOM): ">"}, count=3)
     worker = StorageWorker(redis_url, store, "w1", claim_idle_ms=3_600_000)
-    try:
-        assert await worker.apply_room(ROOM) == sim.seq
-    finally:
-        await worker.aclose()
-    sim.assert_store_matches(store)
+    await apply_all(worker, sim, store)
     assert await pending_count(r) == 0  # XACK is per group: X's entries are done too
 
 
