@@ -1,5 +1,14 @@
 -- Helpers shared by every trajhub script that writes (prepended after lib_read.lua).
 
+-- Run `cmd key items[1..n]` in chunks of CHUNK arguments (CHUNK is even, so
+-- field/value pairs are never split).
+local function chunked(cmd, key, items)
+  local n = #items
+  for i = 1, n, CHUNK do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
+  end
+end
+
 local function int(x)
   return string.format('%d', x)
 end

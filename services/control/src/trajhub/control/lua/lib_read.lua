@@ -6,15 +6,6 @@
 
 local CHUNK = 1000
 
--- Run `cmd key items[1..n]` in chunks of CHUNK arguments (CHUNK is even, so
--- field/value pairs are never split).
-local function chunked(cmd, key, items)
-  local n = #items
-  for i = 1, n, CHUNK do
-    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
-  end
-end
-
 -- HMGET for any number of fields; missing fields come back as false.
 local function hmget(key, fields)
   local out, m = {}, 0
