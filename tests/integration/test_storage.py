@@ -137,6 +137,66 @@ async def test_a_batch_takes_no_more_events_once_it_holds_batch_frames(
     assert worker.batches == [[3, 4], [2, 5], [1, 4, 3]]
 
 
+class _StreamRecorder(_BatchRecorder):
+    """Records batches; while applying the batch holding seq ``during``, the room gets
+    one more commit (as a stream of edits would)."""
+
+    def __init__(self, sim: RoomSim, rng: np.random.Generator, during: int, *args: Any,
+                 **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.sim, self.rng, self.during = sim, rng, during
+
+    async def handle_batch(self, room: str, events: Any) -> int:
+        if any(e.seq == self.during for e in events):
+            await self.sim.insert([make_frame(self.rng)])
+            await asyncio.sleep(0.1)  # its notification reaches the worker meanwhile
+        return await super().handle_batch(room, events)
+
+
+async def test_a_stream_of_small_commits_is_applied_a_window_at_a_time(
+        redis_url: str, r: aioredis.Redis, store: ZarrFrameStore,
+        rng: np.random.Generator) -> None:
+    """A commit that arrives while storage applies the last one starts a stream: storage
+    waits ``coalesce_s`` and applies what came meanwhile in one batch."""
+    sim = RoomSim(r, ROOM)
+    worker = _StreamRecorder(sim, rng, 2, redis_url, store, "w1", coalesce_s=1.0,
+                             reconcile_s=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await sim.insert([make_frame(rng)])
+        await eventually(lambda: _applied_seq_is(r, ROOM, 1))
+        await sim.insert([make_frame(rng)])  # seq 2; seq 3 arrives while it is applied
+        await eventually(lambda: _applied_seq_is(r, ROOM, 2))
+        for _ in range(2):  # within the window
+            await sim.insert([make_frame(rng)])
+        await eventually(lambda: _applied_seq_is(r, ROOM, 5))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert worker.batches == [[1], [1], [1, 1, 1]]
+    sim.assert_store_matches(store)
+
+
+async def test_a_commit_made_after_the_last_was_applied_is_not_delayed(
+        redis_url: str, r: aioredis.Redis, store: ZarrFrameStore,
+        rng: np.random.Generator) -> None:
+    """Commits one at a time, each once the one before is applied (a client waiting for
+    its edit), are each applied at once, however long the coalescing window."""
+    sim = RoomSim(r, ROOM)
+    worker = _BatchRecorder(redis_url, store, "w1", coalesce_s=60.0, reconcile_s=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        for seq in range(1, 5):
+            await sim.insert([make_frame(rng)])
+            await eventually(lambda seq=seq: _applied_seq_is(r, ROOM, seq), limit_s=10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert worker.batches == [[1]] * 4
+
+
 async def test_reapply_is_idempotent(redis_url: str, r: aioredis.Redis,
                                      store: ZarrFrameStore, rng: np.random.Generator) -> None:
     sim = RoomSim(r, ROOM)

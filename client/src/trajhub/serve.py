@@ -50,6 +50,7 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
         # One process, one GIL: storage lets in-flight uploads finish first (bounded).
         storage = StorageWorker(settings.redis_url, store, f"{consumer}-storage",
                                 yield_to=app.gateway.busy_with_writes,
+                                coalesce_s=settings.apply_coalesce_ms / 1000,
                                 archive=BlobArchive(store.store)
                                 if settings.archive_blobs else None)
         # The history store shares the frame store's zarr store (and its snapshots).

@@ -52,6 +52,8 @@ BATCH_FRAMES = 1024
 """A batch takes no more events once they hold this many frames: what a consumer keeps
 while handling a batch (parsed events, slot writes) stays bounded when a long backlog
 of bulk commits waits, as it does after an upload the all-in-one storage yielded to."""
+COALESCE_FRAMES = 64
+"""A round that handled fewer frames than this is "small" (see ``coalesce_s``)."""
 
 # Returns 2 when newly acquired, 1 when renewed (already ours), 0 when held by another.
 _ACQUIRE_LUA = """
@@ -174,8 +176,11 @@ class RoomConsumer(abc.ABC):
                  logger: logging.Logger | None = None,
                  yield_to: Callable[[], bool] | None = None,
                  max_yield_s: float = 2.0, registry_ttl_ms: int | None = None,
-                 orphan_after_s: float | None = None) -> None:
+                 orphan_after_s: float | None = None, coalesce_s: float = 0.0) -> None:
         self.redis_url = redis_url
+        self.coalesce_s = coalesce_s
+        """While small edits stream in, wait this long between rounds, so that the next
+        takes what came meanwhile at once: storage's cost is per write, not per frame."""
         self.yield_to = yield_to
         """All-in-one wiring: True while the co-located gateway is taking writes."""
         self.max_yield_s = max_yield_s
@@ -405,10 +410,12 @@ class RoomConsumer(abc.ABC):
         handled = 0
         try:
             while not self._stopping:
-                n, progressed = await self._round(room)
+                n, progressed, streaming = await self._round(room)
                 handled += n
                 if not progressed or not self._may_work(room):
                     break
+                if streaming and self.coalesce_s > 0:
+                    await asyncio.sleep(self.coalesce_s)
         except IntegrityError as exc:
             self.halted.add(room)
             self.log.critical("room halted room=%s: %s", room, exc,
@@ -437,15 +444,22 @@ class RoomConsumer(abc.ABC):
         while self.yield_to() and loop.time() < deadline and not self._stopping:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    async def _round(self, room: str) -> tuple[int, bool]:
-        """Read, order, handle and acknowledge one batch. Returns (handled, go on)."""
+    async def _round(self, room: str) -> tuple[int, bool, bool]:
+        """Read, order, handle and acknowledge one batch. Returns (handled, go on,
+        streaming): streaming when the batch was small and the room was notified while
+        it was being handled (more is coming: ``coalesce_s``). A commit made after the
+        batch was handled (a reaction to it) does not count, so a lone edit is never
+        delayed."""
         await self.yield_to_foreground()
+        self._dirty.discard(room)  # this round takes what was announced so far
         progress = await self.progress_seq(room)
         entries = await self._collect(room)
         if not entries:
-            return 0, False
+            return 0, False, False
         batch = await self._ordered_batch(room, progress, entries)
         handled = await self.handle_batch(room, batch) if batch else 0
+        streaming = room in self._dirty and \
+            sum(len(e.frames) for e in batch[:handled]) < COALESCE_FRAMES
         if handled < 0 or handled > len(batch):
             raise IntegrityError(f"handle_batch returned {handled} for {len(batch)} events")
         done_seq = batch[handled - 1].seq if handled else progress
@@ -460,7 +474,7 @@ class RoomConsumer(abc.ABC):
             self.log.debug("handled room=%s seq=%d events=%d", room, done_seq, handled,
                            extra={"room": room, "seq": done_seq, "events": handled})
         blocked = handled < len(batch)
-        return handled, bool(done) and not blocked
+        return handled, bool(done) and not blocked, streaming
 
     async def _collect(self, room: str) -> dict[int, _Entry]:
         """Claimed, own pending and new entries of the room's stream, by seq."""

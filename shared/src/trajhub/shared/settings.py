@@ -37,6 +37,11 @@ class Settings(BaseModel):
         "(local directory stores)"))
     cache_mb: float = Field(64.0, ge=0, description=(
         "TRAJHUB_CACHE_MB: the gateway's in-memory cache of encoded frames (0 disables)"))
+    apply_coalesce_ms: float = Field(50.0, ge=0, description=(
+        "TRAJHUB_APPLY_COALESCE_MS: while small edits stream into a room faster than "
+        "storage writes them, storage waits this long between writes and takes what came "
+        "meanwhile in one write (its cost is per write, not per frame); a lone edit is "
+        "written at once (0: never wait)"))
     undo_retention: int = Field(10_000, ge=0, description=(
         "TRAJHUB_UNDO_RETENTION: undoable edits kept per author and room (0: no limit)"))
     snapshot_every_events: int = Field(1000, ge=1, description=(

@@ -17,7 +17,8 @@ def main() -> None:
     store = open_store(settings.storage_url)
     archive = BlobArchive(store.store) if settings.archive_blobs else None
     worker = StorageWorker(settings.redis_url, store, settings.consumer_name,
-                           archive=archive)
+                           archive=archive,
+                           coalesce_s=settings.apply_coalesce_ms / 1000)
     asyncio.run(run_until_signalled(worker))
 
 

@@ -311,12 +311,12 @@ class StorageWorker(RoomConsumer):
                  yield_to: Callable[[], bool] | None = None,
                  archive: BlobArchive | None = None, share: bool = True,
                  registry_ttl_ms: int | None = None,
-                 orphan_after_s: float | None = None) -> None:
+                 orphan_after_s: float | None = None, coalesce_s: float = 0.0) -> None:
         super().__init__(redis_url, keys.STORAGE_GROUP, consumer, claim_idle_ms=claim_idle_ms,
                          reconcile_s=reconcile_s, lease_ms=lease_ms,
                          batch_events=batch_events, batch_frames=batch_frames, logger=log,
                          yield_to=yield_to, registry_ttl_ms=registry_ttl_ms,
-                         orphan_after_s=orphan_after_s)
+                         orphan_after_s=orphan_after_s, coalesce_s=coalesce_s)
         self.share = share
         """Heartbeat into ``trajhub:storage:replicas`` and take only this replica's share."""
         self.store = store
