@@ -20,6 +20,7 @@ from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
+from trajhub.shared import zarr_store
 from trajhub.shared.frames import Frame, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.ports import FrameStore, ProjectionCommit
@@ -502,6 +503,70 @@ def test_reader_forgets_a_room_made_again(tmp_path: Path) -> None:
     assert_frames(reader.read_slots(ROOM, [0, 1]), again)
 
 
+@pytest.mark.parametrize("tail_budget", [16 << 20, 0])
+def test_small_appends_read_back_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            tail_budget: int) -> None:
+    """One-slot writes (made from the writer's copy of the chunk they fall in) cross
+    chunks, grow padded axes and interleave with another writer's slots and projection
+    commits; a fresh store and plain zarr read exactly what was written."""
+    monkeypatch.setattr(zarr_store, "CHUNK_TARGET_BYTES", 4096)
+    monkeypatch.setattr(zarr_store, "MAX_SLOT_CHUNK", 8)
+    monkeypatch.setattr(zarr_store, "TAIL_CACHE_BYTES", tail_budget)
+    path = str(tmp_path / "zarr")
+    writer, other = open_store(path), open_store(path)
+    frames: list[Frame] = []
+    for i in range(30):
+        by = other if i % 11 == 10 else writer
+        frame = make_frame(3 + (i * 7) % 90, i)  # now and then wider than a chunk
+        frames.append(frame)
+        n = len(frames)
+        length = min(n, 6 if by is other else 5)  # the other resizes the projection
+        by.write_slots(ROOM, n - 1, [frame], [frame_hash(frame)], commit=ProjectionCommit(
+            i + 1, list(range(n - length, n))[::-1], list(range(length)), [i] * length))
+    reader = open_store(path)
+    assert_frames(reader.read_slots(ROOM, range(30)), frames)
+    seq, order, fids, versions = reader.read_projection(ROOM)
+    assert (seq, order.tolist(), fids.tolist(), versions.tolist()) == (
+        30, [29, 28, 27, 26, 25], list(range(5)), [29] * 5)
+    group = plain_group(tmp_path)
+    assert group["_order"].shape == group["_version"].shape == (5,)
+    for slot in (0, 7, 8, 29):
+        n_atoms = int(group["positions.shape"][slot, 0])
+        np.testing.assert_array_equal(group["positions"][slot, :n_atoms],
+                                      frames[slot]["positions"])
+
+
+def test_projection_commits_rewrite_the_chunks_that_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zarr_store, "PROJECTION_CHUNK", 4)
+    path = str(tmp_path / "zarr")
+    writer = open_store(path)
+    write(writer, [make_frame(2, i) for i in range(12)])
+    puts: list[str] = []
+    real_put = zarr_store._atomic_put
+
+    def put(target: Path, data: Any) -> None:
+        puts.append(str(target.relative_to(tmp_path / "zarr" / ROOM)))
+        real_put(target, data)
+
+    monkeypatch.setattr(zarr_store, "_atomic_put", put)
+    steps = [
+        (list(range(10)), [1] * 10),  # three chunks
+        (list(range(10)), [1] * 5 + [2] + [1] * 4),  # one version changes: one chunk
+        (list(range(5)), [3] * 5),  # shrinks
+        (list(range(7)), [3] * 7),  # grows again inside the second chunk
+    ]
+    for seq, (order, versions) in enumerate(steps, start=1):
+        puts.clear()
+        writer.commit_projection(ROOM, seq, order, order, versions)
+        if seq == 2:
+            assert puts == ["_version/c/1"]
+        got = open_store(path).read_projection(ROOM)
+        assert (got[0], got[1].tolist(), got[2].tolist(), got[3].tolist()) == (
+            seq, order, order, versions)
+        assert plain_group(tmp_path)["_version"][:].tolist() == versions
+
+
 def expected_frame(slot: int) -> Frame:
     """Deterministic content per slot, with growing atom counts and optional keys."""
     n = 1 + (slot * 7) % 150
@@ -628,3 +693,5 @@ def test_random_frames_round_trip(batches: list[list[Frame]]) -> None:
         written.extend(batch)
     order = list(range(len(written)))[::-1]
     assert_frames(store.read_slots(ROOM, order), [written[i] for i in order])
+    fresh = ZarrFrameStore(store.store)  # nothing cached: what the chunks hold
+    assert_frames(fresh.read_slots(ROOM, order), [written[i] for i in order])

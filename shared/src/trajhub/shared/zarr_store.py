@@ -32,10 +32,14 @@ from slot ``g["_base"][s]`` the same way.
 A store keeps in memory, per room, every ``.shape`` array and the data arrays of small
 per-frame keys (``SMALL_ROW_BYTES``: cell, pbc, energy), loaded on first read and grown
 by reading only new rows (slots are write-once, and a writer appends what it wrote), so
-reading a frame costs one Zarr call per per-atom key.
+reading a frame costs one Zarr call per per-atom key. A writer also keeps a copy of
+the chunk each array last grew in (``TAIL_CACHE_BYTES`` in all): a small append encodes
+that chunk from the copy and puts it whole, rather than having Zarr read it back, and a
+projection commit rewrites only the projection chunks that changed.
 
-Every write is a whole-object put: zarr's LocalStore (>= 3.1.3) writes each chunk and
-metadata document to a temporary file and renames it into place, a memory store swaps
+Every write is a whole-object put: zarr's LocalStore (>= 3.1.3), and this module's own
+chunk puts to a local directory, write each chunk and metadata document to a temporary
+file and rename it into place, a memory store swaps
 dict entries, and an object store (``s3://``, FsspecStore) replaces whole objects, so a
 reader never sees half a chunk. Slots become readable by
 contract only below ``n_slots`` (and, for the gateway, below ``{room}:applied``), which
@@ -51,9 +55,10 @@ import json
 import math
 import threading
 import time
+import uuid
 import warnings
 from bisect import bisect_left
-from collections.abc import Coroutine, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,9 +67,10 @@ import numpy as np
 from zarr.abc.codec import BytesBytesCodec
 from zarr.abc.store import Store
 from zarr.api.asynchronous import open_group
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.core.array import AsyncArray
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.dtype import VariableLengthBytes
 from zarr.core.group import AsyncGroup
 from zarr.core.sync import sync
@@ -107,7 +113,8 @@ see bench/zarr_store.py)."""
 MAX_SLOT_CHUNK = 4096
 MIN_ATOM_CHUNK = 64
 STRING_SLOT_CHUNK = 4096
-PROJECTION_CHUNK = 65536
+PROJECTION_CHUNK = 4096
+"""Entries per chunk of a projection array; a commit rewrites the chunks that changed."""
 RUN_GAP = 64
 """Requested slots closer than this are read as one block (one Zarr call per key)."""
 SMALL_ROW_BYTES = 128
@@ -118,6 +125,11 @@ SMALL_CACHE_BYTES = 8 * 1024 * 1024
 """Largest in-memory copy of one small array (beyond it, reads go to Zarr)."""
 DROP_BATCH = 64
 """Chunks ``drop_slots`` sizes and deletes concurrently."""
+TAIL_ROWS = 64
+"""A write of at most this many slots is made from a copy of the chunk it continues,
+kept in memory (see ``_write_tail``)."""
+TAIL_CACHE_BYTES = 16 * 1024 * 1024
+"""Chunk copies kept for such writes, all rooms together (least recently used go)."""
 
 
 @dataclass
@@ -211,6 +223,25 @@ class _Cached:
     generation: int
     """The room's n_slots read before this array's metadata: the array covers every
     slot below it that holds the array's key."""
+
+
+@dataclass(frozen=True)
+class _Projected:
+    """A projection array as this store last committed it (with ``applied_seq``)."""
+
+    array: ZArray
+    generation: int
+    values: Array
+
+
+@dataclass
+class _Tail:
+    """The chunk a room's array grows in, as last written by this store."""
+
+    chunk: int
+    end: int
+    """The slot count after that write: the copy is current while n_slots is this."""
+    data: Array
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -400,6 +431,8 @@ class ZarrFrameStore:
         self._rooms: dict[str, _RoomInfo] = {}
         self._arrays: dict[tuple[str, str], _Cached] = {}
         self._rows: dict[tuple[str, str], _Rows] = {}
+        self._tails: dict[tuple[str, str], _Tail] = {}
+        self._projection: dict[tuple[str, str], _Projected] = {}
         self._write_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
@@ -454,7 +487,9 @@ class ZarrFrameStore:
 
     def _forget(self, room: str) -> None:
         """Drop what is cached about ``room``'s arrays (caller holds ``_lock``)."""
-        for cache in (self._arrays, self._rows):
+        caches: tuple[dict[tuple[str, str], Any], ...] = (
+            self._arrays, self._rows, self._tails, self._projection)
+        for cache in caches:
             for k in [k for k in cache if k[0] == room]:
                 del cache[k]
 
@@ -857,17 +892,19 @@ class ZarrFrameStore:
         plans = _plan(stored, registry)
         hash_block = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes),
                                    dtype=np.uint8).reshape(len(hashes), 32)
-        jobs = [*(self._write_variant(group, room, n, end, p) for p in plans),
-                self._write_block(group, room, n, end, HASH_ARRAY, hash_block,
-                                  chunks=(MAX_SLOT_CHUNK, 32), fill=0)]
+        jobs: list[Coroutine[Any, Any, Any]] = [
+            *(self._write_variant(group, room, n, end, p) for p in plans),
+            self._write_block(group, room, n, end, HASH_ARRAY, hash_block,
+                              chunks=(MAX_SLOT_CHUNK, 32), fill=0)]
         if bases is not None:
             jobs.append(self._write_block(group, room, n, end, BASE_ARRAY, bases,
                                           chunks=(MAX_SLOT_CHUNK,), fill=-1))
         if projection is not None:
-            jobs.extend(self._write_projection_array(group, name, values)
+            jobs.extend(self._write_projection_array(group, room, name, values,
+                                                     info.applied_seq)
                         for name, values in zip(PROJECTION_ARRAYS, projection.arrays,
                                                 strict=True))
-        await asyncio.gather(*jobs)
+        written = await asyncio.gather(*jobs)
         layered = info.layered or bases is not None
         applied_seq = info.applied_seq if projection is None else projection.seq
         await group.update_attributes({
@@ -875,6 +912,9 @@ class ZarrFrameStore:
             "n_slots": end, "applied_seq": applied_seq, **commit_attrs,
             **({LAYERED_ATTR: True} if layered else {})})
         with self._lock:
+            if projection is not None:
+                self._remember_projection(room, written[-len(PROJECTION_ARRAYS):],
+                                          projection.seq)
             self._rooms[room] = _RoomInfo(end, applied_seq, registry, layered,
                                           info.parent, info.parent_slots)
             self._extend_row_caches(room, n, end, registry, info.registry, plans)
@@ -1017,9 +1057,44 @@ class ZarrFrameStore:
             shape = (rows, *(max(a, b) for a, b in zip(array.shape[1:], dims, strict=True)))
             if shape != array.shape:
                 await array.resize(shape, delete_outside_chunks=False)
-        if block.size:
+        if block.size and not await self._write_tail(room, array, n, end, block):
             await array.setitem((slice(n, end), *(slice(0, d) for d in dims)), block)
         self._remember(room, array, end)
+
+    async def _write_tail(self, room: str, array: ZArray, n: int, end: int,
+                          block: Array) -> bool:
+        """Write ``block`` at slots ``n..end`` by encoding the chunks they fall in from
+        the copy of the last one kept in memory: no read back and no Zarr indexing, which
+        is most of what a small append costs (a stream of edits appends a slot or a few
+        at a time). Rows at or beyond ``n`` hold fill values, so a chunk starting there
+        needs no read either. False (nothing written) for any other write."""
+        with self._lock:
+            tail = self._tails.pop((room, array.basename), None)
+        per, chunks = array.chunks[0], array.chunks
+        encode = _chunk_encoder(array)
+        if (encode is None or end - n > TAIL_ROWS
+                or any(s > k for s, k in zip(array.shape[1:], chunks[1:], strict=True))
+                or math.prod(chunks) * array.dtype.itemsize > 2 * CHUNK_TARGET_BYTES):
+            return False
+        inner = tuple(slice(0, d) for d in block.shape[1:])
+        for c in range(n // per, (end - 1) // per + 1):
+            first = c * per
+            if tail is not None and tail.chunk == c and tail.end == n:
+                data = tail.data
+            else:
+                data = np.full(chunks, array.metadata.fill_value, dtype=array.dtype)
+                if first < n:
+                    held = await _fetch(array, (slice(first, n),))
+                    data[(slice(0, n - first), *(slice(0, d) for d in held.shape[1:]))] = held
+            a, b = max(n, first), min(end, first + per)
+            data[(slice(a - first, b - first), *inner)] = block[a - n:b - n]
+            await self._put_chunk(array, (c, *(0 for _ in chunks[1:])), encode(data))
+            tail = _Tail(c, end, data)
+        assert tail is not None  # end > n: at least one chunk was written
+        with self._lock:
+            self._tails[(room, array.basename)] = tail
+            _trim(self._tails, TAIL_CACHE_BYTES)
+        return True
 
     async def _array_for_write(self, room: str, name: str, n: int) -> ZArray | None:
         with self._lock:
@@ -1050,26 +1125,64 @@ class ZarrFrameStore:
         group = await self._open_group(room)
         info = _room_info(group.attrs)
         _check_projection(room, projection, info.applied_seq, info.n_slots)
-        await asyncio.gather(*(self._write_projection_array(group, name, values)
-                               for name, values in zip(PROJECTION_ARRAYS, projection.arrays,
-                                                       strict=True)))
+        written = await asyncio.gather(*(
+            self._write_projection_array(group, room, name, values, info.applied_seq)
+            for name, values in zip(PROJECTION_ARRAYS, projection.arrays, strict=True)))
         await group.update_attributes({
             "trajhub_format": FORMAT_VERSION, "n_slots": info.n_slots,
             **_projection_attrs(projection)})
         with self._lock:
+            self._remember_projection(room, written, projection.seq)
             self._rooms[room] = replace(info, applied_seq=projection.seq)
 
-    async def _write_projection_array(self, group: AsyncGroup, name: str,
-                                      values: Array) -> None:
-        try:
-            array: ZArray = await AsyncArray.open(StorePath(group.store, f"{group.path}/{name}"))
-        except NodeNotFoundError:
-            array = await self._create(group, name, (len(values),), np.dtype("<i8"),
-                                       (PROJECTION_CHUNK,), 0)
+    async def _write_projection_array(self, group: AsyncGroup, room: str, name: str,
+                                      values: Array, applied_seq: int
+                                      ) -> tuple[ZArray, Array]:
+        """Write projection array ``name``: the chunks whose values differ from those
+        this store last committed, or all of them if the room's ``applied_seq`` is not
+        that commit's (another writer since)."""
+        with self._lock:
+            last = self._projection.pop((room, name), None)
+        before: Array | None = None
+        if last is not None and last.generation == applied_seq:
+            array, before = last.array, last.values
+        else:
+            try:
+                array = await AsyncArray.open(StorePath(group.store, f"{group.path}/{name}"))
+            except NodeNotFoundError:
+                array = await self._create(group, name, (len(values),), np.dtype("<i8"),
+                                           (PROJECTION_CHUNK,), 0)
         if array.shape != (len(values),):
             await array.resize((len(values),))
-        if len(values):
-            await array.setitem(slice(0, len(values)), values)
+        encode = _chunk_encoder(array)
+        if encode is None:
+            if len(values):
+                await array.setitem(slice(0, len(values)), values)
+            return array, values
+        per = array.chunks[0]
+        for k in range(-(-len(values) // per)):
+            part = values[k * per:(k + 1) * per]
+            if before is not None and np.array_equal(part, before[k * per:(k + 1) * per]):
+                continue
+            data = np.full(per, array.metadata.fill_value, dtype=array.dtype)
+            data[:len(part)] = part
+            await self._put_chunk(array, (k,), encode(data))
+        return array, values
+
+    async def _put_chunk(self, array: ZArray, coords: tuple[int, ...], data: Buffer) -> None:
+        """Store one encoded chunk. A local directory is written right here: a small
+        file's write costs less than handing it to a thread."""
+        key = f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}"
+        if isinstance(self.store, LocalStore):
+            _atomic_put(self.store.root / key, data.as_buffer_like())
+        else:
+            await self.store.set(key, data)
+
+    def _remember_projection(self, room: str, written: Sequence[tuple[ZArray, Array]],
+                             seq: int) -> None:
+        """Keep the arrays just committed with ``seq`` (caller holds ``_lock``)."""
+        for array, values in written:
+            self._projection[(room, array.basename)] = _Projected(array, seq, values)
 
     def read_projection(self, room: str) -> tuple[int, Array, Array, Array]:
         """``(applied_seq, order, frame_ids, versions)`` as committed; a room without a
@@ -1235,6 +1348,54 @@ def _take(key: str, v: _Variant, shapes: Array, block: Array, a: int,
         elif h:
             index = (s - a, *(slice(0, n) for n in shape[:v.ndim]))
             frames[s][key] = block[index]  # read-only: so is the block
+
+
+def _chunk_encoder(array: ZArray) -> Callable[[Array], Buffer] | None:
+    """Encodes one whole chunk of ``array`` the way Zarr would (its own codecs), for a
+    plain numeric array; None for anything else (strings, sharding, filters)."""
+    pipeline = array.codec_pipeline
+    if not isinstance(pipeline, BatchedCodecPipeline) or pipeline.array_array_codecs:
+        return None
+    to_bytes = pipeline.array_bytes_codec
+    compressors = [c for c in pipeline.bytes_bytes_codecs
+                   if isinstance(c, BloscCodec | ZstdCodec)]
+    if not isinstance(to_bytes, BytesCodec) \
+            or len(compressors) != len(pipeline.bytes_bytes_codecs):
+        return None
+    prototype = default_buffer_prototype()
+    spec = array.metadata.get_chunk_spec((0,) * array.ndim, array.config, prototype)
+
+    def encode(data: Array) -> Buffer:
+        out = to_bytes._encode_sync(prototype.nd_buffer.from_numpy_array(data), spec)
+        for codec in compressors:
+            assert out is not None
+            out = codec._encode_sync(out, spec)
+        assert out is not None
+        return out
+    return encode
+
+
+def _atomic_put(path: Path, data: Any) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed into place), as
+    zarr's LocalStore does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _trim(cache: dict[tuple[str, str], _Tail], budget: int) -> None:
+    """Drop the oldest entries of ``cache`` (insertion order) beyond ``budget`` bytes."""
+    total = sum(t.data.nbytes for t in cache.values())
+    for k in list(cache):
+        if total <= budget:
+            return
+        total -= cache.pop(k).data.nbytes
 
 
 def _pad_to(block: Array, dims: tuple[int, ...]) -> Array:
