@@ -126,8 +126,8 @@ SMALL_CACHE_BYTES = 8 * 1024 * 1024
 DROP_BATCH = 64
 """Chunks ``drop_slots`` sizes and deletes concurrently."""
 TAIL_ROWS = 64
-"""A write of at most this many slots is made from a copy of the chunk it continues,
-kept in memory (see ``_write_tail``)."""
+"""A write of at most this many slots, into at most two chunks, is made from a copy of
+the chunk it continues, kept in memory (see ``_write_tail``)."""
 TAIL_CACHE_BYTES = 16 * 1024 * 1024
 """Chunk copies kept for such writes, all rooms together (least recently used go)."""
 
@@ -1072,7 +1072,7 @@ class ZarrFrameStore:
             tail = self._tails.pop((room, array.basename), None)
         per, chunks = array.chunks[0], array.chunks
         encode = _chunk_encoder(array)
-        if (encode is None or end - n > TAIL_ROWS
+        if (encode is None or end - n > TAIL_ROWS or (end - 1) // per - n // per > 1
                 or any(s > k for s, k in zip(array.shape[1:], chunks[1:], strict=True))
                 or math.prod(chunks) * array.dtype.itemsize > 2 * CHUNK_TARGET_BYTES):
             return False
