@@ -71,6 +71,7 @@ from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.codec_pipeline import BatchedCodecPipeline
+from zarr.core.config import config as zarr_config
 from zarr.core.dtype import VariableLengthBytes
 from zarr.core.group import AsyncGroup
 from zarr.core.sync import sync
@@ -1153,7 +1154,7 @@ class ZarrFrameStore:
                 array = await self._create(group, name, (len(values),), np.dtype("<i8"),
                                            (PROJECTION_CHUNK,), 0)
         if array.shape != (len(values),):
-            await array.resize((len(values),))
+            await self._resize_projection(array, len(values))
         encode = _chunk_encoder(array)
         if encode is None:
             if len(values):
@@ -1168,6 +1169,19 @@ class ZarrFrameStore:
             data[:len(part)] = part
             await self._put_chunk(array, (k,), encode(data))
         return array, values
+
+    async def _resize_projection(self, array: ZArray, length: int) -> None:
+        """Give a projection array ``length`` entries. Growing a local one rewrites just
+        its metadata document here (as zarr's resize would, less its serialization and
+        thread hop: it is done at every commit that adds frames)."""
+        if length < array.shape[0] or not isinstance(self.store, LocalStore):
+            await array.resize((length,))  # also deletes chunks now outside it
+            return
+        meta = array.metadata.update_shape((length,))
+        document = json.dumps(meta.to_dict(), allow_nan=True,
+                              indent=zarr_config.get("json_indent")).encode()
+        _atomic_put(self.store.root / array.store_path.path / "zarr.json", document)
+        object.__setattr__(array, "metadata", meta)  # what zarr's own resize does
 
     async def _put_chunk(self, array: ZArray, coords: tuple[int, ...], data: Buffer) -> None:
         """Store one encoded chunk. A local directory is written right here: a small
