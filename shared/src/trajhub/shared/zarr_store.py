@@ -1185,12 +1185,14 @@ class ZarrFrameStore:
 
     async def _put_chunk(self, array: ZArray, coords: tuple[int, ...], data: Buffer) -> None:
         """Store one encoded chunk. A local directory is written right here: a small
-        file's write costs less than handing it to a thread."""
+        file's write costs less than handing it to a thread. Other stores get a copy
+        (``data`` may view a kept chunk, which the next append changes; a memory store
+        would keep the view)."""
         key = f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}"
         if isinstance(self.store, LocalStore):
             _atomic_put(self.store.root / key, data.as_buffer_like())
         else:
-            await self.store.set(key, data)
+            await self.store.set(key, data.from_bytes(data.to_bytes()))
 
     def _remember_projection(self, room: str, written: Sequence[tuple[ZArray, Array]],
                              seq: int) -> None:
