@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,19 +138,19 @@ async def test_a_batch_takes_no_more_events_once_it_holds_batch_frames(
     assert worker.batches == [[3, 4], [2, 5], [1, 4, 3]]
 
 
-class _StreamRecorder(_BatchRecorder):
-    """Records batches; while applying the batch holding seq ``during``, the room gets
-    one more commit (as a stream of edits would)."""
+class _DuringRecorder(_BatchRecorder):
+    """Records batches; while applying the batch holding seq ``during``, runs ``action``
+    (a commit arriving meanwhile, say) and gives its notification time to arrive."""
 
-    def __init__(self, sim: RoomSim, rng: np.random.Generator, during: int, *args: Any,
+    def __init__(self, during: int, action: Callable[[], Awaitable[Any]], *args: Any,
                  **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.sim, self.rng, self.during = sim, rng, during
+        self.during, self.action = during, action
 
     async def handle_batch(self, room: str, events: Any) -> int:
         if any(e.seq == self.during for e in events):
-            await self.sim.insert([make_frame(self.rng)])
-            await asyncio.sleep(0.1)  # its notification reaches the worker meanwhile
+            await self.action()
+            await asyncio.sleep(0.1)
         return await super().handle_batch(room, events)
 
 
@@ -159,8 +160,8 @@ async def test_a_stream_of_small_commits_is_applied_a_window_at_a_time(
     """A commit that arrives while storage applies the last one starts a stream: storage
     waits ``coalesce_s`` and applies what came meanwhile in one batch."""
     sim = RoomSim(r, ROOM)
-    worker = _StreamRecorder(sim, rng, 2, redis_url, store, "w1", coalesce_s=1.0,
-                             reconcile_s=3600)
+    worker = _DuringRecorder(2, lambda: sim.insert([make_frame(rng)]), redis_url, store,
+                             "w1", coalesce_s=1.0, reconcile_s=3600)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -182,9 +183,15 @@ async def test_a_commit_made_after_the_last_was_applied_is_not_delayed(
         redis_url: str, r: aioredis.Redis, store: ZarrFrameStore,
         rng: np.random.Generator) -> None:
     """Commits one at a time, each once the one before is applied (a client waiting for
-    its edit), are each applied at once, however long the coalescing window."""
+    its edit), are each applied at once, however long the coalescing window; also when
+    a batch's own notification reaches the worker only while it applies that batch."""
     sim = RoomSim(r, ROOM)
-    worker = _BatchRecorder(redis_url, store, "w1", coalesce_s=60.0, reconcile_s=3600)
+
+    async def late_notification() -> None:
+        await r.xadd(keys.NOTIFY, {"room": ROOM})
+
+    worker = _DuringRecorder(2, late_notification, redis_url, store, "w1",
+                             coalesce_s=60.0, reconcile_s=3600)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

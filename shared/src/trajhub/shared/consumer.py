@@ -414,7 +414,7 @@ class RoomConsumer(abc.ABC):
                 handled += n
                 if not progressed or not self._may_work(room):
                     break
-                if streaming and self.coalesce_s > 0:
+                if streaming:
                     await asyncio.sleep(self.coalesce_s)
         except IntegrityError as exc:
             self.halted.add(room)
@@ -444,12 +444,21 @@ class RoomConsumer(abc.ABC):
         while self.yield_to() and loop.time() < deadline and not self._stopping:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
+    async def _streaming(self, room: str, handled: Sequence[Event]) -> bool:
+        """Whether ``handled`` was a small batch and the room committed more meanwhile:
+        notified while the batch was handled, and its last seq beyond the batch's (the
+        notification may be that of an event the batch itself took)."""
+        if self.coalesce_s <= 0 or not handled or room not in self._dirty \
+                or sum(len(e.frames) for e in handled) >= COALESCE_FRAMES:
+            return False
+        head = await self.redis.hget(keys.meta(room), "seq")
+        return int(head or 0) > handled[-1].seq
+
     async def _round(self, room: str) -> tuple[int, bool, bool]:
         """Read, order, handle and acknowledge one batch. Returns (handled, go on,
-        streaming): streaming when the batch was small and the room was notified while
-        it was being handled (more is coming: ``coalesce_s``). A commit made after the
-        batch was handled (a reaction to it) does not count, so a lone edit is never
-        delayed."""
+        streaming): see ``_streaming`` (then the next round waits ``coalesce_s``). A
+        commit made after the batch was handled (a reaction to it) does not count, so a
+        lone edit is never delayed."""
         await self.yield_to_foreground()
         self._dirty.discard(room)  # this round takes what was announced so far
         progress = await self.progress_seq(room)
@@ -458,8 +467,7 @@ class RoomConsumer(abc.ABC):
             return 0, False, False
         batch = await self._ordered_batch(room, progress, entries)
         handled = await self.handle_batch(room, batch) if batch else 0
-        streaming = room in self._dirty and \
-            sum(len(e.frames) for e in batch[:handled]) < COALESCE_FRAMES
+        streaming = await self._streaming(room, batch[:handled])
         if handled < 0 or handled > len(batch):
             raise IntegrityError(f"handle_batch returned {handled} for {len(batch)} events")
         done_seq = batch[handled - 1].seq if handled else progress
