@@ -1072,10 +1072,12 @@ class ZarrFrameStore:
         with self._lock:
             tail = self._tails.pop((room, array.basename), None)
         per, chunks = array.chunks[0], array.chunks
-        encode = _chunk_encoder(array)
-        if (encode is None or end - n > TAIL_ROWS or (end - 1) // per - n // per > 1
+        if (end - n > TAIL_ROWS or (end - 1) // per - n // per > 1
                 or any(s > k for s, k in zip(array.shape[1:], chunks[1:], strict=True))
                 or math.prod(chunks) * array.dtype.itemsize > 2 * CHUNK_TARGET_BYTES):
+            return False
+        encode = _chunk_encoder(array)
+        if encode is None:
             return False
         inner = tuple(slice(0, d) for d in block.shape[1:])
         for c in range(n // per, (end - 1) // per + 1):
