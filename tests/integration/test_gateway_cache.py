@@ -19,7 +19,12 @@ from gateway_server import (  # noqa: F401  (fixtures)
 )
 
 from trajhub.gateway.cache import FrameCache
-from trajhub.gateway.reader import JUMP_WINDOW, SCRUB_WINDOW
+from trajhub.gateway.reader import (
+    JUMP_WINDOW,
+    READ_AHEAD_MAX_REQUEST,
+    SCRUB_WINDOW,
+    SPLICE_MIN_BYTES,
+)
 from trajhub.shared import codec
 from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
@@ -338,3 +343,43 @@ def test_keys_miss_of_frames_too_large_to_read_whole(
     assert stats(client)["entries"] == 1 and stats(client)["read_ahead"] == 0
     get_frames(client, ROOM, indices="20,10")
     assert stats(client)["misses"] == 3 and stats(client)["hits"] == 1
+
+
+def test_bulk_reads_of_large_frames_answer_their_arrays_uncached(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client]  # noqa: F811
+) -> None:
+    """The frames of SPLICE_MIN_BYTES or more of a read of several are sent as their
+    arrays' buffers and not cached; the answer is byte for byte what they encode to."""
+    writer = start_gateway()
+    n_atoms = SPLICE_MIN_BYTES // 8  # float32 positions + int32 numbers: 2 MiB
+    frames = canon([make_frame(n_atoms - i % 2, seed=i) for i in range(READ_AHEAD_MAX_REQUEST + 2)]
+                   + [make_frame(5, seed=99)])  # one small frame among them
+    assert post_frames(clients(writer), ROOM, frames).status_code == 201
+    apply_storage(writer)
+    reader = clients(start_gateway())
+
+    def expected(message: dict[str, Any], want: list[Frame]) -> bytes:
+        head = {k: message[k] for k in ("room", "seq", "n_frames", "indices", "frame_ids",
+                                        "versions", "hashes")}
+        return codec.packb({**head, "frames": [codec.encode_frame(f) for f in want]})
+
+    raw = raw_get(reader)
+    message = codec.unpackb(raw)
+    assert message["hashes"] == [frame_hash(f) for f in frames]
+    assert raw == expected(message, frames)
+    # only the small frame was cached: the large ones would have flushed the cache
+    assert stats(reader)["entries"] == 1
+    # so are reads of a few of them (as a reader pages through them), nor read ahead
+    pair = raw_get(reader, indices="4,2")
+    assert pair == expected(codec.unpackb(pair), [frames[4], frames[2]])
+    assert stats(reader)["entries"] == 1
+    subset = raw_get(reader, keys="positions,numbers", start=1)
+    assert subset == expected(codec.unpackb(subset), [
+        {k: f[k] for k in ("positions", "numbers")} for f in frames[1:]])
+    assert stats(reader)["entries"] == 1
+    # a single large frame (a viewer's read) is still cached, with its neighbours
+    before = stats(reader)
+    assert raw_get(reader, indices="3") == raw_get(reader, indices="3")
+    after = stats(reader)
+    assert after["misses"] == before["misses"] + 1 and after["hits"] == before["hits"] + 1
+    assert after["entries"] > 2

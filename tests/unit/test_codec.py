@@ -18,6 +18,7 @@ from trajhub.shared.codec import (
     decode_frame,
     encode_array,
     frame_from_bytes,
+    frame_parts,
     frame_to_bytes,
     frames_to_bytes,
     packb,
@@ -107,6 +108,25 @@ def test_frame_round_trip(frame: Frame) -> None:
         same(got[key], frame[key])
     reordered = dict(reversed(list(frame.items())))
     assert frame_to_bytes(reordered) == frame_to_bytes(frame)
+
+
+@settings(max_examples=100, deadline=None)
+@given(FRAMES)
+def test_frame_parts_join_to_frame_to_bytes(frame: Frame) -> None:
+    parts = frame_parts(frame)
+    assert b"".join(parts) == frame_to_bytes(frame)
+    views = [p for p in parts if isinstance(p, memoryview)]
+    # each non-empty array's data is one view (of the array, or of its canonical copy)
+    assert len(views) == sum(1 for a in frame.values() if a.size)
+    for view in views:
+        assert view.format == "B" and isinstance(view.obj, np.ndarray)
+
+
+def test_frame_parts_view_the_callers_arrays() -> None:
+    positions = np.arange(30_000, dtype=np.float64).reshape(10_000, 3)
+    parts = frame_parts({"positions": positions, "numbers": np.ones(10_000, np.int32)})
+    (view,) = [p for p in parts if isinstance(p, memoryview) and len(p) == positions.nbytes]
+    assert view.obj is positions
 
 
 def test_frames_to_bytes_is_a_bulk_message() -> None:

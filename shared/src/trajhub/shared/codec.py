@@ -94,6 +94,16 @@ def frame_to_bytes(frame: Mapping[str, Array]) -> bytes:
 
     Exactly ``packb(encode_frame(frame))``, written as the bytes around each array's data
     (cached per key, dtype and shape) joined with the data."""
+    return b"".join(_frame_pieces(frame))
+
+
+def frame_parts(frame: Mapping[str, Array]) -> list[bytes | memoryview]:
+    """``frame_to_bytes`` before the join: the bytes around the arrays' data, and each
+    array's data as a byte view of the array (not copied; it keeps the array alive)."""
+    return [p if type(p) is bytes else memoryview(p).cast("B") for p in _frame_pieces(frame)]
+
+
+def _frame_pieces(frame: Mapping[str, Array]) -> list[Any]:
     keys = sorted(frame)
     parts: list[Any] = [_map_header(len(keys))]
     for key in keys:
@@ -101,7 +111,7 @@ def frame_to_bytes(frame: Mapping[str, Array]) -> bytes:
         parts.append(_array_prefix(key, arr.dtype.str, arr.shape, arr.nbytes))
         if arr.size:
             parts.append(arr)  # C-contiguous: join takes its buffer as is
-    return b"".join(parts)
+    return parts
 
 
 def frame_from_bytes(data: bytes | bytearray | memoryview) -> Frame:

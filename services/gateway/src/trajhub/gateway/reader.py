@@ -17,7 +17,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol
@@ -36,7 +36,7 @@ from trajhub.control.index import RawIndex
 from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
-from trajhub.shared.codec import frame_to_bytes, packb
+from trajhub.shared.codec import frame_parts, frame_to_bytes, packb
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.staging import StagingPacks, packs_of, read_staged
 
@@ -63,6 +63,15 @@ LAYOUT_BACKOFF = 16
 """Frames encoded plainly before a new layout is tried, when the last one fit no frame."""
 LAYOUT_MAX_BYTES = 2**16
 """Larger frames are encoded plainly: copying their data costs far more than the rest."""
+SPLICE_MIN_BYTES = 2**20
+"""Frames at least this large that a read of several frames takes from Zarr are answered
+as their arrays' own buffers between the encoded bytes around them (``frame_parts``):
+never joined into one bytes object (a copy into fresh memory, a fifth of such a read),
+nor cached (a few of them would flush the cache). A read of one frame (a viewer's) is
+joined and cached as any other."""
+
+Parts = tuple[bytes | memoryview, ...]
+"""A frame's encoded bytes in pieces (their concatenation is its ``frame_to_bytes``)."""
 
 
 class EntryLike(Protocol):
@@ -223,6 +232,7 @@ class _Load:
 
     full: dict[int, bytes] = field(default_factory=dict)
     partial: dict[int, bytes] = field(default_factory=dict)
+    spliced: dict[int, Parts] = field(default_factory=dict)
     cached: int = 0
     from_blobs: int = 0
     from_zarr: int = 0
@@ -231,11 +241,13 @@ class _Load:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What ``FrameLoader.load_frames`` found: encoded frames by slot, and whether any
-    of them was read from Zarr."""
+    """What ``FrameLoader.load_frames`` found: encoded frames by slot (``spliced``: those
+    answered in pieces, only when asked for), and whether any of them was read from
+    Zarr."""
 
     by_slot: dict[int, bytes]
     from_zarr: bool
+    spliced: dict[int, Parts] = field(default_factory=dict)
 
 
 class FrameLoader:
@@ -264,11 +276,12 @@ class FrameLoader:
         return (await self.load_frames(room, store, entries, keys, indices)).by_slot
 
     async def load_frames(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
-                          keys: Sequence[str] | None,
-                          indices: Sequence[int] = ()) -> Loaded:
+                          keys: Sequence[str] | None, indices: Sequence[int] = (), *,
+                          splice: bool = False) -> Loaded:
         """``load``, also saying whether any frame was read from Zarr (only those can
         be affected by a compaction running meanwhile: cached frames and blobs are
-        content-addressed)."""
+        content-addressed); with ``splice``, a bulk read's large frames from Zarr come
+        as ``Loaded.spliced`` (see SPLICE_MIN_BYTES), not in ``by_slot``."""
         hash_of = {e.slot: e.hash for e in entries}
         if not hash_of:
             return Loaded({}, False)
@@ -277,22 +290,26 @@ class FrameLoader:
         got.cached = len(got.full)
         missing = [s for s in hash_of if s not in got.full]
         if missing:
-            await self._load_missing(room, store, missing, hash_of, keys, indices, got)
-        self._remember(room, got.full.values(), indices)
+            await self._load_missing(room, store, missing, hash_of, keys, indices, got,
+                                     splice and len(hash_of) > 1)
+        sizes = [*map(len, got.full.values())]
+        if keys is None:  # (with keys, spliced frames may hold only those)
+            sizes += map(parts_nbytes, got.spliced.values())
+        self._remember(room, sizes, indices)
         self._log(room, got)
         zarr = got.from_zarr > 0
         if keys is None:
-            return Loaded(got.full, zarr)
+            return Loaded(got.full, zarr, got.spliced)
         if sum(len(b) for b in got.full.values()) <= INLINE_MAX_BYTES:
             out = subset_all(got.full, keys)
         else:
             out = await asyncio.to_thread(subset_all, got.full, keys)
         out.update(got.partial)
-        return Loaded(out, zarr)
+        return Loaded(out, zarr, got.spliced)
 
     async def _load_missing(self, room: str, store: FrameStore, missing: list[int],
                             hash_of: dict[int, str], keys: Sequence[str] | None,
-                            indices: Sequence[int], got: _Load) -> None:
+                            indices: Sequence[int], got: _Load, splice: bool) -> None:
         applied, origin = await applied_and_origin(self._redis, room)
         if origin is not None and applied < origin[1]:
             # A fork whose first event storage has not applied yet: its group does not
@@ -301,9 +318,12 @@ class FrameLoader:
             inherited = [s for s in missing if s < origin[1]]
             missing = [s for s in missing if s >= origin[1]]
             if inherited:
-                frames = await asyncio.to_thread(self._read_zarr, origin[0], store,
-                                                 sorted(inherited), hash_of, {}, keys)
+                inherited.sort()
+                frames, spliced = await asyncio.to_thread(
+                    self._read_zarr, origin[0], store, inherited, hash_of, {}, keys,
+                    splice)
                 (got.full if keys is None else got.partial).update(frames)
+                got.spliced.update(spliced)
                 got.from_zarr += len(inherited)
         zarr_slots = [s for s in missing if s < applied]
         blob_slots = [s for s in missing if s >= applied]
@@ -316,21 +336,28 @@ class FrameLoader:
         # Small requests read whole frames even for keys= (so that they can be cached),
         # unless the room's frames are known to be too large for that.
         whole = keys is None or (small and self._fits(room, len(zarr_slots)))
+        # Nor is a read of several large frames read ahead: they would not be spliced.
+        ahead = small and whole and not (splice and self._frame_bytes(room) >= SPLICE_MIN_BYTES)
         extra = await self._neighbours(room, zarr_slots, hash_of, indices, applied) \
-            if small and whole else {}
+            if ahead else {}
         read_keys = None if whole else keys
-        frames = await asyncio.to_thread(self._read_zarr, room, store, zarr_slots,
-                                         hash_of, extra, read_keys)
+        frames, spliced = await asyncio.to_thread(self._read_zarr, room, store, zarr_slots,
+                                                  hash_of, extra, read_keys,
+                                                  splice)
         (got.full if read_keys is None else got.partial).update(frames)
+        got.spliced.update(spliced)
         got.from_zarr += len(zarr_slots)
         got.read_ahead = len(extra)
 
     def _fits(self, room: str, n_frames: int) -> bool:
         """Whether ``n_frames`` of the room fit the read-ahead share of the cache (yes
         while the room's frame size is unknown: the first read learns it)."""
+        return self._frame_bytes(room) * n_frames <= self._cache.budget_bytes * READ_AHEAD_SHARE
+
+    def _frame_bytes(self, room: str) -> int:
+        """The room's typical encoded frame size (0 before its first read)."""
         memory = self._rooms.get(room)
-        size = memory.frame_bytes if memory is not None else 0
-        return size * n_frames <= self._cache.budget_bytes * READ_AHEAD_SHARE
+        return memory.frame_bytes if memory is not None else 0
 
     def _packs_of(self, store: FrameStore) -> StagingPacks | None:
         if self._packs is None or self._packs[0] is not store:
@@ -388,25 +415,35 @@ class FrameLoader:
 
     def _read_zarr(self, room: str, store: FrameStore, slots: list[int],
                    hash_of: dict[int, str], extra: dict[int, str],
-                   keys: Sequence[str] | None) -> dict[int, bytes]:
+                   keys: Sequence[str] | None, splice: bool = False
+                   ) -> tuple[dict[int, bytes], dict[int, Parts]]:
         """One Zarr read of ``slots`` plus ``extra`` (read ahead), encoded once; whole
-        frames go into the cache, the read-ahead ones first (less recently used)."""
+        frames go into the cache, the read-ahead ones first (less recently used). With
+        ``splice``, the large frames of ``slots`` come apart (second map, not cached)."""
         ahead = list(extra)
         frames = store.read_slots(room, slots + ahead, keys)
+        spliced: dict[int, Parts] = {}
+        if splice:
+            for slot, frame in zip(slots, frames, strict=False):
+                if sum(a.nbytes for a in frame.values()) >= SPLICE_MIN_BYTES:
+                    spliced[slot] = tuple(frame_parts(frame))
+        if spliced:
+            plain = [(s, f) for s, f in zip(slots, frames, strict=False) if s not in spliced]
+            slots = [s for s, _ in plain]
+            frames = [f for _, f in plain] + frames[len(spliced) + len(plain):]
         encoded = encode_frames(frames)
         wanted = dict(zip(slots, encoded[:len(slots)], strict=True))
         if keys is None:
             self._cache.put_many(zip(extra.values(), encoded[len(slots):], strict=True),
                                  read_ahead=True)
             self._cache.put_many((hash_of[s], b) for s, b in wanted.items())
-        return wanted
+        return wanted, spliced
 
-    def _remember(self, room: str, blobs: Iterable[bytes], indices: Sequence[int]) -> None:
+    def _remember(self, room: str, sizes: list[int], indices: Sequence[int]) -> None:
         memory = self._rooms.pop(room, None) or _RoomMemory()
         self._rooms[room] = memory  # most recent last
         while len(self._rooms) > ROOM_MEMORY:
             self._rooms.popitem(last=False)
-        sizes = [len(b) for b in blobs]
         if sizes:
             memory.frame_bytes = max(1, sum(sizes) // len(sizes))
         if indices:
@@ -508,10 +545,12 @@ def pack_frames_response(room: str, seq: int, n_frames: int, indices: Sequence[i
 
 def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int],
                       entries: Sequence[EntryLike], by_slot: dict[int, bytes],
-                      chunk_bytes: int = 0) -> list[bytes]:
+                      chunk_bytes: int = 0, spliced: Mapping[int, Parts] | None = None
+                      ) -> list[bytes | memoryview]:
     """``pack_frames_response`` in parts whose concatenation is the response: the
-    header, then the frames' bytes, consecutive parts joined until they reach
-    ``chunk_bytes`` (a large frame stays the very cached bytes object, never copied)."""
+    header, then the frames' bytes (a slot of ``spliced`` its pieces), consecutive parts
+    joined until they reach ``chunk_bytes`` (a large frame stays the very cached bytes
+    object, a large array the array's buffer: never copied)."""
     packer = msgpack.Packer(use_bin_type=True)
     header = packer.pack_map_header(8) + b"".join([
         packer.pack("room"), packer.pack(room), packer.pack("seq"), packer.pack(seq),
@@ -521,15 +560,28 @@ def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int]
         packer.pack("versions"), packer.pack([e.version for e in entries]),
         packer.pack("hashes"), packer.pack([e.hash for e in entries]),
         packer.pack("frames"), packer.pack_array_header(len(entries))])
-    frames = [by_slot[e.slot] for e in entries]
+    parts: list[bytes | memoryview] = [header]
+    if spliced:
+        for e in entries:
+            pieces = spliced.get(e.slot)
+            if pieces is None:
+                parts.append(by_slot[e.slot])
+            else:
+                parts += pieces
+    else:
+        parts += [by_slot[e.slot] for e in entries]
     if chunk_bytes <= 0:
-        return [header, *frames]
-    return _coalesce([header, *frames], chunk_bytes)
+        return parts
+    return _coalesce(parts, chunk_bytes)
 
 
-def _coalesce(parts: list[bytes], chunk_bytes: int) -> list[bytes]:
-    out: list[bytes] = []
-    pending: list[bytes] = []
+def parts_nbytes(parts: Parts) -> int:
+    return sum(map(len, parts))
+
+
+def _coalesce(parts: list[bytes | memoryview], chunk_bytes: int) -> list[bytes | memoryview]:
+    out: list[bytes | memoryview] = []
+    pending: list[bytes | memoryview] = []
     size = 0
     for part in parts:
         if len(part) >= chunk_bytes:
@@ -553,7 +605,7 @@ class PartsResponse(Response):
     ``Response(b"".join(parts), media_type=...)`` would have: a large answer is never
     copied into one buffer."""
 
-    def __init__(self, parts: list[bytes], media_type: str) -> None:
+    def __init__(self, parts: list[bytes | memoryview], media_type: str) -> None:
         self.parts = parts
         super().__init__(None, media_type=media_type,
                          headers={"content-length": str(sum(map(len, parts)))})

@@ -161,7 +161,7 @@ async def read_frames(request: Request, room: str, indices: str | None, start: i
             raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
                                 f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
         loaded = await gw.loader.load_frames(room, await gw.store(), view.entries, wanted,
-                                             view.indices)
+                                             view.indices, splice=True)
         by_slot = loaded.by_slot
         if at_seq is None and not loaded.from_zarr:
             break  # cached frames and blobs are content-addressed: compaction cannot touch them
@@ -175,7 +175,7 @@ async def read_frames(request: Request, room: str, indices: str | None, start: i
                                 f"frames of seq {view.seq} are gone (its index and "
                                 "history remain)", extra={"seq": view.seq})
     args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot,
-            RESPONSE_CHUNK_BYTES)
+            RESPONSE_CHUNK_BYTES, loaded.spliced)
     copied = sum(len(b) for b in by_slot.values() if len(b) < RESPONSE_CHUNK_BYTES)
     if copied <= INLINE_RESPONSE_BYTES:
         parts = pack_frames_parts(*args)
