@@ -12,6 +12,7 @@ import pytest
 import zarr
 from zarr.core.array import AsyncArray
 
+from trajhub.shared import zarr_store
 from trajhub.shared.frames import Frame, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.zarr_store import Layer, ZarrFrameStore, open_store
@@ -73,15 +74,20 @@ def store(tmp_path: Path) -> ZarrFrameStore:
 
 @pytest.fixture
 def gets(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The name of the array of every array-level Zarr read."""
+    """The name of the array of every array-level read (Zarr's, or of raw chunk files)."""
     calls: list[str] = []
-    real = AsyncArray.getitem
+    real, real_raw = AsyncArray.getitem, zarr_store._RawChunks.read
 
     async def getitem(self: AsyncArray[Any], *args: Any, **kwargs: Any) -> Any:
         calls.append(self.basename)
         return await real(self, *args, **kwargs)
 
+    def raw_read(self: zarr_store._RawChunks, *args: Any) -> Any:
+        calls.append(self.array.basename)
+        return real_raw(self, *args)
+
     monkeypatch.setattr(AsyncArray, "getitem", getitem)
+    monkeypatch.setattr(zarr_store._RawChunks, "read", raw_read)
     yield calls
 
 

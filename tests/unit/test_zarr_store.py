@@ -81,13 +81,19 @@ def store(tmp_path: Path) -> ZarrFrameStore:
 
 @pytest.fixture
 def count_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
-    """Records every array-level Zarr read and write (the array's name)."""
+    """Records every array-level read and write (the array's name): Zarr's, and the
+    store's own reads of raw chunk files."""
     calls: dict[str, list[str]] = {"get": [], "set": []}
     real_get, real_set = AsyncArray.getitem, AsyncArray.setitem
+    real_raw = zarr_store._RawChunks.read
 
     async def getitem(self: AsyncArray[Any], *args: Any, **kwargs: Any) -> Any:
         calls["get"].append(self.basename)
         return await real_get(self, *args, **kwargs)
+
+    def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
+        calls["get"].append(self.array.basename)
+        return real_raw(self, a, b, dims)
 
     async def setitem(self: AsyncArray[Any], *args: Any, **kwargs: Any) -> None:
         calls["set"].append(self.basename)
@@ -95,21 +101,27 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]
 
     monkeypatch.setattr(AsyncArray, "getitem", getitem)
     monkeypatch.setattr(AsyncArray, "setitem", setitem)
+    monkeypatch.setattr(zarr_store._RawChunks, "read", raw_read)
     yield calls
 
 
 @pytest.fixture
 def selections(monkeypatch: pytest.MonkeyPatch,
                count_calls: dict[str, list[str]]) -> list[tuple[str, Any]]:
-    """Every array-level Zarr read as (array name, selection)."""
+    """Every array-level read as (array name, selection)."""
     seen: list[tuple[str, Any]] = []
-    counting = AsyncArray.getitem
+    counting, counting_raw = AsyncArray.getitem, zarr_store._RawChunks.read
 
     async def getitem(self: AsyncArray[Any], selection: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append((self.basename, selection))
         return await counting(self, selection, *args, **kwargs)
 
+    def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
+        seen.append((self.array.basename, (slice(a, b), *(slice(0, d) for d in dims))))
+        return counting_raw(self, a, b, dims)
+
     monkeypatch.setattr(AsyncArray, "getitem", getitem)
+    monkeypatch.setattr(zarr_store._RawChunks, "read", raw_read)
     return seen
 
 
@@ -695,3 +707,80 @@ def test_random_frames_round_trip(batches: list[list[Frame]]) -> None:
     assert_frames(store.read_slots(ROOM, order), [written[i] for i in order])
     fresh = ZarrFrameStore(store.store)  # nothing cached: what the chunks hold
     assert_frames(fresh.read_slots(ROOM, order), [written[i] for i in order])
+
+
+# -- raw chunk reads ----------------------------------------------------------------------
+@st.composite
+def raw_cases(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...], list[Any], Any]:
+    """(shape, chunks, regions written, dtype) of a raw array: 1-3 dims, some chunks
+    never written."""
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 12), min_size=ndim, max_size=ndim)))
+    chunks = tuple(draw(st.integers(1, n + 3)) for n in shape)
+    regions = draw(st.lists(st.tuples(*(st.integers(0, n - 1) for n in shape)), max_size=4))
+    dtype = draw(st.sampled_from(["<f8", "<f4", "<i4", "|u1", "|b1", "<c16"]))
+    return shape, chunks, regions, dtype
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=raw_cases(), data=st.data())
+def test_raw_chunk_reads_match_zarr(tmp_path: Path, case: Any, data: st.DataObject) -> None:
+    shape, chunks, regions, dtype = case
+    path = tmp_path / f"raw-{abs(hash(repr(case)))}"
+    shutil.rmtree(path, ignore_errors=True)
+    arr = zarr.create_array(LocalStore(path), shape=shape, chunks=chunks, dtype=dtype,
+                            compressors=None, fill_value=1)
+    rng = np.random.default_rng(len(regions))
+    for start in regions:  # a box from ``start`` to the end: other chunks stay unwritten
+        box = tuple(slice(s, None) for s in start)
+        arr[box] = (rng.random(arr[box].shape) * 100).astype(dtype)
+    raw = zarr_store._raw_chunks(arr._async_array, LocalStore(path))
+    assert raw is not None
+    a = data.draw(st.integers(0, shape[0] - 1))
+    b = data.draw(st.integers(a + 1, shape[0]))
+    dims: tuple[int, ...] = ()
+    if len(shape) > 1:
+        dims = (data.draw(st.integers(1, shape[1])), *chunks[2:])
+    block = raw.read(a, b, dims)
+    if len(shape) == 3 and chunks[2] > shape[2]:
+        return  # (the selection would reach past the array: not one the store makes)
+    assert block is not None
+    want = arr[(slice(a, b), *(slice(0, d) for d in dims))]
+    assert block.dtype == want.dtype and np.array_equal(block, want)
+
+
+def test_raw_chunk_reads_refuse_what_they_cannot_read(tmp_path: Path) -> None:
+    arr = zarr.create_array(LocalStore(tmp_path / "a"), shape=(4, 10, 3), chunks=(2, 4, 2),
+                            dtype="<f8", compressors=None)
+    arr[:] = 1.0
+    raw = zarr_store._raw_chunks(arr._async_array, LocalStore(tmp_path / "a"))
+    assert raw is not None
+    assert raw.read(0, 2, (10, 3)) is None  # axis 2 spans two chunks
+    assert raw.read(0, 2, (10, 2)) is not None
+    chunk = tmp_path / "a" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-8])  # a torn file: Zarr is asked (and says so)
+    assert raw.read(0, 2, (10, 2)) is None
+    compressed = zarr.create_array(LocalStore(tmp_path / "b"), shape=(4,), chunks=(2,),
+                                   dtype="<f8")
+    assert zarr_store._raw_chunks(compressed._async_array, LocalStore(tmp_path / "b")) is None
+    assert zarr_store._raw_chunks(arr._async_array, zarr.storage.MemoryStore()) is None
+
+
+def test_float_data_is_read_from_raw_chunks(store: ZarrFrameStore,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = [make_frame(50 + i % 3, i) for i in range(20)]
+    write(store, frames)
+    raw_reads: list[str] = []
+    real = zarr_store._RawChunks.read
+
+    def spy(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
+        block = real(self, a, b, dims)
+        if block is not None:
+            raw_reads.append(self.array.basename)
+        return block
+
+    monkeypatch.setattr(zarr_store._RawChunks, "read", spy)
+    assert_frames(store.read_slots(ROOM, [3, 4, 5, 17]), [frames[i] for i in (3, 4, 5, 17)])
+    assert {"positions", "calc.forces"} <= set(raw_reads)
+    assert "numbers" not in raw_reads  # integers are compressed: Zarr reads them
