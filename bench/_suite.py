@@ -181,6 +181,7 @@ def bulk_rooms(sizes: Sizes) -> Iterator[tuple[str, int, int]]:
 def bench_bulk(dep: Deployment, bare: BareHttp, sizes: Sizes) -> list[Row]:
     ours: dict[str, dict[str, float]] = {}
     base: dict[str, dict[str, float]] = {}
+    warm: dict[str, list[float]] = {}  # every warm read, beside their median
     for room, n_frames, n_atoms in bulk_rooms(sizes):
         frames = bulk.make_frames(n_frames, n_atoms)
         bodies = request_bodies([atoms_to_frame(a) for a in frames])
@@ -191,7 +192,12 @@ def bench_bulk(dep: Deployment, bare: BareHttp, sizes: Sizes) -> list[Row]:
         got["upload_s"] = timed(Room(dep.url, room=room).extend, frames, progress=False)
         # read what is stored (in the all-in-one process storage would compete otherwise)
         got["apply_wait_s"] = wait_applied(dep.redis_url, room)
-        got["read_all_s"] = median_timed(Room(dep.url, room=room).get, None)
+        reader = Room(dep.url, room=room)
+        # The first read after the upload finds few frames in the gateway's cache (a
+        # bulk upload is not written through): reported apart, not as a warm read.
+        got["first_read_s"] = timed(reader.get, None)
+        warm[room] = [timed(reader.get, None) for _ in range(REPEATS)]
+        got["read_all_s"] = statistics.median(warm[room])
     dep.restart()
     for room, _, _ in bulk_rooms(sizes):
         ours[room]["cold_read_all_s"] = timed(Room(dep.url, room=room).get, None)
@@ -204,9 +210,14 @@ def bench_bulk(dep: Deployment, bare: BareHttp, sizes: Sizes) -> list[Row]:
             value, b = ours[room][fig], base[room][base_fig]
             ratio = b / value  # throughput fraction of the bare endpoint
             target, ok = at_least(ratio, limit)
+            runs = {"runs_s": [round(x, 4) for x in warm[room]]} if fig == "read_all_s" else {}
             rows.append(row(f"bulk {n_frames}x{n_atoms}", fig.removesuffix("_s"), value, "s",
                             b, ratio, target, ok, mb=round(mb, 1),
-                            mb_per_s=round(mb / value, 1), frames=n_frames, atoms=n_atoms))
+                            mb_per_s=round(mb / value, 1), frames=n_frames, atoms=n_atoms,
+                            **runs))
+        value, b = ours[room]["first_read_s"], base[room]["read_all_s"]
+        rows.append(row(f"bulk {n_frames}x{n_atoms}", "first read after upload", value, "s",
+                        b, b / value, mb=round(mb, 1)))
         # Not a target: how close upload comes to its own floor, moving the bytes (the
         # bare endpoint) and hashing them once (the content hash), beside the HTTP one.
         value = ours[room]["upload_s"]
