@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from trajhub.gateway.reader import (
     SCRUB_WINDOW,
     SPLICE_MIN_BYTES,
 )
+from trajhub.gateway.routes import INLINE_RESPONSE_BYTES
 from trajhub.shared import codec
 from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
@@ -345,6 +348,13 @@ def test_keys_miss_of_frames_too_large_to_read_whole(
     assert stats(client)["misses"] == 3 and stats(client)["hits"] == 1
 
 
+def expected(message: dict[str, Any], want: list[Frame]) -> bytes:
+    """The answer ``message`` (its fields as read) should be, with ``want`` encoded."""
+    head = {k: message[k] for k in ("room", "seq", "n_frames", "indices", "frame_ids",
+                                    "versions", "hashes")}
+    return codec.packb({**head, "frames": [codec.encode_frame(f) for f in want]})
+
+
 def test_bulk_reads_of_large_frames_answer_their_arrays_uncached(
         start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client]  # noqa: F811
 ) -> None:
@@ -357,11 +367,6 @@ def test_bulk_reads_of_large_frames_answer_their_arrays_uncached(
     assert post_frames(clients(writer), ROOM, frames).status_code == 201
     apply_storage(writer)
     reader = clients(start_gateway())
-
-    def expected(message: dict[str, Any], want: list[Frame]) -> bytes:
-        head = {k: message[k] for k in ("room", "seq", "n_frames", "indices", "frame_ids",
-                                        "versions", "hashes")}
-        return codec.packb({**head, "frames": [codec.encode_frame(f) for f in want]})
 
     raw = raw_get(reader)
     message = codec.unpackb(raw)
@@ -383,3 +388,39 @@ def test_bulk_reads_of_large_frames_answer_their_arrays_uncached(
     after = stats(reader)
     assert after["misses"] == before["misses"] + 1 and after["hits"] == before["hits"] + 1
     assert after["entries"] > 2
+
+
+def given_back(pool: Any, timeout: float = 5.0) -> None:
+    """Wait for the answer just read to be given back (the client can have every byte
+    before the server has returned from its last send)."""
+    deadline = time.monotonic() + timeout
+    while not pool._free or any(sys.getrefcount(b) > 3 for b in pool._free):
+        assert time.monotonic() < deadline, "the answer's buffer was not given back"
+        time.sleep(0.01)
+
+
+def test_large_answers_of_small_frames_reuse_their_buffer(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client]  # noqa: F811
+) -> None:
+    """An answer with more than INLINE_RESPONSE_BYTES of small frames is copied into a
+    buffer the gateway keeps: the next such answer is written into the same memory, and
+    both are exactly what the frames encode to."""
+    writer = start_gateway()
+    frames = canon([make_frame(400, seed=i) for i in range(300)])  # ~6 KB each: ~2 MB
+    assert post_frames(clients(writer), ROOM, frames).status_code == 201
+    apply_storage(writer)
+    server = start_gateway()
+    reader = clients(server)
+    answers = server.app.gateway.answers
+    first = raw_get(reader)
+    assert len(first) > INLINE_RESPONSE_BYTES
+    assert first == expected(codec.unpackb(first), frames)
+    given_back(answers)  # once sent
+    kept = id(answers._free[0])  # (no reference of ours: it would keep it from reuse)
+    assert raw_get(reader) == first  # from the cache now, into the same buffer
+    given_back(answers)
+    assert [id(b) for b in answers._free] == [kept]
+    part = raw_get(reader, start=30)  # a smaller answer, in the same buffer
+    assert part == expected(codec.unpackb(part), frames[30:])
+    given_back(answers)
+    assert [id(b) for b in answers._free] == [kept]

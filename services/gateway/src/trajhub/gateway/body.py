@@ -42,7 +42,8 @@ def check_declared_size(request: Request, limit: int) -> int | None:
 
 
 class BodyBuffers:
-    """Request-body buffers, reused from one request to the next (event loop only).
+    """Body buffers (of requests, or of answers), reused from one request to the next
+    (event loop only).
 
     A new buffer the size of a bulk request is fresh memory, which the kernel maps in
     page by page: allocating and zeroing 16 MB took ~20 ms of a staging request here,

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple, Protocol
@@ -572,14 +572,47 @@ def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int]
         parts += [by_slot[e.slot] for e in entries]
     if chunk_bytes <= 0:
         return parts
-    return _coalesce(parts, chunk_bytes)
+    return coalesce(parts, chunk_bytes)
 
 
 def parts_nbytes(parts: Parts) -> int:
     return sum(map(len, parts))
 
 
-def _coalesce(parts: list[bytes | memoryview], chunk_bytes: int) -> list[bytes | memoryview]:
+def coalesce_into(parts: list[bytes | memoryview], chunk_bytes: int, buf: bytearray
+                  ) -> list[bytes | memoryview]:
+    """``parts`` with every part under ``chunk_bytes`` copied into ``buf`` (exactly their
+    total size), each run of them between larger parts sent as one view of ``buf``: a
+    reused buffer, where joining them (``coalesce``) writes fresh memory, which cost
+    ~0.7 ms per MB on a VM (3-4x the copy itself)."""
+    out: list[bytes | memoryview] = []
+    view = memoryview(buf)
+    start = pos = 0
+    for part in parts:
+        n = len(part)
+        if n >= chunk_bytes:
+            if pos > start:
+                out.append(view[start:pos])
+                start = pos
+            out.append(part)
+        else:
+            view[pos:pos + n] = part
+            pos += n
+    if pos != len(buf):
+        raise ValueError(f"{len(buf)}-byte buffer for {pos} bytes of small parts")
+    if pos > start:
+        out.append(view[start:pos])
+    return out
+
+
+def small_nbytes(parts: Sequence[bytes | memoryview], chunk_bytes: int) -> int:
+    """The bytes of the parts that ``coalesce`` / ``coalesce_into`` copy."""
+    return sum(n for n in map(len, parts) if n < chunk_bytes)
+
+
+def coalesce(parts: list[bytes | memoryview], chunk_bytes: int) -> list[bytes | memoryview]:
+    """``parts`` with consecutive parts under ``chunk_bytes`` joined into parts of about
+    that size (larger parts stay as they are)."""
     out: list[bytes | memoryview] = []
     pending: list[bytes | memoryview] = []
     size = 0
@@ -603,18 +636,27 @@ def _coalesce(parts: list[bytes | memoryview], chunk_bytes: int) -> list[bytes |
 class PartsResponse(Response):
     """A response sent as ``parts`` (one ASGI body message each), with the headers a
     ``Response(b"".join(parts), media_type=...)`` would have: a large answer is never
-    copied into one buffer."""
+    copied into one buffer. ``sent`` is called once it has been sent (or failed), after
+    the response has let go of its parts."""
 
-    def __init__(self, parts: list[bytes | memoryview], media_type: str) -> None:
+    def __init__(self, parts: list[bytes | memoryview], media_type: str,
+                 sent: Callable[[], None] | None = None) -> None:
         self.parts = parts
+        self._sent = sent
         super().__init__(None, media_type=media_type,
                          headers={"content-length": str(sum(map(len, parts)))})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
-        last = len(self.parts) - 1
-        for i, part in enumerate(self.parts):
-            await send({"type": "http.response.body", "body": part, "more_body": i < last})
-        if not self.parts:
-            await send({"type": "http.response.body", "body": b""})
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            last = len(self.parts) - 1
+            for i, part in enumerate(self.parts):
+                await send({"type": "http.response.body", "body": part,
+                            "more_body": i < last})
+            if not self.parts:
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.parts = []
+            if self._sent is not None:
+                self._sent()

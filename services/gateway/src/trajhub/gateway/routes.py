@@ -25,7 +25,15 @@ from trajhub.gateway.body import (
 from trajhub.gateway.errors import ApiError
 from trajhub.gateway.history_routes import AtSeq, past_index, select_past
 from trajhub.gateway.ingest import PreparedFrames, parse_upload
-from trajhub.gateway.reader import IndexScript, PartsResponse, ReadView, pack_frames_parts
+from trajhub.gateway.reader import (
+    IndexScript,
+    PartsResponse,
+    ReadView,
+    coalesce,
+    coalesce_into,
+    pack_frames_parts,
+    small_nbytes,
+)
 from trajhub.gateway.rooms import room_head
 from trajhub.gateway.runtime import Gateway
 from trajhub.gateway.selection import Selection, parse_keys, parse_selection
@@ -58,7 +66,8 @@ MAX_FRAMES_PER_READ = 10_000
 """One response is built in memory: larger selections must be paged (the client does)."""
 INLINE_RESPONSE_BYTES = 2**20
 """GET responses that join (copy) fewer bytes are put together on the loop: a thread hop
-would cost more. Frames of RESPONSE_CHUNK_BYTES or more are sent as they are."""
+would cost more; larger ones are copied into a reused buffer (``Gateway.answers``) in a
+thread. Frames of RESPONSE_CHUNK_BYTES or more are sent as they are."""
 RESPONSE_CHUNK_BYTES = 32 * 2**10
 """Smaller frames are joined into parts of about this size, each one ASGI message."""
 INLINE_UPLOAD_BYTES = 64 * 2**10
@@ -174,14 +183,18 @@ async def read_frames(request: Request, room: str, indices: str | None, start: i
             raise ApiError(410, f"room {room!r} was compacted below seq {below}: the "
                                 f"frames of seq {view.seq} are gone (its index and "
                                 "history remain)", extra={"seq": view.seq})
-    args = (room, view.seq, view.n_frames, view.indices, view.entries, by_slot,
-            RESPONSE_CHUNK_BYTES, loaded.spliced)
-    copied = sum(len(b) for b in by_slot.values() if len(b) < RESPONSE_CHUNK_BYTES)
+    parts = pack_frames_parts(room, view.seq, view.n_frames, view.indices, view.entries,
+                              by_slot, spliced=loaded.spliced)
+    copied = small_nbytes(parts, RESPONSE_CHUNK_BYTES)
     if copied <= INLINE_RESPONSE_BYTES:
-        parts = pack_frames_parts(*args)
-    else:
-        parts = await asyncio.to_thread(pack_frames_parts, *args)
-    return PartsResponse(parts, media_type=MSGPACK)
+        return PartsResponse(coalesce(parts, RESPONSE_CHUNK_BYTES), media_type=MSGPACK)
+    buf = gw.answers.take(copied)
+    try:
+        parts = await asyncio.to_thread(coalesce_into, parts, RESPONSE_CHUNK_BYTES, buf)
+    except BaseException:
+        gw.answers.give(buf)
+        raise
+    return PartsResponse(parts, media_type=MSGPACK, sent=lambda: gw.answers.give(buf))
 
 
 _FAST_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")

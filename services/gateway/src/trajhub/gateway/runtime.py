@@ -80,6 +80,8 @@ class Gateway:
         self._sweeper: asyncio.Task[None] | None = None
         self.cache = FrameCache(int(settings.cache_mb * 2**20))
         self.bodies = BodyBuffers()
+        self.answers = BodyBuffers()
+        """Buffers of large read answers (their small frames, copied together)."""
         self._owned: list[Any] = []
         self.sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
         self.broadcaster = Broadcaster(settings.redis_url, make_emitter(self.sio))
