@@ -7,6 +7,7 @@ in tmp_path) through the ``server_url`` fixture, and uses its own room(s).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,6 +305,46 @@ def test_reads_ahead_while_the_caller_works_on_an_answer(server_url: str) -> Non
         assert transport.calls <= 1 + room_module.READ_AHEAD
         vis.append(tiny(100))
         assert len(vis) == 101 and vis.get([-1])[0]["positions"][0, 0] == 100
+
+
+class InFlightTransport(Transport):
+    """A Transport whose frame GETs take a while, counting the most in flight at once."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+
+    def get_frames(self, room: str, **kw: Any) -> dict[str, Any]:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.05)  # requests sent together overlap
+            return super().get_frames(room, **kw)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize(("n_atoms", "ahead"), [
+    (10, room_module.READ_AHEAD),
+    (room_module.READ_AHEAD_LARGE_BYTES // 24 + 1, 1),  # float64 positions of >= 1 MiB
+])
+def test_small_frames_are_read_further_ahead_than_large_ones(
+        server_url: str, n_atoms: int, ahead: int) -> None:
+    assert room_module.READ_AHEAD > 1
+    transport = InFlightTransport(server_url)
+    rng = np.random.default_rng(n_atoms)
+    frames = [ase.Atoms(numbers=np.ones(n_atoms, int), positions=rng.random((n_atoms, 3)))
+              for _ in range(9)]
+    with Room(server_url, new_room_name(), transport=transport) as vis:
+        vis.extend(frames, progress=False)
+        vis.read_frames = 2
+        got = vis.get(None)
+    assert transport.most == ahead
+    assert all(np.array_equal(f["positions"], a.positions) for f, a in zip(got, frames,
+                                                                            strict=True))
 
 
 def test_large_frames_round_trip_writable(vis: Room) -> None:

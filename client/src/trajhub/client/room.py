@@ -73,10 +73,13 @@ READ_FIRST_FRAMES = 8
 # of its own) of the one committing: the server receives, hashes and writes the next
 # chunks while it commits the one before.
 STAGE_AHEAD = 2
-# Read requests in flight while the caller works on an answer (see _read_chunks). Two
-# gained ~10% for small frames here, but cost 35% for 5 MB frames (more fresh memory at
-# once, two Zarr reads competing on a cold server).
-READ_AHEAD = 1
+# Read requests in flight while the caller works on an answer (see _read_chunks): two,
+# so that the server prepares one answer while this process reads and decodes another
+# (read-all of 1,000 x 1,000 and 10,000 x 100: -15-30% against one); one for frames of
+# READ_AHEAD_LARGE_BYTES or more, where two cost 35% for 5 MB frames (more fresh memory
+# at once, two Zarr reads competing on a cold server).
+READ_AHEAD = 2
+READ_AHEAD_LARGE_BYTES = 2**20
 # Explicit indices travel in the query string; keep URLs well under the 8 KiB that
 # proxies and servers commonly accept (a comma is sent as %2C).
 MAX_INDICES_CHARS = 6000
@@ -541,9 +544,10 @@ class Room(MutableSequence[ase.Atoms]):
         The first request asks for READ_FIRST_FRAMES; each next one for as many frames
         as fit ``read_bytes`` at the size of the frames of the latest answer (so a
         trajectory whose frames grow is followed), at most ``read_frames``. From the
-        second request on, READ_AHEAD requests are in flight (each answer is read and
-        decoded in a thread) while the caller works on the one before: the server
-        prepares an answer and its bytes travel while this process works on another.
+        second request on, READ_AHEAD requests (one for large frames) are in flight
+        (each answer is read and decoded in a thread) while the caller works on the one
+        before: the server prepares an answer and its bytes travel while this process
+        works on another.
         """
         if not indices:
             return
@@ -557,8 +561,8 @@ class Room(MutableSequence[ase.Atoms]):
         with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="trajhub-read") as pool:
             try:
                 while True:
-                    size = self._read_size(answer["frames"])
-                    while len(pending) < READ_AHEAD and pos < len(indices):
+                    size, ahead = self._read_size(answer["frames"])
+                    while len(pending) < ahead and pos < len(indices):
                         part = self._part(indices, pos, size)
                         pos += len(part)
                         pending.append(pool.submit(self._fetch, part, keys, at_seq))
@@ -595,10 +599,12 @@ class Room(MutableSequence[ase.Atoms]):
         frames: list[Frame] = answer["frames"]
         return frames
 
-    def _read_size(self, frames: list[Frame]) -> int:
-        """Frames per request: as many as fit read_bytes at the size of ``frames``."""
+    def _read_size(self, frames: list[Frame]) -> tuple[int, int]:
+        """Frames per request (as many as fit read_bytes at the size of ``frames``) and
+        requests in flight (READ_AHEAD, or one for large frames)."""
         per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
-        return max(1, min(self.read_frames, int(self.read_bytes / per_frame)))
+        ahead = 1 if per_frame >= READ_AHEAD_LARGE_BYTES else READ_AHEAD
+        return max(1, min(self.read_frames, int(self.read_bytes / per_frame))), ahead
 
     def _chunks(self, values: Iterable[FrameLike],
                 address: Callable[[int, int], Mapping[str, Any]] | None = None
