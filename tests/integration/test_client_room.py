@@ -347,6 +347,22 @@ def test_small_frames_are_read_further_ahead_than_large_ones(
                                                                             strict=True))
 
 
+@pytest.mark.parametrize(("n", "atoms"), [(1, 2), (60, 100), (3, 12_000)])
+def test_get_gives_writable_arrays_of_the_callers_own(vis: Room, n: int, atoms: int) -> None:
+    """However an answer was decoded (msgpack, runs copied out, in place), every array
+    ``get`` returns is writable, and writing it changes nothing else."""
+    rng = np.random.default_rng(atoms)
+    frames = [{"numbers": np.full(atoms, 6, dtype=np.int32),
+               "positions": rng.normal(size=(atoms, 3))} for _ in range(n)]
+    vis.extend(frames, progress=False)
+    back = vis.get()
+    assert all(a.flags.writeable for f in back for a in f.values())
+    for f in back:
+        f["positions"] += 1.0
+        f["numbers"][:] = 1
+    assert all(frames_equal(a, b) for a, b in zip(vis.get(), frames, strict=True))
+
+
 def test_large_frames_round_trip_writable(vis: Room) -> None:
     """Frames above IN_PLACE_MIN_FRAME_BYTES are decoded in place from the answer."""
     rng = np.random.default_rng(5)

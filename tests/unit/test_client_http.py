@@ -246,6 +246,22 @@ def test_frames_answer_decodes_the_same_both_ways(decode_path: str, atoms: int) 
     assert in_body == (decode_path == "in place" and atoms > 0)
 
 
+@pytest.mark.parametrize(("n", "atoms", "copied"), [
+    (40, 100, True),  # a run of small frames: copied out of the answer
+    (3, 70_000, False),  # large frames: views of the answer
+    (1, 1, False),  # a small answer: msgpack's own decoding (read-only arrays)
+])
+@pytest.mark.parametrize("as_bytearray", [True, False])
+def test_frames_say_when_every_array_is_writable(n: int, atoms: int, copied: bool,
+                                                 as_bytearray: bool) -> None:
+    body = answer_body(sample_frames(n, atoms))
+    answer = decode_frames_body(bytearray(body) if as_bytearray else body)
+    writable = all(a.flags.writeable for f in answer["frames"] for a in f.values())
+    said = isinstance(answer["frames"], http.WritableFrames)
+    assert said == (copied or (as_bytearray and atoms > 1))
+    assert writable or not said
+
+
 def test_frames_need_not_be_the_last_field(decode_path: str) -> None:
     frames = sample_frames(2, 3)
     body = packb({"frames": [encode_frame(f) for f in frames], "room": "r"})

@@ -516,8 +516,15 @@ def _bytearray_constructor() -> Any:
 _NEW_BYTEARRAY = _bytearray_constructor()
 
 
+class WritableFrames(list[Frame]):
+    """Decoded frames whose every array is writable and whose dicts are new: copies made
+    while decoding, or views of a bytearray answer nothing else refers to (a caller
+    that wants writable frames need not look at each array)."""
+
+
 def decode_frames_body(body: bytes | bytearray) -> dict[str, Any]:
-    """The fields of a ``GET .../frames`` answer, ``frames`` decoded to Frames.
+    """The fields of a ``GET .../frames`` answer, ``frames`` decoded to Frames (a
+    WritableFrames when every array is writable).
 
     msgpack copies every ``bin`` it decodes. Large frames are therefore located in
     ``body`` by ``codec.scan_bulk`` instead, so that their arrays are views of ``body``
@@ -530,13 +537,13 @@ def decode_frames_body(body: bytes | bytearray) -> dict[str, Any]:
         if scanned is not None:
             fields, pos, runs = scanned
             if len(body) - pos >= IN_PLACE_MIN_FRAME_BYTES * sum(r.count for r in runs):
-                fields["frames"] = [frame for run in runs for frame in (
-                    decode_run(run) or [decode_span(s) for s in run.spans()])]
+                fields["frames"] = _views_of(body, [frame for run in runs for frame in (
+                    decode_run(run) or [decode_span(s) for s in run.spans()])])
                 return fields
             if len(body) >= MIN_RUN_BODY_BYTES:
                 frames = _decode_runs(body, runs)
                 if frames is not None:
-                    fields["frames"] = frames
+                    fields["frames"] = WritableFrames(frames)
                     return fields
         else:  # not the server's layout: the scanner's own rules (and errors) decide
             try:
@@ -544,7 +551,7 @@ def decode_frames_body(body: bytes | bytearray) -> dict[str, Any]:
             except IrregularEncoding:
                 pass
             else:
-                fields["frames"] = [decode_span(span) for span in spans]
+                fields["frames"] = _views_of(body, [decode_span(span) for span in spans])
                 return fields
             by_runs = _decode_by_runs(body) if len(body) >= MIN_RUN_BODY_BYTES else None
             if by_runs is not None:
@@ -554,6 +561,11 @@ def decode_frames_body(body: bytes | bytearray) -> dict[str, Any]:
         raise CodecError("a frames answer must be a map with a list of frames")
     head["frames"] = [decode_frame(f) for f in head["frames"]]
     return head
+
+
+def _views_of(body: bytes | bytearray, frames: list[Frame]) -> list[Frame]:
+    """``frames``, decoded in place from ``body``: writable if ``body`` is."""
+    return WritableFrames(frames) if isinstance(body, bytearray) else frames
 
 
 class _BodyReader:
@@ -611,7 +623,7 @@ def _decode_by_runs(body: bytes | bytearray) -> dict[str, Any] | None:
     frames = _decode_runs(body, runs)
     if frames is None:
         return None
-    fields["frames"] = frames
+    fields["frames"] = WritableFrames(frames)
     return fields
 
 

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from trajhub.client.convert import atoms_to_frame, frame_to_atoms
 from trajhub.client.errors import BadRequest, FrameIndexError
-from trajhub.client.http import Transport, new_idempotency_key
+from trajhub.client.http import Transport, WritableFrames, new_idempotency_key
 from trajhub.client.locks import Lock, wait_while_locked
 from trajhub.client.versions import SEEN_LIMIT, SeenVersions
 from trajhub.shared.codec import encode_frame, frame_to_bytes, packb
@@ -533,7 +533,10 @@ class Room(MutableSequence[ase.Atoms]):
         arrays) as its answer arrives, so that only a few answers are held at a time."""
         out: list[T] = []
         for part in self._read_chunks(indices, keys, at_seq=at_seq):
-            out.extend(convert(f) for f in part)
+            if convert is _writable and isinstance(part, WritableFrames):
+                out += part  # type: ignore[arg-type]  # (T is Frame for _writable)
+            else:
+                out.extend(convert(f) for f in part)
             del part  # before the next answer arrives
         return out
 
