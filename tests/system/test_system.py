@@ -198,6 +198,7 @@ def test_serve_logs_each_request_only_when_asked(tmp_path: Path) -> None:
             assert proc.wait(30) == 0
         log = (data_dir.parent / "serve.log").read_text()
         assert "trajhub serving" in log
+        assert "objects of the start frozen out of GC" in log  # (the entry point's)
         logged = '"GET /api/v1/rooms/logged/frames?indices=7 HTTP/1.1" 404' in log
         assert logged == (asked == "true"), log[-2000:]
 

@@ -45,6 +45,7 @@ async def run_all_in_one(settings: Settings, *, data_dir: Path, embedded: bool) 
     try:
         store = open_store(settings.storage_url)
         app = create_app(settings, store=store)
+        app.gateway.freeze_heap = True  # once started: storage's and the rest's too
         stop = asyncio.Event()
         consumer = settings.consumer_name
         # One process, one GIL: storage lets in-flight uploads finish first (bounded).

@@ -39,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from trajhub.shared import keys
 from trajhub.shared.events import Event
-from trajhub.shared.memory import tune_malloc
+from trajhub.shared.memory import freeze_startup_heap, tune_malloc
 from trajhub.shared.names import InvalidName, check_room_name
 from trajhub.shared.redis_util import async_client
 
@@ -750,6 +750,7 @@ def configure_logging(level: str) -> None:
 async def run_until_signalled(consumer: RoomConsumer) -> None:
     """Run ``consumer`` until SIGTERM or SIGINT."""
     tune_malloc()
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

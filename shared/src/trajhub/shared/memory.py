@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import sys
 
 _M_MMAP_THRESHOLD = -3
@@ -31,3 +32,17 @@ def tune_malloc(mmap_threshold: int = 256 * 2**10, arena_max: int = 2) -> bool:
         return bool(libc.mallopt(_M_ARENA_MAX, arena_max) == 1 and ok)
     except (OSError, AttributeError):
         return False
+
+
+def freeze_startup_heap() -> int:
+    """Collect once, then put every object alive now out of the collector's reach
+    (``gc.freeze``); returns how many were frozen.
+
+    A service's heap is mostly what its start made (modules, classes, clients: ~110k
+    objects in the gateway), and a full collection walks all of it: a 55-80 ms stall
+    of the event loop here, the first one during the first large read. Frozen, those
+    objects are never walked again; later full collections walk only what came after.
+    For a service's entry point, once started (never in a test process)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

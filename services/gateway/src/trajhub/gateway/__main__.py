@@ -13,7 +13,9 @@ def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_asgi(create_app(settings), settings.host, settings.port, settings.log_level,
+    app = create_app(settings)
+    app.gateway.freeze_heap = True
+    run_asgi(app, settings.host, settings.port, settings.log_level,
              access_log=settings.access_log)
 
 

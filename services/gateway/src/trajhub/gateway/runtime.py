@@ -38,6 +38,7 @@ from trajhub.gateway.sockets import (
     register_socket_handlers,
 )
 from trajhub.gateway.staging import Stager
+from trajhub.shared.memory import freeze_startup_heap
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.redis_util import async_client
 from trajhub.shared.settings import Settings
@@ -79,6 +80,8 @@ class Gateway:
         self._loader: FrameLoader | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.cache = FrameCache(int(settings.cache_mb * 2**20))
+        self.freeze_heap = False
+        """Freeze the heap once started (``freeze_startup_heap``): set by the entry points."""
         self.bodies = BodyBuffers()
         self.answers = BodyBuffers()
         """Buffers of large read answers (their small frames, copied together)."""
@@ -181,6 +184,8 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.start()
+        if self.freeze_heap:
+            log.info("gateway: %d objects of the start frozen out of GC", freeze_startup_heap())
         try:
             yield
         finally:
