@@ -765,6 +765,12 @@ def test_raw_chunk_reads_refuse_what_they_cannot_read(tmp_path: Path) -> None:
                                    dtype="<f8")
     assert zarr_store._raw_chunks(compressed._async_array, LocalStore(tmp_path / "b")) is None
     assert zarr_store._raw_chunks(arr._async_array, zarr.storage.MemoryStore()) is None
+    # another writer's big-endian chunks are not this machine's bytes: Zarr reads them
+    big = zarr.create_array(LocalStore(tmp_path / "c"), shape=(4,), chunks=(2,),
+                            dtype="<f8", compressors=None,
+                            serializer=zarr.codecs.BytesCodec(endian="big"))
+    big[:] = [1.0, 2.0, 3.0, 4.0]
+    assert zarr_store._raw_chunks(big._async_array, LocalStore(tmp_path / "c")) is None
 
 
 def test_float_data_is_read_from_raw_chunks(store: ZarrFrameStore,

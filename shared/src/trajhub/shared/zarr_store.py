@@ -1478,8 +1478,11 @@ def _raw_chunks(array: ZArray, store: Store) -> _RawChunks | None:
         return None
     pipeline = array.codec_pipeline
     if (not isinstance(pipeline, BatchedCodecPipeline) or pipeline.array_array_codecs
-            or pipeline.bytes_bytes_codecs
-            or not isinstance(pipeline.array_bytes_codec, BytesCodec)):
+            or pipeline.bytes_bytes_codecs):
+        return None
+    to_bytes = pipeline.array_bytes_codec
+    if not isinstance(to_bytes, BytesCodec) \
+            or (to_bytes.endian is not None and to_bytes.endian.value != "little"):
         return None
     return _RawChunks(array, store.root / array.store_path.path)
 
