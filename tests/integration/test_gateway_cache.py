@@ -388,6 +388,13 @@ def test_bulk_reads_of_large_frames_answer_their_arrays_uncached(
     after = stats(reader)
     assert after["misses"] == before["misses"] + 1 and after["hits"] == before["hits"] + 1
     assert after["entries"] > 2
+    # a few of them with keys= are read whole (to be cached), and answer only those keys
+    other = clients(start_gateway())
+    raw_get(other, indices="0,1")  # the room's frame size is known from here on
+    few = raw_get(other, keys="positions", indices="5,6")
+    assert few == expected(codec.unpackb(few), [{"positions": frames[i]["positions"]}
+                                                for i in (5, 6)])
+    assert stats(other)["entries"] == 2
 
 
 def given_back(pool: Any, timeout: float = 5.0) -> None:

@@ -341,9 +341,10 @@ class FrameLoader:
         extra = await self._neighbours(room, zarr_slots, hash_of, indices, applied) \
             if ahead else {}
         read_keys = None if whole else keys
+        # Whole frames read for keys= are cut down from their bytes later: not spliced.
         frames, spliced = await asyncio.to_thread(self._read_zarr, room, store, zarr_slots,
                                                   hash_of, extra, read_keys,
-                                                  splice)
+                                                  splice and read_keys == keys)
         (got.full if read_keys is None else got.partial).update(frames)
         got.spliced.update(spliced)
         got.from_zarr += len(zarr_slots)
