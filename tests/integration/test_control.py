@@ -12,6 +12,7 @@ from control_testutil import index, make_frame, order, snapshot, stage
 from pydantic import ValidationError
 
 from trajhub.control import Control, IndexReader
+from trajhub.control.control import STAGE_SCRIPT_MIN
 from trajhub.shared import codec, hashing, keys
 from trajhub.shared.events import (
     CommitResult,
@@ -321,22 +322,33 @@ async def test_blobs_are_persisted_only_when_they_get_a_slot(r: aioredis.Redis) 
     assert await r.ttl(keys.blob(ROOM, a)) > 0
 
 
+@pytest.mark.parametrize("n", [1, STAGE_SCRIPT_MIN])  # a SET each; one script
 async def test_staging_with_the_commit_never_resets_a_persisted_blob(
-        r: aioredis.Redis) -> None:
+        r: aioredis.Redis, n: int) -> None:
     control = Control(r)
-    frames = [make_frame(i) for i in range(3)]
+    frames = [make_frame(i) for i in range(3 * n)]
     blobs = {hashing.frame_hash(f): codec.frame_to_bytes(f) for f in frames}
-    a, b, c = blobs
-    ok(await control.commit(InsertFrames(room=ROOM, hashes=[a, b]),
-                            stage={a: blobs[a], b: blobs[b]}, stage_ttl_s=60))
-    assert [await r.ttl(keys.blob(ROOM, h)) for h in (a, b)] == [-1, -1]
+    hashes = list(blobs)
+    first, again, new = hashes[:n], hashes[n:2 * n], hashes[2 * n:]
+    ok(await control.commit(InsertFrames(room=ROOM, hashes=first + again),
+                            stage={h: blobs[h] for h in first + again}, stage_ttl_s=60))
+    assert [await r.ttl(keys.blob(ROOM, h)) for h in first + again] == [-1] * 2 * n
 
-    # Staged again with the next commit (an upload that repeats a frame): a and b keep
-    # no TTL (NX), c is staged and persisted, and every value is the frame's bytes.
-    ok(await control.commit(InsertFrames(room=ROOM, hashes=[a, c]),
-                            stage={a: blobs[a], c: blobs[c]}, stage_ttl_s=60))
-    assert [await r.ttl(keys.blob(ROOM, h)) for h in (a, b, c)] == [-1, -1, -1]
-    assert [await r.get(keys.blob(ROOM, h)) for h in (a, b, c)] == list(blobs.values())
+    # Staged again with the next commit (an upload that repeats frames): those keep no
+    # TTL (NX), the new ones are staged and persisted, and every value is the frame's.
+    ok(await control.commit(InsertFrames(room=ROOM, hashes=again + new),
+                            stage={h: blobs[h] for h in again + new}, stage_ttl_s=60))
+    assert [await r.ttl(keys.blob(ROOM, h)) for h in hashes] == [-1] * 3 * n
+    assert [await r.get(keys.blob(ROOM, h)) for h in hashes] == list(blobs.values())
+    # A refused commit still stages (the script reports the refusal): the blobs wait
+    # with their TTL for a retry.
+    more = [make_frame(100 + i) for i in range(n)]
+    staged = {hashing.frame_hash(f): codec.frame_to_bytes(f) for f in more}
+    refused = await control.commit(InsertFrames(room=ROOM, hashes=list(staged), at=10**6),
+                                   stage=staged, stage_ttl_s=60)
+    assert refused.status == "not_found"
+    ttls = [await r.ttl(keys.blob(ROOM, h)) for h in staged]
+    assert all(0 < t <= 60 for t in ttls), ttls
 
 
 async def test_consumer_groups_exist_from_the_first_event(r: aioredis.Redis) -> None:
