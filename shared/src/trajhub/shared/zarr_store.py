@@ -709,7 +709,7 @@ class ZarrFrameStore:
     async def _fetch_block(self, array: ZArray, a: int, b: int, dims: tuple[int, ...]
                            ) -> Array:
         """Slots ``a..b`` of ``array``, each cut to ``dims``. Raw chunks in a local
-        directory are read straight into the block (see _read_raw); anything else, or
+        directory are read straight into the block (``_RawChunks``); anything else, or
         anything unexpected there, through Zarr."""
         raw = _raw_chunks(array, self.store)
         if raw is not None:
