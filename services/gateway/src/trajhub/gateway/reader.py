@@ -421,18 +421,15 @@ class FrameLoader:
         """One Zarr read of ``slots`` plus ``extra`` (read ahead), encoded once; whole
         frames go into the cache, the read-ahead ones first (less recently used). With
         ``splice``, the large frames of ``slots`` come apart (second map, not cached)."""
-        ahead = list(extra)
-        frames = store.read_slots(room, slots + ahead, keys)
+        frames = store.read_slots(room, slots + list(extra), keys)
+        own, ahead = frames[:len(slots)], frames[len(slots):]
         spliced: dict[int, Parts] = {}
         if splice:
-            for slot, frame in zip(slots, frames, strict=False):
-                if sum(a.nbytes for a in frame.values()) >= SPLICE_MIN_BYTES:
-                    spliced[slot] = tuple(frame_parts(frame))
-        if spliced:
-            plain = [(s, f) for s, f in zip(slots, frames, strict=False) if s not in spliced]
-            slots = [s for s, _ in plain]
-            frames = [f for _, f in plain] + frames[len(spliced) + len(plain):]
-        encoded = encode_frames(frames)
+            spliced = {s: tuple(frame_parts(f)) for s, f in zip(slots, own, strict=True)
+                       if sum(a.nbytes for a in f.values()) >= SPLICE_MIN_BYTES}
+            own = [f for s, f in zip(slots, own, strict=True) if s not in spliced]
+            slots = [s for s in slots if s not in spliced]
+        encoded = encode_frames(own + ahead)
         wanted = dict(zip(slots, encoded[:len(slots)], strict=True))
         if keys is None:
             self._cache.put_many(zip(extra.values(), encoded[len(slots):], strict=True),
