@@ -750,9 +750,9 @@ def configure_logging(level: str) -> None:
 async def run_until_signalled(consumer: RoomConsumer) -> None:
     """Run ``consumer`` until SIGTERM or SIGINT."""
     tune_malloc()
-    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    freeze_startup_heap()  # (its collection takes a while: a SIGTERM meanwhile is handled)
     await consumer.run(stop)
