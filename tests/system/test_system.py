@@ -121,7 +121,13 @@ def test_kill_storage_mid_upload_loses_and_doubles_nothing(services: Services) -
     services.kill("storage")
     worker.join(120)
     assert uploaded.is_set()
+    before = set(r.zrange(keys.STORAGE_REPLICAS, 0, -1))
     services.start("storage")
+    # Running (its SIGTERM handler in place) before the teardown stops it: the killed
+    # storage may have applied everything already, and a SIGTERM during the new one's
+    # imports would end it by the signal.
+    wait_until(lambda: set(r.zrange(keys.STORAGE_REPLICAS, 0, -1)) - before, 60,
+               "the new storage replica to register")
     wait_applied(services.redis_url, "crashy")
     assert len(Room(services.url, room="crashy")) == len(md)
     assert_zarr_matches(services, "crashy", md)
