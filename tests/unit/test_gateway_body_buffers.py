@@ -1,10 +1,12 @@
-"""The gateway's reusable request-body buffers: reused only when nothing refers to them."""
+"""The gateway's reusable body and answer buffers: reused only when nothing refers to them."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from trajhub.gateway.body import BodyBuffers
+from trajhub.gateway.reader import coalesce_into
 
 MB = 2**20
 
@@ -57,3 +59,32 @@ def test_the_pool_keeps_few_buffers_and_none_too_small_or_large() -> None:
         pool.give(b)  # twice is once
     assert [id(b) for b in pool._free] == [id(b) for b in bufs[1:]]
     assert len(pool.take(MB // 4)) == MB // 4, "small bodies are never pooled"
+
+
+def test_take_at_least_hands_out_the_smallest_free_buffer_that_holds_the_size() -> None:
+    pool = BodyBuffers(keep=3, min_bytes=MB, max_bytes=64 * MB)
+    for size in (16 * MB, 6 * MB, 10 * MB):
+        pool.give(bytearray(size))
+    sizes = {id(b): len(b) for b in pool._free}
+    small = pool.take_at_least(2 * MB)  # far below half of any: still reused, as it is
+    assert sizes.get(id(small)) == 6 * MB and len(small) == 6 * MB
+    middle = pool.take_at_least(8 * MB)
+    assert sizes.get(id(middle)) == 10 * MB and len(middle) == 10 * MB
+    viewed = memoryview(pool._free[0])
+    fresh = pool.take_at_least(12 * MB)  # the one that holds it is still viewed
+    assert id(fresh) not in sizes and len(fresh) == 12 * MB
+    viewed.release()
+    assert len(pool.take_at_least(12 * MB)) == 16 * MB
+    assert len(pool.take_at_least(17 * MB)) == 17 * MB, "none holds it: a new one"
+
+
+def test_coalesce_into_a_larger_buffer_uses_its_start_and_refuses_a_smaller_one() -> None:
+    large = bytes(range(256)) * 8
+    parts: list[bytes | memoryview] = [b"head", b"a" * 10, large, b"b" * 5, b"c" * 7]
+    buf = bytearray(b"\xff" * 100)
+    out = coalesce_into(parts, 1024, buf)
+    assert b"".join(out) == b"".join(parts)
+    assert out[1] is large, "a large part is sent as it is"
+    assert buf[:14] == b"head" + b"a" * 10 and buf[14:26] == b"b" * 5 + b"c" * 7
+    with pytest.raises(ValueError, match="25-byte buffer for 26 bytes"):
+        coalesce_into(parts, 1024, bytearray(25))

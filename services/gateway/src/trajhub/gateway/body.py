@@ -78,6 +78,22 @@ class BodyBuffers:
                     return buf
         return bytearray(size)
 
+    def take_at_least(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes or more (contents undefined): the smallest free
+        one that holds ``size``, as it is (never resized, so never reallocated), else a
+        new one of ``size`` bytes. For a caller that uses only the first ``size`` bytes:
+        a read's answers come in two sizes (full ones and the last), and a buffer kept
+        from a full one then serves a last one too."""
+        if size >= self.min_bytes:
+            fits = sorted((len(b), i) for i, b in enumerate(self._free) if len(b) >= size)
+            for _, i in fits:
+                buf = self._free[i]
+                # Referred to by the list, `buf` and getrefcount's argument only?
+                if sys.getrefcount(buf) == 3 and _unexported(buf):
+                    del self._free[i]
+                    return buf
+        return bytearray(size)
+
     def give(self, buf: bytearray) -> None:
         """Keep ``buf`` for a later request, once nothing refers to it any more."""
         if (self.min_bytes <= buf.__alloc__() <= self.max_bytes

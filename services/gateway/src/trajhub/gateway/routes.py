@@ -188,7 +188,7 @@ async def read_frames(request: Request, room: str, indices: str | None, start: i
     copied = small_nbytes(parts, RESPONSE_CHUNK_BYTES)
     if copied <= INLINE_RESPONSE_BYTES:
         return PartsResponse(coalesce(parts, RESPONSE_CHUNK_BYTES), media_type=MSGPACK)
-    buf = gw.answers.take(copied)
+    buf = gw.answers.take_at_least(copied)
     try:
         parts = await asyncio.to_thread(coalesce_into, parts, RESPONSE_CHUNK_BYTES, buf)
     except BaseException:
