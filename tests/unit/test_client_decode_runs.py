@@ -54,8 +54,28 @@ def test_runs_decode_like_msgpack(monkeypatch: pytest.MonkeyPatch, mixed: bool) 
             assert not np.shares_memory(arr, np.frombuffer(body, np.uint8))
 
 
-def test_frames_of_a_run_are_independent() -> None:
-    frames = decode_frames_body(body_of(small_frames(100)))["frames"]
+def test_a_writable_body_gives_its_runs_as_views_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bytearray answer (as large answers are read) is the caller's alone: its
+    frames are writable views of it, not copies, and decode as msgpack would."""
+    frames = small_frames(300)
+    frames[100:200] = small_frames(100, atoms=7)
+    body = bytearray(body_of(frames))
+    answer = decode_frames_body(body)
+    assert isinstance(answer["frames"], http.WritableFrames)
+    expected = by_msgpack(bytes(body), monkeypatch)
+    whole = np.frombuffer(body, np.uint8)
+    for got, want, sent in zip(answer["frames"], expected, frames, strict=True):
+        assert frames_equal(got, sent) and list(got) == list(want)
+        for key, arr in got.items():
+            assert (arr.dtype, arr.shape) == (want[key].dtype, want[key].shape)
+            assert arr.flags.writeable
+            assert arr.size == 0 or np.shares_memory(arr, whole), key
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_frames_of_a_run_are_independent(writable: bool) -> None:
+    body = body_of(small_frames(100))
+    frames = decode_frames_body(bytearray(body) if writable else body)["frames"]
     frames[0]["positions"][:] = 0.0
     frames[0]["info.step"][...] = 99
     assert frames[1]["positions"].any() and int(frames[1]["info.step"]) == 1
@@ -123,3 +143,17 @@ def test_large_frames_decode_in_place_a_run_at_a_time(monkeypatch: pytest.Monkey
                    for g in got)
         got[0]["positions"][0, 0] = 1e9
         assert got[1]["positions"][0, 0] != 1e9
+
+
+def test_the_mean_frame_size_is_sampled_over_the_whole_answer() -> None:
+    from trajhub.client.room import _mean_frame_nbytes
+
+    def frame(atoms: int) -> Frame:
+        return {"positions": np.zeros((atoms, 3)), "numbers": np.zeros(atoms, np.int32)}
+
+    assert _mean_frame_nbytes([]) == 0.0
+    few = [frame(10), frame(30)]
+    assert _mean_frame_nbytes(few) == (10 + 30) * 28 / 2
+    growing = [frame(10 + i // 100) for i in range(10_000)]  # 10 atoms at first, 109 last
+    exact = sum(sum(a.nbytes for a in f.values()) for f in growing) / len(growing)
+    assert abs(_mean_frame_nbytes(growing) - exact) / exact < 0.02

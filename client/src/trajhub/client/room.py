@@ -189,8 +189,14 @@ def _writable(frame: Frame) -> Frame:
     return {key: arr if arr.flags.writeable else arr.copy() for key, arr in frame.items()}
 
 
-def _frames_nbytes(frames: list[Frame]) -> int:
-    return sum(map(_NBYTES, chain.from_iterable(map(dict.values, frames))))
+def _mean_frame_nbytes(frames: list[Frame], sample: int = 64) -> float:
+    """The frames' mean size, from at most ``sample`` of them spread over the list (a
+    read of thousands of small frames need not look at every array of each)."""
+    if not frames:
+        return 0.0
+    picked = frames[::max(1, len(frames) // sample)]
+    total: int = sum(map(_NBYTES, chain.from_iterable(map(dict.values, picked))))
+    return total / len(picked)
 
 
 def _fit_query(indices: list[int]) -> list[int]:
@@ -605,7 +611,7 @@ class Room(MutableSequence[ase.Atoms]):
     def _read_size(self, frames: list[Frame]) -> tuple[int, int]:
         """Frames per request (as many as fit read_bytes at the size of ``frames``) and
         requests in flight (READ_AHEAD, or one for large frames)."""
-        per_frame = max(_frames_nbytes(frames) / max(len(frames), 1), 1.0)
+        per_frame = max(_mean_frame_nbytes(frames), 1.0)
         ahead = 1 if per_frame >= READ_AHEAD_LARGE_BYTES else READ_AHEAD
         return max(1, min(self.read_frames, int(self.read_bytes / per_frame))), ahead
 
