@@ -86,3 +86,83 @@ async def test_list_rooms(r: aioredis.Redis) -> None:
     await build_room(r, 5, room="b-room")
     await build_room(r, 2, room="a.room")
     assert await reader.list_rooms() == [("a.room", 2, 3), ("b-room", 5, 3)]
+
+
+async def test_a_read_unless_unchanged_answers_without_entries_at_the_same_seq(
+        r: aioredis.Redis) -> None:
+    await build_room(r, 100)
+    reader = IndexReader(r)
+    raw = await reader.read_raw(ROOM, start=10, stop=None)
+    assert raw.created and not raw.unchanged and len(raw.indices) == 90
+    same = (raw.seq, raw.created)
+    for kwargs in ({"start": 10, "stop": None}, {"indices": [5, -1, 5]}):
+        again = await reader.read_raw(ROOM, unless=same, **kwargs)  # type: ignore[arg-type]
+        assert again.unchanged and (again.seq, again.n_frames, again.created) == (
+            raw.seq, 100, raw.created)
+        assert (again.indices, again.fids, again.packed) == ([], "", "")
+    for other in ((raw.seq - 1, raw.created), (raw.seq, raw.created + "0")):
+        full = await reader.read_raw(ROOM, start=10, stop=None, unless=other)
+        assert not full.unchanged and full == raw
+        with pytest.raises(IndexOutOfRange, match="index 100 out of range"):
+            await reader.read_raw(ROOM, indices=[1, 100], unless=other)
+    assert (await reader.read_raw("nobody", unless=(0, ""))).unchanged is False
+    control = Control(r)
+    hashes = await stage(r, ROOM, [7])
+    assert (await control.commit(ReplaceFrames(room=ROOM, indices=[50],
+                                               hashes=hashes))).status == "ok"
+    moved = await reader.read_raw(ROOM, start=10, stop=None, unless=same)
+    assert not moved.unchanged and moved.seq == raw.seq + 1
+    assert (await reader.read(ROOM, indices=[50])).entries[0].hash == hashes[0]
+
+
+async def test_the_read_path_keeps_long_reads_until_the_room_moves_on(
+        r: aioredis.Redis) -> None:
+    from trajhub.gateway.reader import VIEWS_MIN_FRAMES, IndexScript
+
+    await build_room(r, 300)
+    script = IndexScript(r)
+    first = await script.read(ROOM, start=0, stop=200)
+    assert await script.read(ROOM, start=0, stop=200) is first, "kept at the same seq"
+    listed = await script.read(ROOM, indices=list(range(199, -1, -1)))
+    assert await script.read(ROOM, indices=list(range(199, -1, -1))) is listed
+    assert listed.entries == first.entries[::-1]
+    short = await script.read(ROOM, start=0, stop=VIEWS_MIN_FRAMES - 1)
+    assert await script.read(ROOM, start=0, stop=VIEWS_MIN_FRAMES - 1) is not short
+    hashes = await stage(r, ROOM, [9])
+    assert (await Control(r).commit(ReplaceFrames(room=ROOM, indices=[3],
+                                                  hashes=hashes))).status == "ok"
+    after = await script.read(ROOM, start=0, stop=200)
+    assert after is not first and after.seq == first.seq + 1
+    assert after.entries[3].hash == hashes[0] and after.entries[4:] == first.entries[4:]
+    # The same name at the same seq, but another room (created anew): read anew.
+    await r.flushdb()
+    await build_room(r, 250)
+    hashes = await stage(r, ROOM, [8])
+    assert (await Control(r).commit(ReplaceFrames(room=ROOM, indices=[3],
+                                                  hashes=hashes))).status == "ok"
+    anew = await script.read(ROOM, start=0, stop=200)
+    assert anew.seq == after.seq and anew is not after
+    assert anew.n_frames == 250 and anew.entries[3].hash == hashes[0] != after.entries[3].hash
+    assert anew.entries == (await IndexScript(r).read(ROOM, start=0, stop=200)).entries
+
+
+def test_kept_reads_are_bounded_by_their_entries() -> None:
+    from trajhub.gateway.reader import ReadView, ReadViews
+
+    def view(n: int) -> ReadView:
+        return ReadView(seq=1, n_frames=n, exists=True, indices=list(range(n)),
+                        entries=[None] * n)  # type: ignore[list-item]
+
+    views = ReadViews(max_entries=1000, min_frames=10)
+    for i in range(3):
+        views.put("r", ("s", i), "t", view(400))
+    assert views.get("r", ("s", 0)) is None, "the least recently used went first"
+    assert views.get("r", ("s", 1)) is not None
+    views.put("r", ("s", 3), "t", view(400))
+    assert views.get("r", ("s", 2)) is None and views.get("r", ("s", 1)) is not None
+    views.put("r", ("s", 4), "t", view(1001))
+    views.put("r", ("s", 5), "t", view(9))
+    views.put("r", ("s", 6), "", view(100))
+    views.put("r", ("s", 7), "t", ReadView(1, 0, False, [], []))
+    assert all(views.get("r", ("s", i)) is None for i in (4, 5, 6, 7))
+    assert views.get("r", ("s", 1)) is not None and views.get("r", ("s", 3)) is not None

@@ -35,7 +35,9 @@ class IndexView:
 
 
 class RawIndex(NamedTuple):
-    """The read script's answer: entries as ``fid,...`` and ``version:hash:slot,...``."""
+    """The read script's answer: entries as ``fid,...`` and ``version:hash:slot,...``;
+    ``created`` tells the room apart from an earlier one of its name; ``unchanged`` (no
+    indices nor entries then) answers a read made ``if`` the room was still at a seq."""
 
     seq: int
     n_frames: int
@@ -43,6 +45,8 @@ class RawIndex(NamedTuple):
     indices: list[int]
     fids: bytes | str
     packed: bytes | str
+    created: str = ""
+    unchanged: bool = False
 
 
 def _entries(fids: bytes, packed: bytes) -> list[FrameEntry]:
@@ -73,11 +77,12 @@ class IndexReader:
 
     async def read_raw(self, room: str, *, indices: list[int] | None = None,
                        start: int | None = 0, stop: int | None = None,
-                       step: int | None = 1) -> RawIndex:
+                       step: int | None = 1, unless: tuple[int, str] | None = None
+                       ) -> RawIndex:
         """``read`` with the entries left as the script's two flat strings, for callers
-        that parse them their own way."""
+        that parse them their own way (``unless``: see ``script_call``)."""
         keys_, args = self.script_call(room, indices=indices, start=start, stop=stop,
-                                       step=step)
+                                       step=step, unless=unless)
         return self.answer(await self._script(keys=keys_, args=args), indices)
 
     @property
@@ -88,28 +93,34 @@ class IndexReader:
 
     @staticmethod
     def script_call(room: str, *, indices: list[int] | None = None, start: int | None = 0,
-                    stop: int | None = None, step: int | None = 1
-                    ) -> tuple[list[str], list[str]]:
-        """The script's KEYS and ARGV for a read."""
+                    stop: int | None = None, step: int | None = 1,
+                    unless: tuple[int, str] | None = None) -> tuple[list[str], list[str]]:
+        """The script's KEYS and ARGV for a read; with ``unless`` (seq, created), one
+        that answers ``unchanged`` if the room is still at that seq."""
         if indices is not None:
             args = ["list", *(str(int(i)) for i in indices)]
         else:
             if step == 0:
                 raise ValueError("slice step cannot be zero")
             args = ["slice", _arg(start), _arg(stop), _arg(1 if step is None else step)]
+        if unless is not None:
+            args = ["if", str(int(unless[0])), unless[1], *args]
         return [keys.meta(room), keys.order(room), keys.frames(room)], args
 
     @staticmethod
     def answer(reply: list[Any], indices: list[int] | None) -> RawIndex:
         """The script's reply as a RawIndex (IndexOutOfRange for a bad index)."""
-        seq, n, exists, bad, first, stride, count, fids, packed = reply
+        seq, n, exists, bad, first, stride, count, fids, packed, created = reply
+        created = _text(created)
         if bad:
             raise IndexOutOfRange(int(bad), int(n), exists=bool(exists))
+        if count < 0:
+            return RawIndex(int(seq), int(n), bool(exists), [], "", "", created, True)
         if indices is not None:
             positions = [i + n if i < 0 else i for i in indices]
         else:
             positions = list(range(first, first + stride * count, stride))
-        return RawIndex(int(seq), int(n), bool(exists), positions, fids, packed)
+        return RawIndex(int(seq), int(n), bool(exists), positions, fids, packed, created)
 
     async def list_rooms(self) -> list[tuple[str, int, int]]:
         """``(room, n_frames, seq)`` of every room, sorted by name."""

@@ -69,6 +69,10 @@ as their arrays' own buffers between the encoded bytes around them (``frame_part
 never joined into one bytes object (a copy into fresh memory, a fifth of such a read),
 nor cached (a few of them would flush the cache). A read of one frame (a viewer's) is
 joined and cached as any other."""
+# Index reads kept to be asked again only if the room moved on (ReadViews): at most
+# this many entries in all (~0.3 KB each), of reads of at least this many frames.
+VIEWS_MAX_ENTRIES = 2**16
+VIEWS_MIN_FRAMES = 64
 
 Parts = tuple[bytes | memoryview, ...]
 """A frame's encoded bytes in pieces (their concatenation is its ``frame_to_bytes``)."""
@@ -125,34 +129,82 @@ def parse_entries(fids: bytes | str, packed: bytes | str) -> list[Entry]:
                         map(int, parts[2::3]), strict=True)))
 
 
+Selection = tuple[str | int | None, ...]
+
+
+class ReadViews:
+    """Index reads of many frames, kept with the room's ``created`` to be asked again
+    ``unless`` the room is still at their seq (``read_index.lua``): at one seq a read's
+    answer never changes, so a repeated read of a long range (a reader reading a whole
+    trajectory again) costs one small script instead of resolving and parsing every
+    entry. Bounded by the entries held (least recently used first); reads of fewer than
+    ``min_frames`` frames are not kept (their script costs no more than the check)."""
+
+    def __init__(self, max_entries: int = VIEWS_MAX_ENTRIES,
+                 min_frames: int = VIEWS_MIN_FRAMES) -> None:
+        self.max_entries = max_entries
+        self.min_frames = min_frames
+        self._views: OrderedDict[tuple[str, Selection], tuple[str, ReadView]] = OrderedDict()
+        self._held = 0
+
+    def get(self, room: str, sel: Selection) -> tuple[str, ReadView] | None:
+        kept = self._views.get((room, sel))
+        if kept is not None:
+            self._views.move_to_end((room, sel))
+        return kept
+
+    def put(self, room: str, sel: Selection, created: str, view: ReadView) -> None:
+        n = len(view.entries)
+        if not view.exists or not created or n < self.min_frames or n > self.max_entries:
+            return
+        old = self._views.pop((room, sel), None)
+        if old is not None:
+            self._held -= len(old[1].entries)
+        self._views[(room, sel)] = (created, view)
+        self._held += n
+        while self._held > self.max_entries:
+            _, (_, dropped) = self._views.popitem(last=False)
+            self._held -= len(dropped.entries)
+
+
 class IndexScript:
     """``IndexReader.read`` (the same script, the same answers and errors) returning
     light entries, for the frame read path; sent over ``fast`` (a pipelined
-    connection) when there is one, through redis-py when not or when it fails."""
+    connection) when there is one, through redis-py when not or when it fails. A read
+    of many frames made before at the room's current seq is answered from ``views``."""
 
     def __init__(self, redis: aioredis.Redis, fast: PipelinedRedis | None = None) -> None:
         self._reader = IndexReader(redis)
         self._fast = fast
+        self.views = ReadViews()
 
     async def read(self, room: str, *, indices: list[int] | None = None,
                    start: int | None = 0, stop: int | None = None,
                    step: int | None = 1) -> ReadView:
+        sel: Selection = ("i", *indices) if indices is not None else ("s", start, stop, step)
+        kept = self.views.get(room, sel)
+        unless = None if kept is None else (kept[1].seq, kept[0])
         raw = None
         if self._fast is not None:
-            raw = await self._read_fast(room, indices, start, stop, step)
+            raw = await self._read_fast(room, indices, start, stop, step, unless)
         if raw is None:
             raw = await self._reader.read_raw(room, indices=indices, start=start, stop=stop,
-                                              step=step)
-        return ReadView(seq=raw.seq, n_frames=raw.n_frames, exists=raw.exists,
+                                              step=step, unless=unless)
+        if raw.unchanged and kept is not None:
+            return kept[1]
+        view = ReadView(seq=raw.seq, n_frames=raw.n_frames, exists=raw.exists,
                         indices=raw.indices, entries=parse_entries(raw.fids, raw.packed))
+        self.views.put(room, sel, raw.created, view)
+        return view
 
     async def _read_fast(self, room: str, indices: list[int] | None, start: int | None,
-                         stop: int | None, step: int | None) -> RawIndex | None:
+                         stop: int | None, step: int | None,
+                         unless: tuple[int, str] | None) -> RawIndex | None:
         """The read over the pipelined connection; None if that connection failed (the
         caller then uses redis-py, which reconnects and retries)."""
         assert self._fast is not None
         keys_, args = IndexReader.script_call(room, indices=indices, start=start, stop=stop,
-                                              step=step)
+                                              step=step, unless=unless)
         sha, source = self._reader.script
         call: tuple[str | int, ...] = ("EVALSHA", sha, len(keys_), *keys_, *args)
         try:

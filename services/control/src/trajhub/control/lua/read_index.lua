@@ -3,14 +3,29 @@
 -- ARGV[1] = "slice": ARGV[2..4] start, stop, step ("" = None; Python slice semantics,
 --           negative bounds count from the end);
 -- ARGV[1] = "list":  ARGV[2..] indices (negative ones count from the end).
+-- ARGV[1] = "if", ARGV[2] = seq, ARGV[3] = created, ARGV[4..] one of the above: a read
+--           by a caller holding the answer of that read at that seq (of the room created
+--           then); if the room is still there, count is -1 and no entries come back.
 -- Returns {seq, n_frames, exists, bad index ("" if none), start, step, count,
---          frame ids joined by ",", packed entries joined by ","}.
+--          frame ids joined by ",", packed entries joined by ",", created}.
+-- Every change of the index is a commit, which moves seq: at one seq of one room (its
+-- `created`), a read's answer never changes.
 
 local K_META, K_ORDER, K_FRAMES = KEYS[1], KEYS[2], KEYS[3]
 
-local seq = tonumber(redis.call('HGET', K_META, 'seq') or '0')
+local head = redis.call('HMGET', K_META, 'seq', 'created')
+local seq = tonumber(head[1] or '0')
+local created = head[2] or ''
 local exists = redis.call('EXISTS', K_META)
 local n = redis.call('LLEN', K_ORDER)
+
+local a = 0  -- where the read's own arguments start, less one
+if ARGV[1] == 'if' then
+  if exists == 1 and tonumber(ARGV[2]) == seq and ARGV[3] == created then
+    return {seq, n, exists, '', 0, 1, -1, '', '', created}
+  end
+  a = 3
+end
 
 local function opt(s)
   if s == '' then return nil end
@@ -44,19 +59,19 @@ end
 
 local indices = {}
 local start, step, count = 0, 1, 0
-if ARGV[1] == 'slice' then
-  step = tonumber(ARGV[4])
-  start, count = adjust(opt(ARGV[2]), opt(ARGV[3]), step)
+if ARGV[a + 1] == 'slice' then
+  step = tonumber(ARGV[a + 4])
+  start, count = adjust(opt(ARGV[a + 2]), opt(ARGV[a + 3]), step)
   for i = 1, count do
     indices[i] = start + (i - 1) * step
   end
 else
-  count = #ARGV - 1
+  count = #ARGV - a - 1
   for i = 1, count do
-    local x = tonumber(ARGV[i + 1])
+    local x = tonumber(ARGV[a + i + 1])
     if x < 0 then x = x + n end
     if x < 0 or x >= n then
-      return {seq, n, exists, ARGV[i + 1], 0, 1, 0, '', ''}
+      return {seq, n, exists, ARGV[a + i + 1], 0, 1, 0, '', '', created}
     end
     indices[i] = x
   end
@@ -74,4 +89,4 @@ for i = 1, count do
 end
 -- Two flat strings parse far faster in the client than 2 * count bulk replies.
 return {seq, n, exists, '', start, step, count, table.concat(fids, ','),
-  table.concat(packed, ',')}
+  table.concat(packed, ','), created}
