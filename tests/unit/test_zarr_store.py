@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import threading
@@ -748,6 +749,37 @@ def test_raw_chunk_reads_match_zarr(tmp_path: Path, case: Any, data: st.DataObje
     assert block is not None
     want = arr[(slice(a, b), *(slice(0, d) for d in dims))]
     assert block.dtype == want.dtype and np.array_equal(block, want)
+
+
+@pytest.mark.parametrize("records", [1, 2, 3, 500])
+def test_raw_reads_of_part_of_each_slot_come_in_batches_of_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, records: int) -> None:
+    """A trajectory's atoms short of the chunk: each slot's first rows, many slots per
+    preadv (PREADV_RECORDS), the same values as Zarr's."""
+    monkeypatch.setattr(zarr_store, "PREADV_RECORDS", records)
+    arr = zarr.create_array(LocalStore(tmp_path / "a"), shape=(30, 9, 3), chunks=(7, 4, 3),
+                            dtype="<f8", compressors=None)
+    arr[:] = np.random.default_rng(1).random((30, 9, 3))
+    raw = zarr_store._raw_chunks(arr._async_array, LocalStore(tmp_path / "a"))
+    assert raw is not None
+    for a, b, d1 in ((0, 30, 9), (1, 29, 3), (5, 6, 5), (3, 17, 1)):
+        block = raw.read(a, b, (d1, 3))
+        assert block is not None and np.array_equal(block, arr[a:b, :d1]), (a, b, d1)
+
+
+def test_strided_preads_say_when_the_file_ends(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(40)))
+    out = bytearray(12)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flat = memoryview(out)
+        assert zarr_store._pread_rows(fd, flat, [0, 3, 6, 9], 3, 10, 0)
+        assert out == bytes([0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32])
+        assert zarr_store._pread_rows(fd, flat, [0], 12, 12, 0)
+        assert not zarr_store._pread_rows(fd, flat, [0, 3, 6, 9], 3, 13, 0), "past the end"
+    finally:
+        os.close(fd)
 
 
 def test_raw_chunk_reads_refuse_what_they_cannot_read(tmp_path: Path) -> None:
