@@ -822,3 +822,22 @@ def test_float_data_is_read_from_raw_chunks(store: ZarrFrameStore,
     assert_frames(store.read_slots(ROOM, [3, 4, 5, 17]), [frames[i] for i in (3, 4, 5, 17)])
     assert {"positions", "calc.forces"} <= set(raw_reads)
     assert "numbers" not in raw_reads  # integers are compressed: Zarr reads them
+
+
+def test_raw_read_blocks_reuse_the_memory_of_blocks_no_one_holds(
+        store: ZarrFrameStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = zarr_store.BlockPool(max_bytes=64 * 2**20, min_bytes=1024)
+    monkeypatch.setattr(zarr_store, "READ_BLOCKS", pool)
+    frames = [make_frame(60, i) for i in range(12)]
+    write(store, frames)
+    held = store.read_slots(ROOM, list(range(12)))
+    assert_frames(held, frames)
+    kept = [id(b) for b in pool._kept]
+    assert len(kept) >= 2  # positions and forces, at least
+    again = store.read_slots(ROOM, list(range(12)))  # the first blocks are still held
+    assert not set(kept) & {id(b) for b in pool._kept[len(kept):]}
+    assert_frames(again, frames)
+    del held, again
+    third = store.read_slots(ROOM, list(range(6)))
+    assert_frames(third, frames[:6])
+    assert len(pool._kept) == 2 * len(kept), "the new blocks reused kept memory"

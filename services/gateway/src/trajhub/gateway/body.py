@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from trajhub.gateway.errors import ApiError
+from trajhub.shared.buffers import unexported
 from trajhub.shared.codec import CodecError, unpackb
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
@@ -69,7 +70,7 @@ class BodyBuffers:
                 if not buf.__alloc__() // 2 <= size < buf.__alloc__():
                     continue
                 # Referred to by the list, `buf` and getrefcount's argument only?
-                if sys.getrefcount(buf) == 3 and _unexported(buf):
+                if sys.getrefcount(buf) == 3 and unexported(buf):
                     del self._free[i]
                     if len(buf) > size:
                         del buf[size:]
@@ -89,7 +90,7 @@ class BodyBuffers:
             for _, i in fits:
                 buf = self._free[i]
                 # Referred to by the list, `buf` and getrefcount's argument only?
-                if sys.getrefcount(buf) == 3 and _unexported(buf):
+                if sys.getrefcount(buf) == 3 and unexported(buf):
                     del self._free[i]
                     return buf
         return bytearray(size)
@@ -100,15 +101,6 @@ class BodyBuffers:
                 and all(b is not buf for b in self._free)):
             self._free.append(buf)
             del self._free[:-self.keep]
-
-
-def _unexported(buf: bytearray) -> bool:
-    """True when no memoryview or array exports ``buf`` (a resize fails while one does)."""
-    try:
-        buf.append(buf.pop())  # shrink first: growing past the allocation reallocs
-    except BufferError:
-        return False
-    return True
 
 
 async def read_body(request: Request, limit: int,

@@ -1,0 +1,84 @@
+"""Large buffers reused once nothing refers to them any more.
+
+A server process returns every large block to the OS as soon as it is freed (the fixed
+mmap threshold of ``memory.tune_malloc``), so each new one is fresh memory, which the
+kernel maps in page by page on first touch: ~0.5-1 ms per MB on this project's VMs,
+several times the copy that fills it. Reusing a block that is done with skips that.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def unexported(buf: bytearray) -> bool:
+    """True when no memoryview or array exports ``buf`` (a resize fails while one does)."""
+    try:
+        buf.append(buf.pop())  # shrink first: growing past the allocation reallocs
+    except BufferError:
+        return False
+    return True
+
+
+class BlockPool:
+    """Memory for numpy blocks that live briefly (a read's blocks, dropped once its
+    answer is sent): ``empty`` hands out an array over a kept buffer that nothing refers
+    to any more (no array, view or memoryview of it, no other reference), else over a
+    new one, kept while the pool holds less than ``max_bytes``. Blocks under
+    ``min_bytes`` are plain ``np.empty``. Thread-safe."""
+
+    def __init__(self, max_bytes: int, min_bytes: int = 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.min_bytes = min_bytes
+        self._kept: list[bytearray] = []  # least recently handed out first
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
+        dt = np.dtype(dtype)
+        nbytes = math.prod(shape) * dt.itemsize
+        if nbytes < self.min_bytes:
+            return np.empty(shape, dt)
+        with self._lock:
+            buf = self._free_buffer(nbytes)
+            if buf is None:
+                buf = bytearray(nbytes)
+                if nbytes <= self.max_bytes:
+                    self._keep(buf)
+            else:
+                self._kept.append(buf)  # most recently handed out last
+        return np.frombuffer(buf, dt, count=math.prod(shape)).reshape(shape)
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(map(len, self._kept))
+
+    def _free_buffer(self, nbytes: int) -> bytearray | None:
+        """Take the smallest kept buffer that holds ``nbytes`` and is free."""
+        best = None
+        for i in range(len(self._kept)):  # (enumerate's tuple would hold a reference)
+            buf = self._kept[i]
+            # Referred to by the list, `buf` and getrefcount's argument only?
+            if len(buf) >= nbytes and (best is None or len(buf) < len(self._kept[best])) \
+                    and sys.getrefcount(buf) == 3 and unexported(buf):
+                best = i
+        return None if best is None else self._kept.pop(best)
+
+    def _keep(self, buf: bytearray) -> None:
+        """Keep ``buf``, dropping the least recently used free buffers beyond max_bytes."""
+        self._kept.append(buf)
+        total = self.kept_bytes
+        i = 0
+        while total > self.max_bytes and i < len(self._kept) - 1:
+            old = self._kept[i]
+            if sys.getrefcount(old) == 3 and unexported(old):
+                total -= len(old)
+                del self._kept[i]
+            else:
+                i += 1

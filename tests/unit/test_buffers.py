@@ -1,0 +1,63 @@
+"""BlockPool: block memory reused only once nothing refers to it any more."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trajhub.shared.buffers import BlockPool
+
+MB = 2**20
+
+
+def buffer_of(block: np.ndarray) -> object:
+    """The object whose memory ``block`` is (numpy holds a memoryview of a bytearray)."""
+    base: object = block
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_a_block_nothing_refers_to_is_handed_out_again() -> None:
+    pool = BlockPool(max_bytes=64 * MB, min_bytes=MB)
+    first = pool.empty((2 * MB,), np.uint8)
+    first[:] = 7
+    assert isinstance(buffer_of(first), bytearray) and len(pool._kept) == 1
+    kept = id(buffer_of(first))  # (a reference of ours would keep it from reuse)
+    row = first[10:20]
+    view = memoryview(first)
+    del first
+    assert id(buffer_of(pool.empty((MB,), np.uint8))) != kept, "a view is alive"
+    del row
+    assert id(buffer_of(pool.empty((MB,), np.uint8))) != kept, "a memoryview is alive"
+    view.release()
+    # (the two blocks just taken are free again, and as small: the first kept is taken)
+    again = pool.empty((MB // 16, 3), np.float64)  # smaller, another dtype and shape
+    assert id(buffer_of(again)) == kept and again.shape == (MB // 16, 3)
+    assert again.flags.c_contiguous and again.flags.writeable
+
+
+def test_the_smallest_free_buffer_that_holds_the_block_is_taken() -> None:
+    pool = BlockPool(max_bytes=64 * MB, min_bytes=MB)
+    blocks = [pool.empty((n * MB,), np.uint8) for n in (8, 2, 4)]
+    ids = [id(buffer_of(b)) for b in blocks]
+    del blocks
+    taken = [pool.empty((n * MB,), np.uint8) for n in (3, 1, 9)]
+    assert [id(buffer_of(b)) for b in taken[:2]] == [ids[2], ids[1]]
+    assert id(buffer_of(taken[2])) not in ids
+
+
+def test_small_blocks_are_not_pooled_and_the_pool_is_bounded() -> None:
+    pool = BlockPool(max_bytes=10 * MB, min_bytes=MB)
+    small = pool.empty((100,), np.float64)
+    assert small.shape == (100,) and pool._kept == []
+    busy = [pool.empty((4 * MB,), np.uint8) for _ in range(3)]  # all in use: all kept
+    assert pool.kept_bytes == 12 * MB
+    too_big = pool.empty((11 * MB,), np.uint8)
+    assert id(buffer_of(too_big)) not in [id(buffer_of(b)) for b in busy]
+    assert len(pool._kept) == 3
+    del busy[0]
+    pool.empty((2 * MB,), np.uint8)  # reuses the freed one: still three
+    assert pool.kept_bytes == 12 * MB
+    del busy
+    fresh = pool.empty((5 * MB,), np.uint8)  # none free holds it: new, older free ones go
+    assert pool.kept_bytes <= 10 * MB and id(buffer_of(fresh)) == id(pool._kept[-1])
