@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from numcodecs import blosc
 from zarr.abc.codec import BytesBytesCodec
 from zarr.abc.store import Store
 from zarr.api.asynchronous import open_group
@@ -1418,6 +1419,10 @@ class _RawChunks:
 
     array: ZArray
     directory: Path
+    blosc: bool = False
+    """Chunk files are Blosc-compressed (integers, booleans): each is decompressed into a
+    pooled chunk buffer and its rows copied into the block (Zarr's read of them made
+    as many copies, into fresh memory, plus its own per-chunk work)."""
 
     def read(self, a: int, b: int, dims: tuple[int, ...]) -> Array | None:
         """Slots ``a..b``, axes 1.. cut to ``dims`` (from 0); None when the selection is
@@ -1441,6 +1446,16 @@ class _RawChunks:
                 s0, s1 = max(a, k0 * c0), min(b, (k0 + 1) * c0)
                 coords = (k0, k1, *(0 for _ in chunks[2:])) if len(chunks) > 1 else (k0,)
                 path = self.directory / self.array.metadata.encode_chunk_key(coords)
+                if self.blosc:
+                    chunk = _decompressed(path, chunks, dtype)
+                    if chunk is None:
+                        return None
+                    if chunk is _UNWRITTEN:
+                        rows[s0 - a:s1 - a, r0:r1] = self.array.metadata.fill_value
+                    else:
+                        part = chunk.reshape(c0, c1, -1)[s0 - k0 * c0:s1 - k0 * c0]
+                        rows[s0 - a:s1 - a, r0:r1] = part[:, :r1 - r0]
+                    continue
                 try:
                     fd = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:  # never written: the fill value
@@ -1462,6 +1477,33 @@ class _RawChunks:
                 finally:
                     os.close(fd)
         return out
+
+
+_UNWRITTEN = np.empty(0)
+
+
+def _decompressed(path: Path, chunks: tuple[int, ...], dtype: np.dtype[Any]
+                  ) -> Array | None:
+    """The chunk in Blosc-compressed ``path`` (a pooled buffer), _UNWRITTEN if there is no
+    such file, None if its content is not the chunk's size of Blosc data."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # never written: the fill value
+        return _UNWRITTEN
+    chunk = READ_BLOCKS.empty(chunks, dtype)
+    # A Blosc header: version, format, flags, typesize, then the sizes (uint32 LE) of
+    # the data, of a block and of the whole compressed buffer.
+    if (len(data) < BLOSC_HEADER or int.from_bytes(data[4:8], "little") != chunk.nbytes
+            or int.from_bytes(data[12:16], "little") != len(data)):
+        return None  # not this chunk's Blosc data: Zarr says what it is
+    try:
+        blosc.decompress(data, chunk)
+    except (RuntimeError, ValueError):
+        return None
+    return chunk
+
+
+BLOSC_HEADER = 16
 
 
 def _pread_into(fd: int, target: Array, offset: int) -> bool:
@@ -1510,14 +1552,16 @@ def _raw_chunks(array: ZArray, store: Store) -> _RawChunks | None:
             or array.dtype.kind not in "biufc":
         return None
     pipeline = array.codec_pipeline
-    if (not isinstance(pipeline, BatchedCodecPipeline) or pipeline.array_array_codecs
-            or pipeline.bytes_bytes_codecs):
+    if not isinstance(pipeline, BatchedCodecPipeline) or pipeline.array_array_codecs:
+        return None
+    compressors = pipeline.bytes_bytes_codecs
+    if compressors and (len(compressors) > 1 or not isinstance(compressors[0], BloscCodec)):
         return None
     to_bytes = pipeline.array_bytes_codec
     if not isinstance(to_bytes, BytesCodec) \
             or (to_bytes.endian is not None and to_bytes.endian.value != "little"):
         return None
-    return _RawChunks(array, store.root / array.store_path.path)
+    return _RawChunks(array, store.root / array.store_path.path, blosc=bool(compressors))
 
 
 def _atomic_put(path: Path, data: Any) -> None:
