@@ -327,12 +327,9 @@ class InFlightTransport(Transport):
                 self.now -= 1
 
 
-@pytest.mark.parametrize(("n_atoms", "ahead"), [
-    (10, room_module.READ_AHEAD),
-    (room_module.READ_AHEAD_LARGE_BYTES // 24 + 1, 1),  # float64 positions of >= 1 MiB
-])
-def test_small_frames_are_read_further_ahead_than_large_ones(
-        server_url: str, n_atoms: int, ahead: int) -> None:
+@pytest.mark.parametrize("n_atoms", [10, room_module.READ_LARGE_FRAME_BYTES // 24 + 1])
+def test_reads_keep_requests_in_flight_for_small_and_large_frames(
+        server_url: str, n_atoms: int) -> None:
     assert room_module.READ_AHEAD > 1
     transport = InFlightTransport(server_url)
     rng = np.random.default_rng(n_atoms)
@@ -342,9 +339,30 @@ def test_small_frames_are_read_further_ahead_than_large_ones(
         vis.extend(frames, progress=False)
         vis.read_frames = 2
         got = vis.get(None)
-    assert transport.most == ahead
+    assert transport.most == room_module.READ_AHEAD
     assert all(np.array_equal(f["positions"], a.positions) for f, a in zip(got, frames,
                                                                             strict=True))
+
+
+def test_large_frames_are_asked_for_in_larger_requests(server_url: str) -> None:
+    """Frames of READ_LARGE_FRAME_BYTES or more: LARGE_READ_FACTOR x read_bytes each."""
+    n_atoms = room_module.READ_LARGE_FRAME_BYTES // 24 + 1
+    rng = np.random.default_rng(1)
+    large = [{"numbers": np.ones(n, np.int8), "positions": rng.random((n, 3))}
+             for n in [n_atoms] * 14]
+    small = [{"numbers": np.ones(n, np.int8), "positions": rng.random((n, 3))}
+             for n in [n_atoms // 2] * 14]
+    for frames, factor in ((large, room_module.LARGE_READ_FACTOR), (small, 1)):
+        transport = CountingTransport(server_url)
+        with Room(server_url, new_room_name(), transport=transport) as vis:
+            vis.extend(frames, progress=False)
+            vis.read_bytes = 3 * sum(a.nbytes for a in frames[0].values())
+            transport.asked.clear()
+            got = vis.get(None)
+        first = room_module.READ_FIRST_FRAMES
+        assert sorted(transport.asked) == sorted(request_sizes(14, first, 3 * factor))
+        assert all(np.array_equal(g["positions"], f["positions"])
+                   for g, f in zip(got, frames, strict=True))
 
 
 @pytest.mark.parametrize(("n", "atoms"), [(1, 2), (60, 100), (3, 12_000)])
