@@ -11,9 +11,11 @@ bulk writes are sent in chunks (at most ``chunk_bytes`` and ``chunk_frames`` per
 request), one event per chunk. Assigning to a simple slice with a different number of
 frames (``vis[1:3] = [a]``) is a delete event followed by an insert event.
 
-Reads of many frames are split into requests of about ``read_bytes`` each (at most
-``read_frames`` frames), sized from the frames already received, so that memory stays
-bounded on both sides however large a frame is.
+Reads of many frames are split into requests of about ``read_bytes`` each (twice that
+for frames of 1 MiB or more; at most ``read_frames`` frames), sized from the frames
+already received, so that memory stays bounded on both sides however large a frame is.
+The arrays ``get`` returns are writable and the caller's own; those of a large answer
+are views of the buffer it was received into (not aligned to their itemsize).
 
 Working with others in the same room:
 
