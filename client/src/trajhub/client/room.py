@@ -15,7 +15,7 @@ Reads of many frames are split into requests of about ``read_bytes`` each (twice
 for frames of 1 MiB or more; at most ``read_frames`` frames), sized from the frames
 already received, so that memory stays bounded on both sides however large a frame is.
 The arrays ``get`` returns are writable and the caller's own; those of a large answer
-are views of the buffer it was received into (not aligned to their itemsize).
+are views of the buffer it was received into (and may not be aligned to their itemsize).
 
 Working with others in the same room:
 
