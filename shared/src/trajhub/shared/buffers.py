@@ -26,6 +26,20 @@ def unexported(buf: bytearray) -> bool:
     return True
 
 
+def take_free(buffers: list[bytearray], size: int) -> bytearray | None:
+    """Remove from ``buffers`` and return the smallest that holds ``size`` bytes and that
+    nothing else refers to (no other reference, no memoryview or array of it); None if
+    there is none."""
+    best = None
+    for i in range(len(buffers)):  # (enumerate's tuple would hold a reference)
+        buf = buffers[i]
+        # Referred to by the list, `buf` and getrefcount's argument only?
+        if len(buf) >= size and (best is None or len(buf) < len(buffers[best])) \
+                and sys.getrefcount(buf) == 3 and unexported(buf):
+            best = i
+    return None if best is None else buffers.pop(best)
+
+
 class BlockPool:
     """Memory for numpy blocks that live briefly (a read's blocks, dropped once its
     answer is sent): ``empty`` hands out an array over a kept buffer that nothing refers
@@ -46,7 +60,7 @@ class BlockPool:
         if nbytes < self.min_bytes:
             return np.empty(shape, dt)
         with self._lock:
-            buf = self._free_buffer(nbytes)
+            buf = take_free(self._kept, nbytes)
             if buf is None:
                 buf = bytearray(nbytes)
                 if nbytes <= self.max_bytes:
@@ -58,17 +72,6 @@ class BlockPool:
     @property
     def kept_bytes(self) -> int:
         return sum(map(len, self._kept))
-
-    def _free_buffer(self, nbytes: int) -> bytearray | None:
-        """Take the smallest kept buffer that holds ``nbytes`` and is free."""
-        best = None
-        for i in range(len(self._kept)):  # (enumerate's tuple would hold a reference)
-            buf = self._kept[i]
-            # Referred to by the list, `buf` and getrefcount's argument only?
-            if len(buf) >= nbytes and (best is None or len(buf) < len(self._kept[best])) \
-                    and sys.getrefcount(buf) == 3 and unexported(buf):
-                best = i
-        return None if best is None else self._kept.pop(best)
 
     def _keep(self, buf: bytearray) -> None:
         """Keep ``buf``, dropping the least recently used free buffers beyond max_bytes."""

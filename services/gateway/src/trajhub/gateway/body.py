@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from trajhub.gateway.errors import ApiError
-from trajhub.shared.buffers import unexported
+from trajhub.shared.buffers import take_free, unexported
 from trajhub.shared.codec import CodecError, unpackb
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
@@ -85,15 +85,8 @@ class BodyBuffers:
         new one of ``size`` bytes. For a caller that uses only the first ``size`` bytes:
         a read's answers come in two sizes (full ones and the last), and a buffer kept
         from a full one then serves a last one too."""
-        if size >= self.min_bytes:
-            fits = sorted((len(b), i) for i, b in enumerate(self._free) if len(b) >= size)
-            for _, i in fits:
-                buf = self._free[i]
-                # Referred to by the list, `buf` and getrefcount's argument only?
-                if sys.getrefcount(buf) == 3 and unexported(buf):
-                    del self._free[i]
-                    return buf
-        return bytearray(size)
+        buf = take_free(self._free, size) if size >= self.min_bytes else None
+        return bytearray(size) if buf is None else buf
 
     def give(self, buf: bytearray) -> None:
         """Keep ``buf`` for a later request, once nothing refers to it any more."""
