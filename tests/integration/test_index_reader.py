@@ -119,31 +119,31 @@ async def test_the_read_path_keeps_long_reads_until_the_room_moves_on(
         r: aioredis.Redis) -> None:
     from trajhub.gateway.reader import VIEWS_MIN_FRAMES, IndexScript
 
-    await build_room(r, 300)
+    await build_room(r, 600)
     script = IndexScript(r)
-    first = await script.read(ROOM, start=0, stop=200)
-    assert await script.read(ROOM, start=0, stop=200) is first, "kept at the same seq"
-    listed = await script.read(ROOM, indices=list(range(199, -1, -1)))
-    assert await script.read(ROOM, indices=list(range(199, -1, -1))) is listed
+    first = await script.read(ROOM, start=0, stop=400)
+    assert await script.read(ROOM, start=0, stop=400) is first, "kept at the same seq"
+    listed = await script.read(ROOM, indices=list(range(399, -1, -1)))
+    assert await script.read(ROOM, indices=list(range(399, -1, -1))) is listed
     assert listed.entries == first.entries[::-1]
     short = await script.read(ROOM, start=0, stop=VIEWS_MIN_FRAMES - 1)
     assert await script.read(ROOM, start=0, stop=VIEWS_MIN_FRAMES - 1) is not short
     hashes = await stage(r, ROOM, [9])
     assert (await Control(r).commit(ReplaceFrames(room=ROOM, indices=[3],
                                                   hashes=hashes))).status == "ok"
-    after = await script.read(ROOM, start=0, stop=200)
+    after = await script.read(ROOM, start=0, stop=400)
     assert after is not first and after.seq == first.seq + 1
     assert after.entries[3].hash == hashes[0] and after.entries[4:] == first.entries[4:]
     # The same name at the same seq, but another room (created anew): read anew.
     await r.flushdb()
-    await build_room(r, 250)
+    await build_room(r, 450)
     hashes = await stage(r, ROOM, [8])
     assert (await Control(r).commit(ReplaceFrames(room=ROOM, indices=[3],
                                                   hashes=hashes))).status == "ok"
-    anew = await script.read(ROOM, start=0, stop=200)
+    anew = await script.read(ROOM, start=0, stop=400)
     assert anew.seq == after.seq and anew is not after
-    assert anew.n_frames == 250 and anew.entries[3].hash == hashes[0] != after.entries[3].hash
-    assert anew.entries == (await IndexScript(r).read(ROOM, start=0, stop=200)).entries
+    assert anew.n_frames == 450 and anew.entries[3].hash == hashes[0] != after.entries[3].hash
+    assert anew.entries == (await IndexScript(r).read(ROOM, start=0, stop=400)).entries
 
 
 def test_kept_reads_are_bounded_by_their_entries() -> None:

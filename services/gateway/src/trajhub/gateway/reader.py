@@ -70,9 +70,10 @@ never joined into one bytes object (a copy into fresh memory, a fifth of such a 
 nor cached (a few of them would flush the cache). A read of one frame (a viewer's) is
 joined and cached as any other."""
 # Index reads kept to be asked again only if the room moved on (ReadViews): at most
-# this many entries in all (~0.3 KB each), of reads of at least this many frames.
+# this many entries in all (~0.3 KB each), of reads of at least this many frames (the
+# read-ahead windows of a viewer's scrubbing, ~65 frames each, are not kept).
 VIEWS_MAX_ENTRIES = 2**16
-VIEWS_MIN_FRAMES = 64
+VIEWS_MIN_FRAMES = 256
 
 Parts = tuple[bytes | memoryview, ...]
 """A frame's encoded bytes in pieces (their concatenation is its ``frame_to_bytes``)."""
