@@ -54,8 +54,9 @@ from trajhub.client.errors import BadRequest, FrameIndexError
 from trajhub.client.http import Transport, WritableFrames, new_idempotency_key
 from trajhub.client.locks import Lock, wait_while_locked
 from trajhub.client.versions import SEEN_LIMIT, SeenVersions
-from trajhub.shared.codec import encode_frame, frame_to_bytes, packb
+from trajhub.shared.codec import encode_frame, packb
 from trajhub.shared.events import MAX_FRAMES_PER_COMMAND
+from trajhub.shared.frame_encoder import FrameEncoder
 from trajhub.shared.frames import Frame, FrameError, canonical_array, validate_frame
 from trajhub.shared.names import InvalidName, check_key_name, check_room_name
 
@@ -635,13 +636,14 @@ class Room(MutableSequence[ase.Atoms]):
         """
         batch: list[bytes] = []
         size = offset = 0
+        encode = FrameEncoder()
 
         def flush(last: bool) -> _Chunk:
             head = None if address is None else address(offset, len(batch))
             return _Chunk(batch, offset, head, last)
 
         for value in values:
-            packed = frame_to_bytes(_to_frame(value))
+            packed = encode(_to_frame(value))
             if batch and (size + len(packed) > self.chunk_bytes
                           or len(batch) >= self.chunk_frames):
                 yield flush(last=False)

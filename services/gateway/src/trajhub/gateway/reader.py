@@ -20,10 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import msgpack
-import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -36,7 +35,8 @@ from trajhub.control.index import RawIndex
 from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
-from trajhub.shared.codec import frame_parts, frame_to_bytes, packb
+from trajhub.shared.codec import frame_parts, packb
+from trajhub.shared.frame_encoder import encode_frames
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.staging import StagingPacks, packs_of, read_staged
 
@@ -59,10 +59,6 @@ READ_AHEAD_SHARE = 0.25
 INLINE_MAX_BYTES = 2**20
 """Up to this many bytes of whole frames are cut down to ``keys=`` on the event loop."""
 ROOM_MEMORY = 4096
-LAYOUT_BACKOFF = 16
-"""Frames encoded plainly before a new layout is tried, when the last one fit no frame."""
-LAYOUT_MAX_BYTES = 2**16
-"""Larger frames are encoded plainly: copying their data costs far more than the rest."""
 SPLICE_MIN_BYTES = 2**20
 """Frames at least this large that a read of several frames takes from Zarr are answered
 as their arrays' own buffers between the encoded bytes around them (``frame_parts``):
@@ -505,87 +501,6 @@ class FrameLoader:
             log.debug("read %s: %d cached, %d from blobs, %d from zarr, %d read ahead; "
                       "cache %s", room, got.cached, got.from_blobs, got.from_zarr,
                       got.read_ahead, self._cache.stats())
-
-
-class _Layout:
-    """The canonical bytes of frames with one layout (the same keys, dtypes and shapes,
-    every array C-contiguous and already canonical): the bytes around the arrays' data,
-    taken from ``frame_to_bytes`` of a first frame, with each frame's data joined in."""
-
-    def __init__(self, keys: tuple[str, ...], dtypes: tuple[np.dtype[Any], ...],
-                 shapes: tuple[tuple[int, ...], ...], parts: list[Any],
-                 data_at: tuple[int | None, ...]) -> None:
-        self.keys, self.dtypes, self.shapes = keys, dtypes, shapes
-        self.parts, self.data_at = parts, data_at
-
-    @classmethod
-    def of(cls, frame: Mapping[str, Any], whole: bytes) -> _Layout | None:
-        """The layout of ``frame``, whose ``frame_to_bytes`` is ``whole``; None when the
-        frame is large (its join dominates: nothing to save) or not canonical."""
-        if len(whole) > LAYOUT_MAX_BYTES:
-            return None
-        keys = tuple(sorted(frame))
-        arrays = [frame[k] for k in keys]
-        if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
-            return None
-        prefixes = []
-        for k, a in zip(keys, arrays, strict=True):
-            alone = frame_to_bytes({k: a})  # a one-key map header, then the key's bytes
-            if not alone.startswith(b"\x81"):
-                return None
-            prefixes.append(alone[1:len(alone) - a.nbytes])
-        header = whole[:len(whole) - sum(len(p) + a.nbytes
-                                         for p, a in zip(prefixes, arrays, strict=True))]
-        parts: list[Any] = [header]
-        data_at: list[int | None] = []
-        for p, a in zip(prefixes, arrays, strict=True):
-            parts.append(p)
-            data_at.append(len(parts) if a.size else None)
-            if a.size:
-                parts.append(None)
-        layout = cls(keys, tuple(a.dtype for a in arrays), tuple(a.shape for a in arrays),
-                     parts, tuple(data_at))
-        # Only when frame_to_bytes takes these arrays as they are (canonical already).
-        return layout if layout.encode(frame) == whole else None
-
-    def encode(self, frame: Mapping[str, Any]) -> bytes | None:
-        """The frame's canonical bytes, or None when it is not of this layout."""
-        if len(frame) != len(self.keys):
-            return None
-        parts = self.parts.copy()
-        for key, dtype, shape, at in zip(self.keys, self.dtypes, self.shapes, self.data_at,
-                                         strict=True):
-            a = frame.get(key)
-            if (type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape
-                    or not a.flags.c_contiguous):
-                return None
-            if at is not None:
-                parts[at] = a
-        return b"".join(parts)
-
-
-def encode_frames(frames: Sequence[Mapping[str, Any]]) -> list[bytes]:
-    """``[frame_to_bytes(f) for f in frames]``: frames of one layout (a trajectory read
-    from Zarr) reuse the bytes around their data instead of building them per array
-    (~2x faster for small frames)."""
-    out: list[bytes] = []
-    layout: _Layout | None = None
-    used = True  # whether the current layout encoded a frame since it was made
-    skip = 0
-    for frame in frames:
-        encoded = layout.encode(frame) if layout is not None else None
-        if encoded is not None:
-            used = True
-        else:
-            encoded = frame_to_bytes(frame)
-            if skip:
-                skip -= 1
-            elif not used:  # layouts change at every frame (or are not canonical)
-                skip, used = LAYOUT_BACKOFF, True
-            else:  # making a layout costs about two frame_to_bytes
-                layout, used = _Layout.of(frame, encoded), False
-        out.append(encoded)
-    return out
 
 
 def pack_frames_response(room: str, seq: int, n_frames: int, indices: Sequence[int],

@@ -1,4 +1,5 @@
-"""encode_frames gives exactly frame_to_bytes of each frame, whatever the mix of layouts."""
+"""encode_frames (FrameEncoder) gives exactly frame_to_bytes of each frame, whatever the
+mix of layouts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from trajhub.gateway.reader import encode_frames
 from trajhub.shared.codec import frame_to_bytes
+from trajhub.shared.frame_encoder import encode_frames
 
 
 def _trajectory(n: int, atoms: int) -> list[dict[str, Any]]:

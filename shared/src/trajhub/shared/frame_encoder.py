@@ -1,0 +1,110 @@
+"""Canonical frame bytes (``codec.frame_to_bytes``) for many frames of one layout.
+
+A trajectory's frames share their keys, dtypes and shapes, so the bytes around their
+arrays' data are the same from frame to frame: taken once from a first frame's
+``frame_to_bytes``, they are joined with each next frame's data (~2x faster than
+``frame_to_bytes`` for small frames). The gateway encodes frames read from Zarr so, the
+client the frames it uploads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from trajhub.shared.codec import frame_to_bytes
+
+LAYOUT_BACKOFF = 16
+"""Frames encoded plainly before a new layout is tried, when the last one fit no frame."""
+LAYOUT_MAX_BYTES = 2**16
+"""Larger frames are encoded plainly: copying their data costs far more than the rest."""
+
+
+class _Layout:
+    """The canonical bytes of frames with one layout (the same keys, dtypes and shapes,
+    every array C-contiguous and already canonical): the bytes around the arrays' data,
+    taken from ``frame_to_bytes`` of a first frame, with each frame's data joined in."""
+
+    def __init__(self, keys: tuple[str, ...], dtypes: tuple[np.dtype[Any], ...],
+                 shapes: tuple[tuple[int, ...], ...], parts: list[Any],
+                 data_at: tuple[int | None, ...]) -> None:
+        self.keys, self.dtypes, self.shapes = keys, dtypes, shapes
+        self.parts, self.data_at = parts, data_at
+
+    @classmethod
+    def of(cls, frame: Mapping[str, Any], whole: bytes) -> _Layout | None:
+        """The layout of ``frame``, whose ``frame_to_bytes`` is ``whole``; None when the
+        frame is large (its join dominates: nothing to save) or not canonical."""
+        if len(whole) > LAYOUT_MAX_BYTES:
+            return None
+        keys = tuple(sorted(frame))
+        arrays = [frame[k] for k in keys]
+        if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
+            return None
+        prefixes = []
+        for k, a in zip(keys, arrays, strict=True):
+            alone = frame_to_bytes({k: a})  # a one-key map header, then the key's bytes
+            if not alone.startswith(b"\x81"):
+                return None
+            prefixes.append(alone[1:len(alone) - a.nbytes])
+        header = whole[:len(whole) - sum(len(p) + a.nbytes
+                                         for p, a in zip(prefixes, arrays, strict=True))]
+        parts: list[Any] = [header]
+        data_at: list[int | None] = []
+        for p, a in zip(prefixes, arrays, strict=True):
+            parts.append(p)
+            data_at.append(len(parts) if a.size else None)
+            if a.size:
+                parts.append(None)
+        layout = cls(keys, tuple(a.dtype for a in arrays), tuple(a.shape for a in arrays),
+                     parts, tuple(data_at))
+        # Only when frame_to_bytes takes these arrays as they are (canonical already).
+        return layout if layout.encode(frame) == whole else None
+
+    def encode(self, frame: Mapping[str, Any]) -> bytes | None:
+        """The frame's canonical bytes, or None when it is not of this layout."""
+        if len(frame) != len(self.keys):
+            return None
+        parts = self.parts.copy()
+        for key, dtype, shape, at in zip(self.keys, self.dtypes, self.shapes, self.data_at,
+                                         strict=True):
+            a = frame.get(key)
+            if (type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape
+                    or not a.flags.c_contiguous):
+                return None
+            if at is not None:
+                parts[at] = a
+        return b"".join(parts)
+
+
+class FrameEncoder:
+    """``frame_to_bytes`` of one frame after another, through the layout of the frames
+    before while it fits (a new one made when it stops fitting, unless layouts change
+    at every frame)."""
+
+    def __init__(self) -> None:
+        self._layout: _Layout | None = None
+        self._used = True  # whether the current layout encoded a frame since it was made
+        self._skip = 0
+
+    def __call__(self, frame: Mapping[str, Any]) -> bytes:
+        encoded = self._layout.encode(frame) if self._layout is not None else None
+        if encoded is not None:
+            self._used = True
+            return encoded
+        encoded = frame_to_bytes(frame)
+        if self._skip:
+            self._skip -= 1
+        elif not self._used:  # layouts change at every frame (or are not canonical)
+            self._skip, self._used = LAYOUT_BACKOFF, True
+        else:  # making a layout costs about two frame_to_bytes
+            self._layout, self._used = _Layout.of(frame, encoded), False
+        return encoded
+
+
+def encode_frames(frames: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """``[frame_to_bytes(f) for f in frames]``, through one FrameEncoder."""
+    encode = FrameEncoder()
+    return [encode(f) for f in frames]
