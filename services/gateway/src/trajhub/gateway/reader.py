@@ -503,20 +503,13 @@ class FrameLoader:
                       got.read_ahead, self._cache.stats())
 
 
-def pack_frames_response(room: str, seq: int, n_frames: int, indices: Sequence[int],
-                         entries: Sequence[EntryLike], by_slot: dict[int, bytes]) -> bytes:
-    """The GET response, with the frames' encoded bytes spliced in (never re-encoded)."""
-    return b"".join(pack_frames_parts(room, seq, n_frames, indices, entries, by_slot))
-
-
 def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int],
                       entries: Sequence[EntryLike], by_slot: dict[int, bytes],
-                      chunk_bytes: int = 0, spliced: Mapping[int, Parts] | None = None
+                      spliced: Mapping[int, Parts] | None = None
                       ) -> list[bytes | memoryview]:
-    """``pack_frames_response`` in parts whose concatenation is the response: the
-    header, then the frames' bytes (a slot of ``spliced`` its pieces), consecutive parts
-    joined until they reach ``chunk_bytes`` (a large frame stays the very cached bytes
-    object, a large array the array's buffer: never copied)."""
+    """The GET response in parts whose concatenation is the answer: the header, then each
+    frame's encoded bytes as they are (never re-encoded; a slot of ``spliced`` its
+    pieces). The caller joins the small ones (``coalesce`` / ``coalesce_into``)."""
     packer = msgpack.Packer(use_bin_type=True)
     header = packer.pack_map_header(8) + b"".join([
         packer.pack("room"), packer.pack(room), packer.pack("seq"), packer.pack(seq),
@@ -536,9 +529,7 @@ def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int]
                 parts += pieces
     else:
         parts += [by_slot[e.slot] for e in entries]
-    if chunk_bytes <= 0:
-        return parts
-    return coalesce(parts, chunk_bytes)
+    return parts
 
 
 def parts_nbytes(parts: Parts) -> int:
