@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.e2e.test_viewer import TIMEOUT_MS, load_s22, open_room
 from tests.integration.gateway_server import GatewayServer
@@ -139,6 +139,36 @@ def test_dragging_an_atom_saves_it_and_undo_redo_revert_it(
     wait_for(lambda: np.allclose(positions(gateway.url, "drag", 0), after), "redo")
     page.locator("#undo").click()
     wait_for(lambda: np.allclose(positions(gateway.url, "drag", 0), before), "undo button")
+
+
+def test_an_undo_right_after_a_drag_waits_for_the_drags_lock_to_go(
+        page: Page, gateway: GatewayServer, s22_path: Path) -> None:
+    """Ctrl+Z as soon as the dragged atom is saved, while the drag's lock is still being
+    released (held back here): sent before the release, the undo would be refused by
+    this browser's own lock; it waits for the release and then undoes the drag."""
+    count = load_s22(gateway.url, "quick-undo", s22_path)
+    open_room(page, gateway.url, "quick-undo", count)
+    before = positions(gateway.url, "quick-undo", 0)
+    held: list[Route] = []
+    page.route("**/locks/*", lambda route: held.append(route)
+               if route.request.method == "DELETE" else route.continue_())
+    atom, _, _ = grab(page)
+    page.mouse.up()
+    wait_for(lambda: not np.allclose(positions(gateway.url, "quick-undo", 0)[atom],
+                                     before[atom]), "the dragged atom to be saved")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not held:  # (route handlers run while the page is waited on)
+        assert time.monotonic() < deadline, "the lock was never released"
+        page.wait_for_timeout(20)
+    page.keyboard.press("Control+z")
+    page.wait_for_timeout(300)
+    assert not np.allclose(positions(gateway.url, "quick-undo", 0), before), \
+        "undone before the lock's release went out"
+    held[0].continue_()
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not np.allclose(positions(gateway.url, "quick-undo", 0), before):
+        assert time.monotonic() < deadline, "timed out waiting for undo"
+        page.wait_for_timeout(50)  # (lets the page's requests go on)
 
 
 def test_an_edit_against_a_stale_version_shows_the_conflict(

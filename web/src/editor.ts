@@ -28,6 +28,9 @@ export class Editor {
   readonly element: HTMLElement;
   selection = new Set<number>();
   private drag: Drag | null = null;
+  /** The last edit's save, lock release included: an undo or redo waits for it (sent
+   *  before the release lands, it would be refused by this browser's own lock). */
+  private saving: Promise<void> = Promise.resolve();
   private readonly status: HTMLElement;
   private readonly lockNote: HTMLElement;
   private locks: LockHolder[] = [];
@@ -155,7 +158,9 @@ export class Editor {
     if (!drag || e.pointerId !== drag.pointerId) return;
     e.stopPropagation();
     this.drag = null;
-    if (drag.moved) await this.commit(drag);
+    if (!drag.moved) return;
+    this.saving = this.commit(drag);
+    await this.saving;
   }
 
   private async commit(drag: Drag): Promise<void> {
@@ -183,7 +188,7 @@ export class Editor {
     } catch (error) {
       this.failed(error, drag.index);
     } finally {
-      releaseLock(room, lock.token).catch(() => { /* expired: gone anyway */ });
+      await releaseLock(room, lock.token).catch(() => { /* expired: gone anyway */ });
     }
   }
 
@@ -203,6 +208,7 @@ export class Editor {
 
   private async undoRedo(which: "undo" | "redo"): Promise<void> {
     try {
+      await this.saving;
       await undoRedo(this.host.room, which);
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) toast(`nothing to ${which}`);
