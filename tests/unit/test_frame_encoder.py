@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from trajhub.shared.codec import frame_to_bytes
-from trajhub.shared.frame_encoder import encode_frames
+from trajhub.shared.frame_encoder import encode_columns, encode_frames
+from trajhub.shared.frames import SlotColumns
 
 
 def _trajectory(n: int, atoms: int) -> list[dict[str, Any]]:
@@ -35,3 +37,29 @@ def test_mixed_and_odd_frames_encode_as_frame_to_bytes() -> None:
     frames = (odd + odd[::-1] + _trajectory(3, 2) + odd * 3 + _trajectory(40, 3)
               + _trajectory(3, 5000) + _trajectory(2, 3))
     assert encode_frames(frames) == [frame_to_bytes(f) for f in frames]
+
+
+def _columns(frames: list[dict[str, Any]]) -> SlotColumns:
+    return SlotColumns(0, len(frames), {k: np.stack([f[k] for f in frames]) for k in frames[0]})
+
+
+@pytest.mark.parametrize("frames", [
+    _trajectory(30, 7),
+    _trajectory(3, 5000),  # large frames: no layout, each encoded on its own
+    [{"a": np.zeros((2, 0)), "b": np.arange(3.0)}] * 4,  # an empty array
+    [{"x": np.array(i, ">f8"), "y": np.arange(3, dtype=">i4")} for i in range(5)],  # big-endian
+    [{"s": np.array(s)} for s in ("ab", "cd", "ef")],  # strings
+    [{}, {}],
+])
+def test_columns_encode_as_frame_to_bytes(frames: list[dict[str, Any]]) -> None:
+    columns = _columns(frames)
+    assert encode_columns(columns) == [frame_to_bytes(f) for f in frames]
+
+
+def test_strided_columns_encode_as_frame_to_bytes() -> None:
+    """Rows that are C-contiguous in a column that is not (a padded block cut down)."""
+    block = np.random.default_rng(1).random((6, 9, 4))
+    block.flags.writeable = False
+    columns = SlotColumns(3, 6, {"positions": block[:, :5], "info.e": block[:, 0, 0],
+                                 "numbers": np.arange(6 * 5).reshape(6, 5)})
+    assert encode_columns(columns) == [frame_to_bytes(f) for f in columns.frames()]

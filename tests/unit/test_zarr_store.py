@@ -22,7 +22,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from trajhub.shared import zarr_store
-from trajhub.shared.frames import Frame, canonical_array, frames_equal
+from trajhub.shared.frames import Frame, SlotColumns, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.ports import FrameStore, ProjectionCommit
 from trajhub.shared.zarr_store import ProjectionError, ZarrFrameStore, open_store
@@ -850,3 +850,80 @@ def test_raw_read_blocks_reuse_the_memory_of_blocks_no_one_holds(
     third = store.read_slots(ROOM, list(range(6)))
     assert_frames(third, frames[:6])
     assert {id(b) for b in pool._kept} == before, "the new blocks reused kept memory"
+
+
+# -- reads as columns ---------------------------------------------------------------------
+def expand(columns: list[SlotColumns], frames: dict[int, Frame]) -> dict[int, Frame]:
+    """Slot -> frame of what ``read_columns`` gave; no slot in two places."""
+    out = dict(frames)
+    for run in columns:
+        assert run.count >= zarr_store.MIN_COLUMN_FRAMES
+        for slot, frame in zip(range(run.start, run.start + run.count), run.frames(),
+                               strict=True):
+            assert slot not in out
+            out[slot] = frame
+    return out
+
+
+@st.composite
+def plain_frames(draw: st.DrawFn) -> Frame:
+    """Frames of one dtype per key and no strings (what can come as columns), with the
+    atom counts and the keys held varying."""
+    n = draw(st.sampled_from([0, 2, 3, 3, 3]))
+    frame: Frame = {"numbers": np.arange(n, dtype=np.int64),
+                    "positions": draw(hnp.arrays(np.float64, (n, 3)))}
+    if draw(st.booleans()):
+        frame["calc.energy"] = np.asarray(draw(st.floats(allow_nan=False)))
+    if draw(st.booleans()):
+        frame["info.grid"] = np.full(draw(st.sampled_from([(2, 2), (2, 2), (1, 3)])), 1.5)
+    return frame
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(plain_frames(), min_size=1, max_size=12), data=st.data())
+def test_read_columns_gives_the_frames_read_slots_gives(frames: list[Frame],
+                                                        data: st.DataObject) -> None:
+    store = ZarrFrameStore(zarr.storage.MemoryStore())
+    for i in range(0, len(frames), 5):
+        write(store, frames[i:i + 5])
+    slots = data.draw(st.lists(st.integers(0, len(frames) - 1), min_size=1, max_size=16))
+    keys = data.draw(st.none() | st.lists(st.sampled_from(
+        ["numbers", "positions", "calc.energy", "info.grid", "nope"]), unique=True))
+    want = sorted(set(slots))
+    for reader in (store, ZarrFrameStore(store.store)):  # kept rows; blocks read whole
+        columns, rest = reader.read_columns(ROOM, slots, keys)
+        got = expand(columns, rest)
+        assert sorted(got) == want
+        assert_frames([got[s] for s in want], reader.read_slots(ROOM, want, keys))
+        for run in columns:
+            for column in run.arrays.values():
+                assert not column.flags.writeable
+
+
+def test_a_trajectory_reads_as_one_column_run(store: ZarrFrameStore) -> None:
+    frames = [make_frame(5, seed) for seed in range(30)]
+    write(store, frames)
+    write(store, [make_frame(7, 30), *(make_frame(5, seed) for seed in range(31, 40))])
+    columns, rest = store.read_columns(ROOM, [*range(40), 3, 0])
+    # Slot 30 has another atom count (the block read is padded to it): a run of its own.
+    assert [(run.start, run.count) for run in columns] == [(0, 30), (31, 9)]
+    assert sorted(rest) == [30]
+    assert_frames([expand(columns, rest)[s] for s in range(40)],
+                  store.read_slots(ROOM, range(40)))
+    assert store.read_columns(ROOM, []) == ([], {})
+    with pytest.raises(IndexError):
+        store.read_columns(ROOM, [-1])
+
+
+def test_patches_strings_and_dtype_variants_read_as_frames(store: ZarrFrameStore) -> None:
+    frames = [make_frame(4, seed) for seed in range(6)]
+    write(store, frames)
+    merged = {**frames[1], "positions": np.zeros((4, 3))}
+    store.write_slots(ROOM, 6, [merged], [frame_hash(merged)], [(1, ["positions"])])
+    assert store.read_columns(ROOM, range(6))[0]  # before the patch slot: columns
+    columns, rest = store.read_columns(ROOM, range(7))
+    assert columns == [] and sorted(rest) == list(range(7))
+    assert_frames([rest[s] for s in range(7)], [*frames, merged])
+    named = {**make_frame(4, 9), "info.name": np.asarray("x")}
+    write(store, [named, named])
+    assert store.read_columns(ROOM, [7, 8])[0] == []

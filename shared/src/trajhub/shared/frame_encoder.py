@@ -10,11 +10,13 @@ client the frames it uploads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
 from trajhub.shared.codec import frame_to_bytes
+from trajhub.shared.frames import SlotColumns
 
 LAYOUT_BACKOFF = 16
 """Frames encoded plainly before a new layout is tried, when the last one fit no frame."""
@@ -63,6 +65,24 @@ class _Layout:
         # Only when frame_to_bytes takes these arrays as they are (canonical already).
         return layout if layout.encode(frame) == whole else None
 
+    def encode_columns(self, columns: SlotColumns) -> list[bytes] | None:
+        """``encode`` of each frame of ``columns``, joined from its rows without a frame
+        dict or a check per frame; None when they are not of this layout."""
+        if sorted(columns.arrays) != list(self.keys):
+            return None
+        pieces: list[Any] = [None if part is None else repeat(part, columns.count)
+                             for part in self.parts]
+        for key, dtype, shape, at in zip(self.keys, self.dtypes, self.shapes, self.data_at,
+                                         strict=True):
+            column = columns.arrays[key]
+            if column.dtype != dtype or column.shape[1:] != shape:
+                return None
+            if at is not None:
+                # Rows as 1-d views (a 0-d row would be a numpy scalar); not copied
+                # unless a row is not C-contiguous.
+                pieces[at] = list(column.reshape(columns.count, -1))
+        return list(map(b"".join, zip(*pieces, strict=True)))
+
     def encode(self, frame: Mapping[str, Any]) -> bytes | None:
         """The frame's canonical bytes, or None when it is not of this layout."""
         if len(frame) != len(self.keys):
@@ -108,3 +128,13 @@ def encode_frames(frames: Sequence[Mapping[str, Any]]) -> list[bytes]:
     """``[frame_to_bytes(f) for f in frames]``, through one FrameEncoder."""
     encode = FrameEncoder()
     return [encode(f) for f in frames]
+
+
+def encode_columns(columns: SlotColumns) -> list[bytes]:
+    """``encode_frames(columns.frames())``, through one layout for all of them (taken
+    from the first frame) when it fits: ~1 us a small frame instead of ~9."""
+    first = {key: column[0, ...] for key, column in columns.arrays.items()}
+    whole = frame_to_bytes(first)
+    layout = _Layout.of(first, whole)
+    encoded = layout.encode_columns(columns) if layout is not None else None
+    return encoded if encoded is not None else encode_frames(columns.frames())

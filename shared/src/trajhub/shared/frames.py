@@ -9,6 +9,7 @@ defines per atom (forces, charges, ...) have N rows. Validation is pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,26 @@ from trajhub.shared.names import InvalidName, check_key_name
 
 Array = npt.NDArray[Any]
 Frame = dict[str, Array]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotColumns:
+    """The frames of slots ``start .. start + count - 1`` as columns: frame ``i`` is
+    ``{key: column[i, ...] for key, column in arrays.items()}``. Every frame has the same
+    keys, and each key the same dtype and shape in every frame."""
+
+    start: int
+    count: int
+    arrays: dict[str, Array]  # each (count, *shape)
+
+    @property
+    def frame_nbytes(self) -> int:
+        """The bytes of one frame's arrays."""
+        return sum(column.nbytes for column in self.arrays.values()) // max(self.count, 1)
+
+    def frames(self) -> list[Frame]:
+        return [{key: column[i, ...] for key, column in self.arrays.items()}
+                for i in range(self.count)]
 
 PER_ATOM_CALC = frozenset(
     {"forces", "stresses", "charges", "magmoms", "energies", "born_effective_charges"}

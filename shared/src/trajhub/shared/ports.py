@@ -18,7 +18,7 @@ from trajhub.shared.collab import (
     StepState,
 )
 from trajhub.shared.events import Command, CommitResult, ForkRoom
-from trajhub.shared.frames import Frame
+from trajhub.shared.frames import Frame, SlotColumns
 
 
 class ProjectionCommit(NamedTuple):
@@ -60,6 +60,13 @@ class FrameStore(Protocol):
                    keys: Sequence[str] | None = None) -> list[Frame]:
         """Whole frames at ``slots`` (patch slots merged over their base; any order,
         repeats allowed), restricted to ``keys``."""
+        ...
+
+    def read_columns(self, room: str, slots: Sequence[int], keys: Sequence[str] | None = None
+                     ) -> tuple[list[SlotColumns], dict[int, Frame]]:
+        """``read_slots`` of the distinct ``slots``: runs of consecutive slots whose
+        frames share their keys, dtypes and shapes may come as columns (a bulk read then
+        handles each run at once), the other slots as frames by slot."""
         ...
 
     def n_slots(self, room: str) -> int:

@@ -83,7 +83,7 @@ from zarr.storage import LocalStore, MemoryStore, StorePath
 
 from trajhub.shared.buffers import BlockPool
 from trajhub.shared.codec import decode_array, encode_array, packb, unpackb
-from trajhub.shared.frames import Array, Frame, canonical_array, is_per_atom
+from trajhub.shared.frames import Array, Frame, SlotColumns, canonical_array, is_per_atom
 from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import InvalidName, check_key_name, check_room_name
 from trajhub.shared.ports import ProjectionCommit
@@ -557,6 +557,35 @@ class ZarrFrameStore:
         by_slot = _run(self._read_room(room, slot_list, keys, 0))
         return [dict(by_slot[s]) for s in slot_list]
 
+    def read_columns(self, room: str, slots: Sequence[int], keys: Sequence[str] | None = None
+                     ) -> tuple[list[SlotColumns], dict[int, Frame]]:
+        """``read_slots`` of the distinct ``slots``, without cutting each frame out of the
+        blocks read where that is not needed: runs of consecutive slots whose frames have
+        the same keys, each a whole row of one block, come as columns (views of those
+        rows), the other slots as frames by slot. Patch slots and a fork's inherited
+        slots always come as frames, as do all slots when a key has values of several
+        dtypes or strings."""
+        check_room(room)
+        slot_list = sorted({int(s) for s in slots})
+        if not slot_list:
+            return [], {}
+        if slot_list[0] < 0:
+            raise IndexError(f"negative slot {slot_list[0]}")
+        return _run(self._read_columns(room, slot_list, keys))
+
+    async def _read_columns(self, room: str, slots: list[int], keys: Sequence[str] | None
+                            ) -> tuple[list[SlotColumns], dict[int, Frame]]:
+        info = await self._aroom_for(room, slots[-1])
+        wanted = info.registry if keys is None else {
+            k: info.registry[k] for k in keys if k in info.registry}
+        plain = slots[0] >= info.parent_slots and not await self._bases(room, info, slots) \
+            and all(len(vs) == 1 and not vs[0].is_string for vs in wanted.values())
+        if not plain:
+            return [], await self._read_merged(room, info, slots, keys, 0)
+        pieces = _Pieces()
+        frames = await self._read(room, info, slots, wanted, pieces.take)
+        return pieces.columns(slots, frames), frames
+
     async def _read_room(self, room: str, slots: list[int], keys: Sequence[str] | None,
                          depth: int) -> dict[int, Frame]:
         if depth > MAX_FORK_DEPTH:
@@ -602,18 +631,19 @@ class ZarrFrameStore:
         return dict(zip(unique[patched].tolist(), found[patched].tolist(), strict=True))
 
     async def _read(self, room: str, info: _RoomInfo, slots: list[int],
-                    wanted: Registry) -> dict[int, Frame]:
+                    wanted: Registry, take: _Take | None = None) -> dict[int, Frame]:
         runs = _runs(slots)
         unique = sorted(set(slots))
         frames: dict[int, Frame] = {s: {} for s in unique}
         variants = [(key, v) for key, vs in wanted.items() for v in vs]
-        await asyncio.gather(*(self._read_variant(room, info, key, v, runs, unique, frames)
+        await asyncio.gather(*(self._read_variant(room, info, key, v, runs, unique, frames,
+                                                  take or _take)
                                for key, v in variants))
         return frames
 
     async def _read_variant(self, room: str, info: _RoomInfo, key: str, v: _Variant,
                             runs: list[tuple[int, int]], unique: list[int],
-                            frames: dict[int, Frame]) -> None:
+                            frames: dict[int, Frame], take: _Take) -> None:
         need = unique[-1]
         if v.is_string:
             array = await self._array(room, v.name, need, info.n_slots)
@@ -629,10 +659,10 @@ class ZarrFrameStore:
         if _small(key, data_arr, info.n_slots):
             rows = await self._cached_rows(room, v.name, info.n_slots, 0, small_key=key)
             if rows is not None:
-                _take(key, v, shapes, rows, 0, unique, frames)
+                take(key, v, shapes, rows, 0, unique, frames)
                 return
         await asyncio.gather(*(self._read_run(room, info, key, v, shapes, data_arr,
-                                              a, b, unique, frames) for a, b in runs))
+                                              a, b, unique, frames, take) for a, b in runs))
 
     async def _cached_rows(self, room: str, name: str, n_slots: int, fill: int,
                            small_key: str | None = None) -> Array | None:
@@ -686,7 +716,7 @@ class ZarrFrameStore:
 
     async def _read_run(self, room: str, info: _RoomInfo, key: str, v: _Variant,
                         shapes: Array, data_arr: ZArray, a: int, b: int,
-                        unique: list[int], frames: dict[int, Frame]) -> None:
+                        unique: list[int], frames: dict[int, Frame], take: _Take) -> None:
         """Read the slots of ``unique`` in ``a..b`` that hold ``key`` with one call;
         ``shapes`` are the variant's cached shape rows (covering ``b``)."""
         within = _within(unique, a, b)
@@ -706,7 +736,7 @@ class ZarrFrameStore:
         else:
             block = await self._fetch_block(data_arr, a, b, dims)
         block.flags.writeable = False
-        _take(key, v, shapes, block, a, present, frames)
+        take(key, v, shapes, block, a, present, frames)
 
     async def _fetch_block(self, array: ZArray, a: int, b: int, dims: tuple[int, ...]
                            ) -> Array:
@@ -1353,6 +1383,69 @@ def _small(key: str, array: ZArray, n_slots: int) -> bool:
     row = math.prod(array.shape[1:]) * array.dtype.itemsize
     return not is_per_atom(key) and row <= SMALL_ROW_BYTES \
         and n_slots * row <= SMALL_CACHE_BYTES
+
+
+_Take = Callable[[str, _Variant, Array, Array, int, list[int], dict[int, Frame]], None]
+MIN_COLUMN_FRAMES = 2
+
+
+class _Pieces:
+    """The blocks a read would cut into frames (``take`` is its ``_take``), kept whole
+    until ``columns`` knows which slots can stay in them."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, list[tuple[_Variant, Array, Array, int, list[int]]]] = {}
+
+    def take(self, key: str, v: _Variant, shapes: Array, block: Array, a: int,
+             slots: list[int], frames: dict[int, Frame]) -> None:
+        self._by_key.setdefault(key, []).append((v, shapes, block, a, slots))
+
+    def columns(self, slots: list[int], frames: dict[int, Frame]) -> list[SlotColumns]:
+        """The runs of ``slots`` (sorted, distinct) that come as columns: at least
+        MIN_COLUMN_FRAMES consecutive slots holding the same keys, each from one block and
+        of one shape. The other slots are cut into ``frames``, and the column slots
+        removed from it."""
+        at = np.asarray(slots, dtype=np.int64)
+        keys = list(self._by_key)
+        held = np.zeros((len(keys), len(at)), dtype=bool)
+        piece = np.full((len(keys), len(at)), -1, dtype=np.int64)
+        cut = np.ones(len(at), dtype=bool)  # a run starts here
+        cut[1:] = np.diff(at) != 1
+        shapes_of: list[Array] = []
+        for k, key in enumerate(keys):
+            ndim = self._by_key[key][0][0].ndim
+            true_shape = np.full((len(at), ndim), -1, dtype=np.int64)
+            for p, (_, shapes, _, _, picked) in enumerate(self._by_key[key]):
+                pos = np.searchsorted(at, picked)
+                rows = shapes[picked]
+                has = rows[:, 0] >= 0
+                held[k, pos] = has
+                piece[k, pos[has]] = p
+                true_shape[pos[has]] = rows[has, :ndim]
+            cut[1:] |= (true_shape[1:] != true_shape[:-1]).any(axis=1)
+            shapes_of.append(true_shape)
+        cut[1:] |= ((held[:, 1:] != held[:, :-1]) | (piece[:, 1:] != piece[:, :-1])).any(axis=0)
+        starts = np.flatnonzero(cut).tolist()
+        out: list[SlotColumns] = []
+        for i, j in zip(starts, [*starts[1:], len(at)], strict=True):
+            if j - i < MIN_COLUMN_FRAMES:
+                continue
+            first = slots[i]
+            arrays = {}
+            for k, key in enumerate(keys):
+                if held[k, i]:
+                    _, _, block, a, _ = self._by_key[key][piece[k, i]]
+                    arrays[key] = block[(slice(first - a, first - a + j - i),
+                                         *(slice(0, n) for n in shapes_of[k][i].tolist()))]
+            out.append(SlotColumns(first, j - i, arrays))
+            for s in slots[i:j]:
+                del frames[s]
+        for key, pieces in self._by_key.items():
+            for v, shapes, block, a, picked in pieces:
+                if frames:
+                    _take(key, v, shapes, block, a, [s for s in picked if s in frames],
+                          frames)
+        return out
 
 
 def _take(key: str, v: _Variant, shapes: Array, block: Array, a: int,

@@ -36,7 +36,7 @@ from trajhub.gateway.cache import FrameCache
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_parts, packb
-from trajhub.shared.frame_encoder import encode_frames
+from trajhub.shared.frame_encoder import encode_columns, encode_frames
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.staging import StagingPacks, packs_of, read_staged
 
@@ -470,19 +470,23 @@ class FrameLoader:
         """One Zarr read of ``slots`` plus ``extra`` (read ahead), encoded once; whole
         frames go into the cache, the read-ahead ones first (less recently used). With
         ``splice``, the large frames of ``slots`` come apart (second map, not cached)."""
-        frames = store.read_slots(room, slots + list(extra), keys)
-        own, ahead = frames[:len(slots)], frames[len(slots):]
+        columns, frames = store.read_columns(room, slots + list(extra), keys)
+        encoded: dict[int, bytes] = {}
+        for run in columns:
+            run_slots = range(run.start, run.start + run.count)
+            if splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
+                frames.update(zip(run_slots, run.frames(), strict=True))
+            else:
+                encoded.update(zip(run_slots, encode_columns(run), strict=True))
         spliced: dict[int, Parts] = {}
         if splice:
-            spliced = {s: tuple(frame_parts(f)) for s, f in zip(slots, own, strict=True)
-                       if sum(a.nbytes for a in f.values()) >= SPLICE_MIN_BYTES}
-            own = [f for s, f in zip(slots, own, strict=True) if s not in spliced]
-            slots = [s for s in slots if s not in spliced]
-        encoded = encode_frames(own + ahead)
-        wanted = dict(zip(slots, encoded[:len(slots)], strict=True))
+            spliced = {s: tuple(frame_parts(frames[s])) for s in slots if s in frames
+                       and sum(a.nbytes for a in frames[s].values()) >= SPLICE_MIN_BYTES}
+        rest = sorted(s for s in frames if s not in spliced)
+        encoded.update(zip(rest, encode_frames([frames[s] for s in rest]), strict=True))
+        wanted = {s: encoded[s] for s in slots if s not in spliced}
         if keys is None:
-            self._cache.put_many(zip(extra.values(), encoded[len(slots):], strict=True),
-                                 read_ahead=True)
+            self._cache.put_many(((h, encoded[s]) for s, h in extra.items()), read_ahead=True)
             self._cache.put_many((hash_of[s], b) for s, b in wanted.items())
         return wanted, spliced
 
