@@ -10,7 +10,7 @@ forget the entries from the first shifted index on.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 SEEN_LIMIT = 100_000
@@ -32,10 +32,11 @@ class SeenVersions:
                versions: Sequence[int]) -> None:
         if not (len(indices) == len(frame_ids) == len(versions)):
             return  # not an answer we understand: remember nothing rather than wrong ids
+        at = list(map(int, indices))
+        seen = zip(map(int, frame_ids), map(int, versions), strict=True)
         with self._mutex:
-            for index, frame_id, version in zip(indices, frame_ids, versions, strict=True):
-                self._entries[int(index)] = (int(frame_id), int(version))
-                self._entries.move_to_end(int(index))
+            self._entries.update(zip(at, seen, strict=True))
+            deque(map(self._entries.move_to_end, at), maxlen=0)  # the recorded ones last
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
 

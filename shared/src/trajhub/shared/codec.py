@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from math import prod
 from typing import Any
 
 import msgpack
 import numpy as np
-import numpy.typing as npt
 
 from trajhub.shared.frames import Array, Frame, FrameError, canonical_array, check_dtype
 
@@ -287,8 +287,8 @@ class _Layout:
     dtypes: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     data: tuple[tuple[int, int], ...]  # each array's data: offset from the frame's start, size
-    gap_at: npt.NDArray[np.intp]  # offsets of every other byte of the frame
-    gap_bytes: npt.NDArray[np.uint8]  # and their values
+    gaps: tuple[tuple[int, bytes], ...]  # every other run of bytes: offset, the bytes
+    gap_bytes: int  # their total size
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,13 +326,12 @@ class FrameRun:
 def _layout(start: int, end: int, obj: dict[str, dict[str, Any]],
             data: list[tuple[int, int]], buf: bytes | bytearray) -> _Layout:
     gap_starts = [start, *(off + size for off, size in data[:-1])]
-    gap_at = np.concatenate([np.arange(a, off, dtype=np.intp)
-                             for a, (off, _) in zip(gap_starts, data, strict=True)])
-    gap_bytes = np.frombuffer(buf, np.uint8, count=end - start, offset=start)[gap_at - start]
+    gaps = tuple((a - start, bytes(buf[a:off]))
+                 for a, (off, _) in zip(gap_starts, data, strict=True) if off > a)
     return _Layout(tuple(obj), tuple(v["dtype"] for v in obj.values()),
                    tuple(tuple(v["shape"]) for v in obj.values()),
-                   tuple((off - start, size) for off, size in data), gap_at - start,
-                   gap_bytes)
+                   tuple((off - start, size) for off, size in data), gaps,
+                   sum(len(g) for _, g in gaps))
 
 
 def _scan_frame(buf: bytes | bytearray, view: memoryview,
@@ -368,13 +367,16 @@ def _repeats(buf: bytes | bytearray, pos: int, stride: int, most: int,
     their data, each ``stride`` bytes long; compared in blocks of about _REPEAT_BLOCK
     bytes of those (bounded temporaries, an early stop at a change of layout)."""
     most = min(most, (len(buf) - pos) // stride)
-    per_block = max(1, _REPEAT_BLOCK // max(len(layout.gap_at), 1))
+    per_block = max(1, _REPEAT_BLOCK // max(layout.gap_bytes, 1))
     done = 0
     while done < most:
         k = min(per_block, most - done)
-        block = np.frombuffer(buf, np.uint8, count=k * stride,
-                              offset=pos + done * stride).reshape(k, stride)
-        same = (block[:, layout.gap_at] == layout.gap_bytes).all(axis=1)
+        same = np.ones(k, dtype=bool)
+        for at, gap in layout.gaps:  # each gap of every frame as one opaque item
+            kind = np.dtype(f"V{len(gap)}")
+            items = np.ndarray((k,), kind, buffer=buf, offset=pos + done * stride + at,
+                               strides=(stride,))
+            same &= items == np.frombuffer(gap, kind)[0]
         if not same.all():
             return done + int(np.argmin(same))
         done += k
@@ -528,7 +530,7 @@ def frames_of_columns(keys: list[str], columns: list[Array], count: int) -> list
         return [{} for _ in range(count)]
     # Iterating gives each row's view (0-d rows need the explicit index).
     rows = [list(c) if c.ndim > 1 else [c[i, ...] for i in range(count)] for c in columns]
-    return [dict(zip(keys, arrays, strict=True)) for arrays in zip(*rows, strict=True)]
+    return list(map(dict, map(zip, repeat(keys), zip(*rows, strict=True))))
 
 
 def _scan_field(data: bytes | bytearray, view: memoryview, pos: int) -> tuple[Any, int]:
