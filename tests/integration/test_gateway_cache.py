@@ -52,6 +52,15 @@ def test_lru_evicts_by_bytes_least_recently_used_first() -> None:
     assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 1
 
 
+def test_a_read_marks_its_frames_recently_used_in_its_order() -> None:
+    cache = FrameCache(120)
+    for h in "abc":
+        assert cache.put(h, h.encode() * 40)
+    assert sorted(cache.get_many(["c", "b", "a", "c", "x"])) == ["a", "b", "c"]
+    assert cache.put("d", b"d" * 40)  # evicts c: b, a and d are more recent
+    assert [h for h in "abcd" if h in cache] == ["a", "b", "d"]
+
+
 def test_one_put_adds_at_most_the_budget() -> None:
     cache = FrameCache(100)
     cache.put("old", b"o" * 30)

@@ -9,7 +9,7 @@ worker threads, hence the lock; every operation under it is a few dict operation
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -49,20 +49,18 @@ class FrameCache:
         return content_hash in self._items
 
     def get_many(self, hashes: Iterable[str]) -> dict[str, bytes]:
-        """The cached bytes of those ``hashes`` present, marked as recently used.
+        """The cached bytes of those ``hashes`` present, marked as recently used in their
+        order (the last one most recently).
 
         Counts one hit or miss per distinct hash.
         """
-        found: dict[str, bytes] = {}
         if not self.enabled:
-            return found
-        wanted = set(hashes)
-        with self._lock:
-            for h in wanted:
-                blob = self._items.get(h)
-                if blob is not None:
-                    self._items.move_to_end(h)
-                    found[h] = blob
+            return {}
+        wanted = dict.fromkeys(hashes)
+        with self._lock:  # (map: each call made from C, not a loop of bytecode)
+            found = {h: blob for h, blob in zip(wanted, map(self._items.get, wanted),
+                                                strict=True) if blob is not None}
+            deque(map(self._items.move_to_end, found), maxlen=0)
             self._hits += len(found)
             self._misses += len(wanted) - len(found)
         return found
