@@ -35,7 +35,7 @@ from trajhub.client import (
 from trajhub.client import room as room_module
 from trajhub.client.http import Transport, new_idempotency_key
 from trajhub.shared.codec import frames_to_bytes
-from trajhub.shared.frames import frames_equal
+from trajhub.shared.frames import Frame, frames_equal
 
 
 @pytest.fixture
@@ -395,6 +395,42 @@ def test_large_frames_round_trip_writable(vis: Room) -> None:
     back[0]["calc.forces"] *= 2
     assert frames_equal(vis.get([0])[0], frames[0])
     np.testing.assert_array_equal(vis[2].positions, frames[2]["positions"])
+
+
+def test_a_later_read_reuses_an_answer_buffer_only_once_its_frames_are_gone(
+        vis: Room) -> None:
+    """Answers of 1 MiB or more are received into RECEIVE_BUFFERS: the frames of a read
+    kept by the caller are never written by a later read; dropped, their buffer serves it."""
+    rng = np.random.default_rng(7)
+    frames = [{"numbers": np.full(300, 6, dtype=np.int32),
+               "positions": rng.normal(size=(300, 3))} for _ in range(400)]  # ~1.6 MB
+    vis.extend(frames, progress=False)
+    vis.read_frames = 400
+
+    def buffers(got: list[Frame]) -> set[int]:
+        """The ids of the objects whose memory the frames' positions are."""
+        out = set()
+        for frame in got:
+            base: object = frame["positions"]
+            while isinstance(base, np.ndarray) and base.base is not None:
+                base = base.base
+            out.add(id(base.obj if isinstance(base, memoryview) else base))
+        return out
+
+    # (a read's first request asks for READ_FIRST_FRAMES: a small answer, not pooled)
+    big = slice(room_module.READ_FIRST_FRAMES, None)
+    kept = vis.get()
+    first = buffers(kept[big])
+    assert len(first) == 1
+    kept[-1]["positions"][:] = 0.0  # the caller's own
+    again = vis.get()
+    assert buffers(again[big]) != first
+    assert all(frames_equal(a, b) for a, b in zip(again, frames, strict=True))
+    assert not kept[-1]["positions"].any() and frames_equal(kept[-2], frames[-2])
+    del kept
+    third = vis.get()
+    assert buffers(third[big]) == first
+    assert all(frames_equal(a, b) for a, b in zip(third, frames, strict=True))
 
 
 def test_long_index_lists_are_split_to_fit_the_url(

@@ -1,10 +1,10 @@
-"""BlockPool: block memory reused only once nothing refers to it any more."""
+"""BlockPool and RecentBuffers: memory reused only once nothing refers to it any more."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from trajhub.shared.buffers import BlockPool
+from trajhub.shared.buffers import BlockPool, RecentBuffers
 
 MB = 2**20
 
@@ -61,3 +61,34 @@ def test_small_blocks_are_not_pooled_and_the_pool_is_bounded() -> None:
     del busy
     fresh = pool.empty((5 * MB,), np.uint8)  # none free holds it: new, older free ones go
     assert pool.kept_bytes <= 10 * MB and id(buffer_of(fresh)) == id(pool._kept[-1])
+
+
+def test_recent_buffers_hand_a_buffer_out_again_once_it_is_let_go() -> None:
+    pool = RecentBuffers(max_bytes=64 * MB, min_bytes=MB)
+    first = pool.take(4 * MB)
+    first[:3] = b"abc"
+    kept = id(first)
+    frame = np.frombuffer(first, np.uint8)[10:20]  # an answer's frame: a view of it
+    del first
+    others = [pool.take(4 * MB)]
+    assert id(others[0]) != kept, "a view is alive"
+    del frame
+    again = pool.take(4 * MB - 5)  # an answer of about the same size
+    assert id(again) == kept and len(again) == 4 * MB - 5 and again[:3] == b"abc"
+    others.append(pool.take(4 * MB - 5))
+    assert id(others[1]) != kept, "still held"
+    del again
+    grown = pool.take(4 * MB - 1)  # grown back in place
+    assert id(grown) == kept and len(grown) == 4 * MB - 1
+    del grown
+    assert id(pool.take(4 * MB + 5)) != kept, "would not grow in place"
+    assert len(pool.take(100)) == 100 and len(pool.take(2 * MB, bytearray)) == 2 * MB
+
+
+def test_recent_buffers_hold_at_most_max_bytes_used_or_not() -> None:
+    pool = RecentBuffers(max_bytes=10 * MB, min_bytes=MB)
+    busy = [pool.take(4 * MB) for _ in range(4)]  # all in use: only the last two held
+    assert [id(b) for b in pool._kept] == [id(b) for b in busy[2:]]
+    assert id(pool.take(11 * MB)) not in map(id, pool._kept)
+    del busy
+    assert sum(map(len, pool._kept)) <= 10 * MB

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,59 @@ def take_free(buffers: list[bytearray], size: int) -> bytearray | None:
                 and sys.getrefcount(buf) == 3 and unexported(buf):
             best = i
     return None if best is None else buffers.pop(best)
+
+
+def take_resized(buffers: list[bytearray], size: int,
+                 zeros: memoryview | None = None) -> bytearray | None:
+    """Remove from ``buffers`` and return the first that nothing else refers to and that
+    holds ``size`` bytes without a new allocation (within [alloc/2, alloc) a bytearray
+    resizes in place), resized to ``size``; None if there is none. Bytes it grows by
+    are copied from ``zeros`` when that is long enough."""
+    for i in range(len(buffers)):  # (enumerate's tuple would hold a reference)
+        buf = buffers[i]
+        if not buf.__alloc__() // 2 <= size < buf.__alloc__():
+            continue
+        # Referred to by the list, `buf` and getrefcount's argument only?
+        if sys.getrefcount(buf) == 3 and unexported(buf):
+            del buffers[i]
+            if len(buf) > size:
+                del buf[size:]
+            elif zeros is not None and len(zeros) >= size - len(buf):
+                buf += zeros[:size - len(buf)]
+            else:
+                buf += bytes(size - len(buf))
+            return buf
+    return None
+
+
+class RecentBuffers:
+    """Buffers for data its taker keeps as long as it likes (a read's answers, whose
+    frames are views of them): the most recent ones, up to ``max_bytes`` in all, are
+    remembered, and one is handed out again once nothing refers to it any more, its
+    memory already mapped in. At most ``max_bytes`` stay held once their takers let go.
+    Thread-safe."""
+
+    def __init__(self, max_bytes: int, min_bytes: int = 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.min_bytes = min_bytes
+        self._kept: list[bytearray] = []  # least recently handed out first
+        self._lock = threading.Lock()
+
+    def take(self, size: int, new: Callable[[int], bytearray] = bytearray) -> bytearray:
+        """A buffer of ``size`` bytes: a remembered one nothing refers to any more (its
+        contents undefined), else ``new(size)``."""
+        if size < self.min_bytes:
+            return new(size)
+        with self._lock:
+            buf = take_resized(self._kept, size)
+            if buf is None:
+                buf = new(size)
+            if len(buf) <= self.max_bytes:
+                self._kept.append(buf)
+            total = sum(map(len, self._kept))
+            while total > self.max_bytes:  # forget the oldest, used or not
+                total -= len(self._kept.pop(0))
+        return buf
 
 
 class BlockPool:

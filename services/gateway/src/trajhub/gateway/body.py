@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 from fastapi import Request
 
 from trajhub.gateway.errors import ApiError
-from trajhub.shared.buffers import take_free, unexported
+from trajhub.shared.buffers import take_free, take_resized
 from trajhub.shared.codec import CodecError, unpackb
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
@@ -63,21 +62,8 @@ class BodyBuffers:
 
     def take(self, size: int) -> bytearray:
         """A buffer of ``size`` bytes (contents undefined)."""
-        if size >= self.min_bytes:
-            for i in range(len(self._free)):
-                buf = self._free[i]
-                # Within [alloc/2, alloc) bytearray resizes in place (no realloc).
-                if not buf.__alloc__() // 2 <= size < buf.__alloc__():
-                    continue
-                # Referred to by the list, `buf` and getrefcount's argument only?
-                if sys.getrefcount(buf) == 3 and unexported(buf):
-                    del self._free[i]
-                    if len(buf) > size:
-                        del buf[size:]
-                    else:
-                        buf += self._zeros[:size - len(buf)]
-                    return buf
-        return bytearray(size)
+        buf = take_resized(self._free, size, self._zeros) if size >= self.min_bytes else None
+        return bytearray(size) if buf is None else buf
 
     def take_at_least(self, size: int) -> bytearray:
         """A buffer of ``size`` bytes or more (contents undefined): the smallest free
