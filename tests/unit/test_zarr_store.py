@@ -83,10 +83,10 @@ def store(tmp_path: Path) -> ZarrFrameStore:
 @pytest.fixture
 def count_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
     """Records every array-level read and write (the array's name): Zarr's, and the
-    store's own reads of raw chunk files."""
+    store's own reads of raw chunk files and writes of encoded chunks."""
     calls: dict[str, list[str]] = {"get": [], "set": []}
     real_get, real_set = AsyncArray.getitem, AsyncArray.setitem
-    real_raw = zarr_store._RawChunks.read
+    real_raw, real_put = zarr_store._RawChunks.read, ZarrFrameStore._put_chunk
 
     async def getitem(self: AsyncArray[Any], *args: Any, **kwargs: Any) -> Any:
         calls["get"].append(self.basename)
@@ -100,9 +100,14 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]
         calls["set"].append(self.basename)
         await real_set(self, *args, **kwargs)
 
+    async def put_chunk(self: ZarrFrameStore, array: AsyncArray[Any], *args: Any) -> None:
+        calls["set"].append(array.basename)
+        await real_put(self, array, *args)
+
     monkeypatch.setattr(AsyncArray, "getitem", getitem)
     monkeypatch.setattr(AsyncArray, "setitem", setitem)
     monkeypatch.setattr(zarr_store._RawChunks, "read", raw_read)
+    monkeypatch.setattr(ZarrFrameStore, "_put_chunk", put_chunk)
     yield calls
 
 
@@ -421,7 +426,7 @@ def test_bulk_io_makes_one_call_per_array(store: ZarrFrameStore, tmp_path: Path,
     frames = [make_frame(40 + i % 7, i) for i in range(400)]
     write(store, frames)
     sets = count_calls["set"]
-    assert sorted(sets) == sorted(set(sets))  # one write per array
+    assert sorted(sets) == sorted(set(sets))  # one write per array (400 slots: one chunk)
     assert {"positions", "positions.shape", "_hash"} <= set(sets)
     count_calls["get"].clear()
     got = store.read_slots(ROOM, range(400))

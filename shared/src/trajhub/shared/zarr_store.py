@@ -56,7 +56,6 @@ import math
 import os
 import sys
 import threading
-import time
 import uuid
 import warnings
 from bisect import bisect_left
@@ -84,6 +83,7 @@ from zarr.storage import LocalStore, MemoryStore, StorePath
 from trajhub.shared.buffers import BlockPool
 from trajhub.shared.codec import decode_array, encode_array, packb, unpackb
 from trajhub.shared.frames import Array, Frame, SlotColumns, canonical_array, is_per_atom
+from trajhub.shared.gil import Breather
 from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import InvalidName, check_key_name, check_room_name
 from trajhub.shared.ports import ProjectionCommit
@@ -130,11 +130,9 @@ SMALL_CACHE_BYTES = 8 * 1024 * 1024
 """Largest in-memory copy of one small array (beyond it, reads go to Zarr)."""
 DROP_BATCH = 64
 """Chunks ``drop_slots`` sizes and deletes concurrently."""
-TAIL_ROWS = 64
-"""A write of at most this many slots, into at most two chunks, is made from a copy of
-the chunk it continues, kept in memory (see ``_write_tail``)."""
 TAIL_CACHE_BYTES = 16 * 1024 * 1024
-"""Chunk copies kept for such writes, all rooms together (least recently used go)."""
+"""Copies of the last chunk written of each array (see ``_write_tail``), all rooms
+together (least recently used go)."""
 
 
 @dataclass
@@ -871,9 +869,10 @@ class ZarrFrameStore:
         checked = _check_layers(start, len(frames), layers)
         projection = None if commit is None else _projection_arrays(commit)
         canonical = []
-        for i, frame in enumerate(frames):
+        breathe = Breather()
+        for frame in frames:
             canonical.append(_canonical_frame(frame))
-            _breathe(i)
+            breathe()
         with self._write_lock(room):
             _run(self._write_slots(room, start, canonical, list(hashes), checked,
                                    projection))
@@ -1110,16 +1109,17 @@ class ZarrFrameStore:
 
     async def _write_tail(self, room: str, array: ZArray, n: int, end: int,
                           block: Array) -> bool:
-        """Write ``block`` at slots ``n..end`` by encoding the chunks they fall in from
-        the copy of the last one kept in memory: no read back and no Zarr indexing, which
-        is most of what a small append costs (a stream of edits appends a slot or a few
-        at a time). Rows at or beyond ``n`` hold fill values, so a chunk starting there
-        needs no read either. False (nothing written) for any other write."""
+        """Write ``block`` at slots ``n..end`` by encoding the chunks they fall in
+        ourselves, the first from the copy of the last chunk written kept in memory: no
+        read back and no Zarr indexing, which is most of what a small append costs (a
+        stream of edits appends a slot or a few at a time) and ~a third of a bulk write.
+        Rows at or beyond ``n`` hold fill values, so a chunk starting there needs no
+        read either. False (nothing written) for an array chunked along another axis
+        too, or whose chunks are not plain (see ``_chunk_encoder``)."""
         with self._lock:
             tail = self._tails.pop((room, array.basename), None)
         per, chunks = array.chunks[0], array.chunks
-        if (end - n > TAIL_ROWS or (end - 1) // per - n // per > 1
-                or any(s > k for s, k in zip(array.shape[1:], chunks[1:], strict=True))
+        if (any(s > k for s, k in zip(array.shape[1:], chunks[1:], strict=True))
                 or math.prod(chunks) * array.dtype.itemsize > 2 * CHUNK_TARGET_BYTES):
             return False
         encode = _chunk_encoder(array)
@@ -1335,11 +1335,20 @@ def _variant_of(key: str, arr: Array, registry: Registry) -> _Variant:
 def _plan(frames: list[Frame], registry: Registry) -> list[_Plan]:
     """Padded blocks (one per array) for a batch of frames; extends ``registry``."""
     members: dict[tuple[str, _Variant], list[int]] = {}
+    breathe = Breather()
+    last: tuple[tuple[str, np.dtype[Any], int], ...] | None = None
+    rows_of: list[list[int]] = []
     for i, frame in enumerate(frames):
-        for key in sorted(frame):
-            v = _variant_of(key, frame[key], registry)
-            members.setdefault((key, v), []).append(i)
-        _breathe(i)
+        # A trajectory's frames mostly repeat the keys, dtypes and ndims of the one
+        # before: their variants are looked up once per such run.
+        held = tuple([(key, a.dtype, a.ndim) for key, a in frame.items()])
+        if held != last:
+            rows_of = [members.setdefault((key, _variant_of(key, frame[key], registry)), [])
+                       for key in sorted(frame)]
+            last = held
+        for rows in rows_of:
+            rows.append(i)
+        breathe()
     plans = []
     for (key, v), rows in members.items():
         values = [frames[i][key] for i in rows]
@@ -1354,28 +1363,22 @@ def _plan(frames: list[Frame], registry: Registry) -> list[_Plan]:
         dims = tuple(int(n) for n in true_shapes.max(axis=0)) if v.ndim else ()
         shapes = np.full((len(frames), max(v.ndim, 1)), -1, dtype=np.int32)
         shapes[rows, :] = true_shapes if v.ndim else 0
-        plans.append(_Plan(key, v, _padded(values, rows, len(frames), dims, v.dtype), shapes))
+        plans.append(_Plan(key, v, _padded(values, rows, len(frames), dims, v.dtype,
+                                           (true_shapes == dims).all()), shapes))
     return plans
 
 
 def _padded(values: list[Array], rows: list[int], n: int, dims: tuple[int, ...],
-            dtype: str) -> Array:
-    """The values stacked at ``rows`` of an ``(n, *dims)`` block, zero padded."""
-    if len(rows) == n and all(a.shape == dims for a in values):
-        return np.stack(values)
+            dtype: str, same: bool) -> Array:
+    """The values stacked at ``rows`` of an ``(n, *dims)`` block, zero padded; ``same``:
+    every value's shape is ``dims``."""
+    if len(rows) == n and same:
+        return np.array(values, dtype=np.dtype(dtype))  # (np.stack: ~1 us more a value)
     data = np.zeros((n, *dims), dtype=np.dtype(dtype))
     for i, arr in zip(rows, values, strict=True):
         index: tuple[int | slice, ...] = (i, *(slice(0, d) for d in arr.shape))
         data[index] = arr
     return data
-
-
-def _breathe(i: int, every: int = 16) -> None:
-    """Release the GIL for a moment every ``every`` rounds of a long pure-Python loop, so
-    that an event loop sharing the process (the gateway's, in the all-in-one server) does
-    not wait a whole switch interval (5 ms) for it each time."""
-    if i % every == every - 1:
-        time.sleep(0)
 
 
 def _small(key: str, array: ZArray, n_slots: int) -> bool:
