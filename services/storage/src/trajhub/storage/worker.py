@@ -28,7 +28,6 @@ import contextlib
 import logging
 import math
 import struct
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +44,7 @@ from trajhub.shared.consumer import (
 )
 from trajhub.shared.events import Event, SlotWrite
 from trajhub.shared.frames import Array, Frame
+from trajhub.shared.gil import Breather
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history_reader import HistoryGone, HistoryReader
 from trajhub.shared.history_store import ZarrHistoryStore
@@ -208,7 +208,8 @@ def _uint(blob: bytes, pos: int) -> tuple[int, int]:
 
 
 def _array_at(blob: bytes, view: memoryview, pos: int) -> tuple[Array, int]:
-    """The array whose ``{dtype, shape, data}`` map starts at ``pos``, as a view."""
+    """The array whose ``{dtype, shape, data}`` map starts at ``pos``, as a view; the
+    position after it (its data are the array's ``nbytes`` bytes before)."""
     if not blob.startswith(_DTYPE_KEY, pos):
         raise _NotCanonical("array map")
     dtype_text, pos = _str(blob, pos + len(_DTYPE_KEY))
@@ -236,7 +237,8 @@ def _array_at(blob: bytes, view: memoryview, pos: int) -> tuple[Array, int]:
     return np.frombuffer(view[pos:pos + size], dtype=dtype).reshape(shape), pos + size
 
 
-def _frame_at(blob: bytes) -> Frame:
+def _frame_at(blob: bytes) -> tuple[Frame, list[int]]:
+    """The frame (arrays as views) and where each array's data end."""
     b = blob[0]
     if 0x80 <= b <= 0x8f:
         n, pos = b & 0x0f, 1
@@ -246,12 +248,17 @@ def _frame_at(blob: bytes) -> Frame:
         raise _NotCanonical(f"msgpack type {b:#x} for a frame")
     view = memoryview(blob)
     frame: Frame = {}
+    ends = []
     for _ in range(n):
         key, pos = _str(blob, pos)
         frame[key], pos = _array_at(blob, view, pos)
+        ends.append(pos)
     if pos != len(blob):
         raise _NotCanonical("trailing bytes")
-    return frame
+    return frame, ends
+
+
+_NOT_AS_IS = (_NotCanonical, codec.CodecError, IndexError, UnicodeDecodeError, struct.error)
 
 
 def frame_view(blob: bytes) -> Frame:
@@ -260,9 +267,45 @@ def frame_view(blob: bytes) -> Frame:
     otherwise than ``codec.frame_to_bytes`` does (or malformed) goes through
     ``codec.frame_from_bytes``, which copies, converts or raises CodecError."""
     try:
-        return _frame_at(blob)
-    except (_NotCanonical, codec.CodecError, IndexError, UnicodeDecodeError, struct.error):
+        return _frame_at(blob)[0]
+    except _NOT_AS_IS:
         return codec.frame_from_bytes(blob)
+
+
+class _Layout:
+    """The bytes around the arrays' data of a frame that ``_frame_at`` read: a frame of
+    the same size with the very same bytes there decodes the same way, its arrays at
+    the same places (no parse: ~3x faster for small frames)."""
+
+    def __init__(self, blob: bytes, frame: Frame, ends: list[int]) -> None:
+        self.size = len(blob)
+        self.arrays = [(key, a.dtype, a.shape, end - a.nbytes, end)
+                       for (key, a), end in zip(frame.items(), ends, strict=True)]
+        self.gaps = []  # (offset, bytes) of each run of bytes before an array's data
+        at = 0
+        for *_, start, end in self.arrays:
+            if start > at:
+                self.gaps.append((at, bytes(blob[at:start])))
+            at = end
+
+    @classmethod
+    def of(cls, blob: bytes) -> tuple[Frame, _Layout | None]:
+        """``frame_view(blob)``, with its layout when ``_frame_at`` read it."""
+        try:
+            frame, ends = _frame_at(blob)
+        except _NOT_AS_IS:
+            return codec.frame_from_bytes(blob), None
+        return frame, (cls(blob, frame, ends) if len(frame) == len(ends) else None)
+
+    def view(self, blob: bytes) -> Frame | None:
+        """``frame_view(blob)`` if ``blob`` has this layout, else None."""
+        if len(blob) != self.size:
+            return None
+        for at, gap in self.gaps:
+            if blob[at:at + len(gap)] != gap:
+                return None
+        return {key: np.ndarray(shape, dtype, blob, start)
+                for key, dtype, shape, start, _ in self.arrays}
 
 
 def decode_blobs(blobs: Sequence[bytes], writes: Sequence[SlotWrite],
@@ -270,18 +313,19 @@ def decode_blobs(blobs: Sequence[bytes], writes: Sequence[SlotWrite],
     """Decode staged blobs (zero-copy); with ``verify``, prove each matches the hash its
     slot was assigned for (the gateway already did when it staged the blob)."""
     frames = []
-    for i, (blob, write) in enumerate(zip(blobs, writes, strict=True)):
-        frame = frame_view(blob)
+    layout: _Layout | None = None
+    breathe = Breather()  # (the gateway's event loop shares the GIL, all-in-one)
+    for blob, write in zip(blobs, writes, strict=True):
+        frame = layout.view(blob) if layout is not None else None
+        if frame is None:  # another layout (or not one _frame_at reads)
+            frame, layout = _Layout.of(blob)
         if verify:
             actual = frame_hash(frame)
             if actual != write.hash:
                 raise IntegrityError(f"slot {write.slot}: blob {write.hash} decodes to a "
                                      f"frame with hash {actual}")
         frames.append(frame)
-        if i % 16 == 15:
-            # Let the event loop (the gateway's, all-in-one) take the GIL now and then
-            # rather than wait out the 5 ms switch interval.
-            time.sleep(0)
+        breathe()
     return frames
 
 
