@@ -286,6 +286,22 @@ def test_pack_store_contract(any_packs: StagingPacks) -> None:
         any_packs.key(ROOM, "../escape")
 
 
+def test_frames_next_to_each_other_in_a_pack_read_back_in_any_order(
+        any_packs: StagingPacks) -> None:
+    """A local pack's refs that follow each other are read with one pread, cut apart."""
+    hashes, blobs = frame_blobs(4, seed=3)
+    markers = any_packs.write(ROOM, hashes, blobs)
+    refs = [parse_marker(markers[h]) for h in hashes]
+    assert all(ref is not None for ref in refs)
+    r = [ref for ref in refs if ref is not None]
+    order = [0, 1, 2, 3, 3, 2, 0, 1, 1, 3]
+    assert any_packs.read(ROOM, [r[i] for i in order]) == [blobs[i] for i in order]
+    too_long = r[3]._replace(size=r[3].size + 5)  # past the pack's end
+    elsewhere = r[1]._replace(pack="0000000000000-" + "0" * 32)
+    assert any_packs.read(ROOM, [r[2], too_long, r[0], elsewhere, r[2]]) == \
+        [blobs[2], None, blobs[0], None, blobs[2]]
+
+
 def test_resolving_without_packs_finds_nothing() -> None:
     hashes, blobs = frame_blobs(1)
     packs = StagingPacks(MemoryStore())
