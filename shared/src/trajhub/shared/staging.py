@@ -253,12 +253,13 @@ class StagingPacks:
                        and refs[j].offset == end and end - first.offset < READ_RUN_BYTES):
                     end, j = end + refs[j].size, j + 1
                 fd = fds[first.pack]
-                data = b"" if fd is None else os.pread(fd, end - first.offset, first.offset)
-                at = 0
-                for k in range(i, j):
-                    piece = data[at:at + refs[k].size]  # (all of data: no copy)
-                    out[k] = piece if len(piece) == refs[k].size else None
-                    at += refs[k].size
+                if fd is not None:
+                    data = os.pread(fd, end - first.offset, first.offset)
+                    at = 0
+                    for k in range(i, j):
+                        piece = data[at:at + refs[k].size]  # (all of data: no copy)
+                        out[k] = piece if len(piece) == refs[k].size else None
+                        at += refs[k].size
                 i = j
         finally:
             for fd in fds.values():

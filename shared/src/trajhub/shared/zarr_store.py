@@ -559,10 +559,10 @@ class ZarrFrameStore:
                      ) -> tuple[list[SlotColumns], dict[int, Frame]]:
         """``read_slots`` of the distinct ``slots``, without cutting each frame out of the
         blocks read where that is not needed: runs of consecutive slots whose frames have
-        the same keys, each a whole row of one block, come as columns (views of those
-        rows), the other slots as frames by slot. Patch slots and a fork's inherited
-        slots always come as frames, as do all slots when a key has values of several
-        dtypes or strings."""
+        the same keys, each of one shape and from one block, come as columns (views of
+        those blocks), the other slots as frames by slot. Patch slots and a fork's
+        inherited slots always come as frames, as do all slots when a key has values of
+        several dtypes or strings."""
         check_room(room)
         slot_list = sorted({int(s) for s in slots})
         if not slot_list:
