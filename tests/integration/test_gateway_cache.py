@@ -440,3 +440,31 @@ def test_large_answers_of_small_frames_reuse_their_buffer(
     assert part == expected(codec.unpackb(part), frames[30:])
     given_back(answers)
     assert [id(b) for b in answers._free] == [kept]
+
+
+def test_cold_reads_of_runs_of_alike_frames_are_the_frames(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+) -> None:
+    """Zarr reads hand runs of alike slots to the encoder as columns (``read_columns``):
+    what a gateway without a cache answers is each frame's own canonical bytes, whatever
+    the runs (atom counts, keys held and dtypes changing along the trajectory)."""
+    writer = start_gateway()
+
+    def alike(n_atoms: int, seed: int, **more: Any) -> Frame:
+        return {**make_frame(n_atoms, seed, extras=False), "cell": np.eye(3) * seed,
+                "calc.energy": np.asarray(-1.5 * seed), **more}
+
+    frames = canon([alike(5, i) for i in range(12)] + [alike(7, i) for i in range(12, 24)]
+                   + [alike(7, i, **{"info.tag": np.asarray(i)}) for i in range(24, 30)]
+                   + [alike(5 + i % 2, i) for i in range(30, 36)])
+    assert post_frames(clients(writer), ROOM, frames).status_code == 201
+    apply_storage(writer)
+    runs, _ = open_store(writer.settings.storage_url).read_columns(ROOM, range(36))
+    assert [(run.start, run.count) for run in runs][:3] == [(0, 12), (12, 12), (24, 6)]
+    cold, warm = clients(start_gateway(cache_mb=0)), clients(start_gateway())
+    for params in ({}, {"start": 3, "stop": 33, "step": 2}, {"indices": "29,11,12,13,0"}):
+        got = get_frames(cold, ROOM, **params)
+        assert got["hashes"] == [frame_hash(frames[i]) for i in got["indices"]]
+        assert all(frames_equal(f, frames[i])
+                   for f, i in zip(got["frames"], got["indices"], strict=True))
+        assert raw_get(cold, **params) == raw_get(warm, **params) == raw_get(warm, **params)
