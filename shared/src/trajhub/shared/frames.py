@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ class FrameError(ValueError):
     """A frame that breaks the model; the message names the key and the reason."""
 
 
+@lru_cache(maxsize=1024)  # (a trajectory repeats a handful of keys)
 def is_per_atom(key: str) -> bool:
     """True for keys whose first axis runs over atoms (padded in storage)."""
     if key in ("numbers", "positions") or key.startswith("arrays."):
@@ -130,12 +132,8 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
         raise FrameError("a frame must be a mapping of key -> array")
     out: Frame = {}
     for key, value in frame.items():
-        if not isinstance(key, str):
-            raise FrameError(f"frame key {key!r} is not a string")
-        try:
-            check_key_name(key)
-        except InvalidName as exc:
-            raise FrameError(str(exc)) from None
+        if key not in _CHECKED_KEYS:
+            _check_key(key)
         out[key] = canonical_array(value, key)
     for required in ("numbers", "positions"):
         if required not in out:
@@ -148,7 +146,7 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
     if positions.ndim != 2 or positions.shape[1] != 3 or positions.dtype.kind != "f":
         raise FrameError(f"positions must be a float array of shape (N, 3), got "
                          f"{positions.dtype.str} of shape {positions.shape}")
-    if natoms and (int(numbers.min()) < 0 or int(numbers.max()) > 200):
+    if natoms and not _atomic(numbers):
         raise FrameError("numbers must be atomic numbers between 0 and 200")
     for key, arr in out.items():
         if is_per_atom(key):
@@ -163,6 +161,34 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
         raise FrameError(f"pbc must be a (3,) bool array, got {out['pbc'].dtype.str} "
                          f"of shape {out['pbc'].shape}")
     return out
+
+
+def _atomic(numbers: Array) -> bool:
+    """Whether every one of ``numbers`` (canonical integers) is within 0..200, with one
+    reduction where that will do (a negative number read as unsigned is larger)."""
+    size = numbers.dtype.itemsize
+    if numbers.dtype.kind == "u":
+        return int(numbers.max()) <= 200
+    if size > 1:
+        return int(numbers.view(f"<u{size}").max()) <= 200
+    return int(numbers.min()) >= 0 and int(numbers.max()) <= 200
+
+
+_CHECKED_KEYS: set[str] = set()
+"""Key names ``validate_frame`` found valid (a trajectory repeats a handful of them)."""
+_KEYS_MAX = 1024
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise FrameError(f"frame key {key!r} is not a string")
+    try:
+        check_key_name(key)
+    except InvalidName as exc:
+        raise FrameError(str(exc)) from None
+    if len(_CHECKED_KEYS) >= _KEYS_MAX:  # bounded: the names come from callers
+        _CHECKED_KEYS.clear()
+    _CHECKED_KEYS.add(key)
 
 
 def frames_equal(a: Mapping[str, Array], b: Mapping[str, Array]) -> bool:
