@@ -26,6 +26,7 @@ from trajhub.gateway.reader import (
     READ_AHEAD_MAX_REQUEST,
     SCRUB_WINDOW,
     SPLICE_MIN_BYTES,
+    VIEWS_MIN_FRAMES,
 )
 from trajhub.gateway.routes import INLINE_RESPONSE_BYTES
 from trajhub.shared import codec
@@ -59,6 +60,21 @@ def test_a_read_marks_its_frames_recently_used_in_its_order() -> None:
     assert sorted(cache.get_many(["c", "b", "a", "c", "x"])) == ["a", "b", "c"]
     assert cache.put("d", b"d" * 40)  # evicts c: b, a and d are more recent
     assert [h for h in "abcd" if h in cache] == ["a", "b", "d"]
+
+
+def test_get_all_answers_in_order_or_not_at_all() -> None:
+    cache = FrameCache(160)
+    for h in "abcd":
+        assert cache.put(h, h.encode() * 40)
+    assert cache.get_all(["c", "x", "a"]) is None  # one missing: nothing counted or marked
+    assert cache.stats()["hits"] == 0 and cache.stats()["misses"] == 0
+    assert cache.get_all(["c", "b", "c"]) == [b"c" * 40, b"b" * 40, b"c" * 40]
+    assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 0
+    assert cache.put("e", b"e" * 40)  # evicts a, the least recently used (d was put last)
+    assert [h for h in "abcde" if h in cache] == ["b", "c", "d", "e"]
+    assert cache.put("f", b"f" * 40)  # then d: b and c were read after it was put
+    assert [h for h in "bcdf" if h in cache] == ["b", "c", "f"]
+    assert cache.get_all([]) is None and FrameCache(0).get_all(["b"]) is None
 
 
 def test_one_put_adds_at_most_the_budget() -> None:
@@ -468,3 +484,30 @@ def test_cold_reads_of_runs_of_alike_frames_are_the_frames(
         assert all(frames_equal(f, frames[i])
                    for f, i in zip(got["frames"], got["indices"], strict=True))
         assert raw_get(cold, **params) == raw_get(warm, **params) == raw_get(warm, **params)
+
+
+def test_repeated_long_reads_answer_from_the_kept_view_and_the_cache(
+        start_gateway: Start, clients: Callable[[GatewayServer], httpx.Client],  # noqa: F811
+) -> None:
+    """A read of VIEWS_MIN_FRAMES or more is kept with its packed entry fields; repeated
+    while every frame is cached, it is answered from both, exactly as a gateway without
+    a cache answers it, and not once the room has changed."""
+    client = clients(start_gateway())
+    cold = clients(start_gateway(cache_mb=0))
+    frames = canon([make_frame(2, seed=i, extras=False) for i in range(VIEWS_MIN_FRAMES + 9)])
+    assert post_frames(client, ROOM, frames).status_code == 201
+    params = {"start": 1, "stop": len(frames)}
+    first = raw_get(client, **params)
+    before = stats(client)
+    assert raw_get(client, **params) == first == raw_get(cold, **params)
+    assert stats(client)["hits"] == before["hits"] + len(frames) - 1
+    assert stats(client)["misses"] == before["misses"]
+
+    new = validate_frame(make_frame(3, seed=999, extras=False))
+    body = codec.frames_to_bytes([new], indices=[7])
+    assert client.put(f"/api/v1/rooms/{ROOM}/frames", content=body,
+                      headers=MSGPACK).status_code == 200
+    got = get_frames(client, ROOM, **params)
+    assert got["versions"][6] == 2 and got["hashes"][6] == frame_hash(new)
+    assert frames_equal(got["frames"][6], new)
+    assert raw_get(client, **params) == raw_get(cold, **params) != first

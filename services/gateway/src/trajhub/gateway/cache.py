@@ -65,6 +65,24 @@ class FrameCache:
             self._misses += len(wanted) - len(found)
         return found
 
+    def get_all(self, hashes: Sequence[str]) -> list[bytes] | None:
+        """The cached bytes of every one of ``hashes``, in their order (repeats too),
+        marked as recently used in that order; None, with nothing counted or marked,
+        when any is missing (the caller then takes ``get_many``'s way).
+
+        Counts one hit per distinct hash, as ``get_many`` does. One lookup per hash,
+        without get_many's dicts: a read of thousands of cached frames spent more time
+        building those than anywhere else in the gateway."""
+        if not self.enabled or not hashes:
+            return None
+        with self._lock:
+            found = list(map(self._items.get, hashes))
+            if None in found:
+                return None
+            deque(map(self._items.move_to_end, hashes), maxlen=0)
+            self._hits += len(set(hashes))
+        return found  # type: ignore[return-value]  # (no None in it)
+
     def put(self, content_hash: str, blob: bytes | bytearray | memoryview) -> bool:
         """Keep ``blob`` as the most recently used entry; False if it does not fit."""
         return self.put_many([(content_hash, blob)]) == 1

@@ -19,6 +19,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import repeat
 from typing import NamedTuple, Protocol
 
@@ -107,6 +108,12 @@ class ReadView:
     exists: bool
     indices: list[int]
     entries: list[Entry]
+
+    @cached_property
+    def entry_fields(self) -> bytes:
+        """``pack_entry_fields`` of this view, packed once: a kept view (ReadViews)
+        answers every repeat of its read."""
+        return pack_entry_fields(self.indices, self.entries)
 
 
 def parse_entries(fids: bytes | str, packed: bytes | str) -> list[Entry]:
@@ -292,11 +299,13 @@ class _Load:
 class Loaded:
     """What ``FrameLoader.load_frames`` found: encoded frames by slot (``spliced``: those
     answered in pieces, only when asked for), and whether any of them was read from
-    Zarr."""
+    Zarr. ``ordered``, when asked for and every frame was cached: the entries' frames in
+    their order (``by_slot`` is empty then)."""
 
     by_slot: dict[int, bytes]
     from_zarr: bool
     spliced: dict[int, Parts] = field(default_factory=dict)
+    ordered: list[bytes] | None = None
 
 
 class FrameLoader:
@@ -326,11 +335,18 @@ class FrameLoader:
 
     async def load_frames(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
                           keys: Sequence[str] | None, indices: Sequence[int] = (), *,
-                          splice: bool = False) -> Loaded:
+                          splice: bool = False, ordered: bool = False) -> Loaded:
         """``load``, also saying whether any frame was read from Zarr (only those can
         be affected by a compaction running meanwhile: cached frames and blobs are
         content-addressed); with ``splice``, a bulk read's large frames from Zarr come
-        as ``Loaded.spliced`` (see SPLICE_MIN_BYTES), not in ``by_slot``."""
+        as ``Loaded.spliced`` (see SPLICE_MIN_BYTES), not in ``by_slot``; with
+        ``ordered``, whole frames all in the cache come as ``Loaded.ordered``."""
+        if ordered and keys is None:
+            cached = self._cache.get_all([e.hash for e in entries])
+            if cached is not None:
+                self._remember(room, [*map(len, cached)], indices)
+                self._log(room, _Load(cached=len(entries)))
+                return Loaded({}, False, ordered=cached)
         hash_of = {e.slot: e.hash for e in entries}
         if not hash_of:
             return Loaded({}, False)
@@ -507,24 +523,35 @@ class FrameLoader:
                       got.read_ahead, self._cache.stats())
 
 
-def pack_frames_parts(room: str, seq: int, n_frames: int, indices: Sequence[int],
-                      entries: Sequence[EntryLike], by_slot: dict[int, bytes],
-                      spliced: Mapping[int, Parts] | None = None
-                      ) -> list[bytes | memoryview]:
-    """The GET response in parts whose concatenation is the answer: the header, then each
-    frame's encoded bytes as they are (never re-encoded; a slot of ``spliced`` its
-    pieces). The caller joins the small ones (``coalesce`` / ``coalesce_into``)."""
+def pack_entry_fields(indices: Sequence[int], entries: Sequence[EntryLike]) -> bytes:
+    """The ``indices``, ``frame_ids``, ``versions`` and ``hashes`` fields of a GET
+    frames answer (keys and values), packed."""
     packer = msgpack.Packer(use_bin_type=True)
-    header = packer.pack_map_header(8) + b"".join([
-        packer.pack("room"), packer.pack(room), packer.pack("seq"), packer.pack(seq),
-        packer.pack("n_frames"), packer.pack(n_frames),
+    return b"".join([
         packer.pack("indices"), packer.pack(list(indices)),
         packer.pack("frame_ids"), packer.pack([e.frame_id for e in entries]),
         packer.pack("versions"), packer.pack([e.version for e in entries]),
-        packer.pack("hashes"), packer.pack([e.hash for e in entries]),
+        packer.pack("hashes"), packer.pack([e.hash for e in entries])])
+
+
+def pack_frames_parts(room: str, seq: int, n_frames: int, entry_fields: bytes,
+                      entries: Sequence[EntryLike], by_slot: dict[int, bytes],
+                      spliced: Mapping[int, Parts] | None = None,
+                      ordered: list[bytes] | None = None) -> list[bytes | memoryview]:
+    """The GET response in parts whose concatenation is the answer: the header (with
+    ``entry_fields``, see ``pack_entry_fields``), then each frame's encoded bytes as
+    they are (never re-encoded; a slot of ``spliced`` its pieces; ``ordered``: the
+    entries' frames in their order, instead of ``by_slot``). The caller joins the small
+    ones (``coalesce`` / ``coalesce_into``)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    header = packer.pack_map_header(8) + b"".join([
+        packer.pack("room"), packer.pack(room), packer.pack("seq"), packer.pack(seq),
+        packer.pack("n_frames"), packer.pack(n_frames), entry_fields,
         packer.pack("frames"), packer.pack_array_header(len(entries))])
     parts: list[bytes | memoryview] = [header]
-    if spliced:
+    if ordered is not None:
+        parts += ordered
+    elif spliced:
         for e in entries:
             pieces = spliced.get(e.slot)
             if pieces is None:

@@ -31,6 +31,7 @@ from trajhub.gateway.reader import (
     ReadView,
     coalesce,
     coalesce_into,
+    pack_entry_fields,
     pack_frames_parts,
     small_nbytes,
 )
@@ -170,7 +171,7 @@ async def read_frames(request: Request, room: str, indices: str | None, start: i
             raise ApiError(422, f"{len(view.indices)} frames asked for; at most "
                                 f"{MAX_FRAMES_PER_READ} per request: page with start/stop")
         loaded = await gw.loader.load_frames(room, await gw.store(), view.entries, wanted,
-                                             view.indices, splice=True)
+                                             view.indices, splice=True, ordered=True)
         by_slot = loaded.by_slot
         if at_seq is None and not loaded.from_zarr:
             break  # cached frames and blobs are content-addressed: compaction cannot touch them
@@ -183,8 +184,10 @@ async def read_frames(request: Request, room: str, indices: str | None, start: i
             raise ApiError(410, f"room {room!r} was compacted below seq {below}: the "
                                 f"frames of seq {view.seq} are gone (its index and "
                                 "history remain)", extra={"seq": view.seq})
-    parts = pack_frames_parts(room, view.seq, view.n_frames, view.indices, view.entries,
-                              by_slot, spliced=loaded.spliced)
+    fields = view.entry_fields if isinstance(view, ReadView) \
+        else pack_entry_fields(view.indices, view.entries)
+    parts = pack_frames_parts(room, view.seq, view.n_frames, fields, view.entries, by_slot,
+                              spliced=loaded.spliced, ordered=loaded.ordered)
     copied = small_nbytes(parts, RESPONSE_CHUNK_BYTES)
     if copied <= INLINE_RESPONSE_BYTES:
         return PartsResponse(coalesce(parts, RESPONSE_CHUNK_BYTES), media_type=MSGPACK)
