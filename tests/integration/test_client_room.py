@@ -272,6 +272,41 @@ def test_reads_are_sized_by_bytes(server_url: str) -> None:
         assert sorted(transport.asked) == sorted(request_sizes(200, first, 50))
 
 
+class PathsTransport(Transport):
+    """A Transport that records the path of every request."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.paths: list[str] = []
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        self.paths.append(path)
+        return super().request(method, path, **kw)
+
+
+def test_reads_of_every_frame_learn_the_count_from_their_first_answer(
+        server_url: str) -> None:
+    transport = PathsTransport(server_url)
+    first = room_module.READ_FIRST_FRAMES
+    with Room(server_url, new_room_name(), transport=transport) as vis:
+        assert vis.get() == [] and vis[:] == [] and list(vis) == []  # no such room
+        vis.extend([tiny(i) for i in range(40)], progress=False)
+        vis.read_frames = 7
+        frames_path = f"/api/v1/rooms/{vis.room}/frames"
+        reads = {"get": lambda: [f["positions"] for f in vis.get()],
+                 "get keys": lambda: [f["positions"] for f in vis.get(keys=["positions"])],
+                 "[:]": lambda: [a.positions for a in vis[:]],
+                 "[0::1]": lambda: [a.positions for a in vis[0::1]],
+                 "iter": lambda: [a.positions for a in vis]}
+        for name, read in reads.items():
+            transport.paths.clear()
+            assert [int(p[0, 0]) for p in read()] == list(range(40)), name
+            assert transport.paths == [frames_path] * len(request_sizes(40, first, 7)), name
+        vis.append(tiny(40))  # the count is the room's, as of the first answer
+        assert [int(a.positions[0, 0]) for a in vis[:]] == list(range(41))
+        assert [int(a.positions[0, 0]) for a in vis[1:]] == list(range(1, 41))
+
+
 class ReadAheadTransport(Transport):
     """A Transport that counts GETs of frames and says when the second one starts."""
 

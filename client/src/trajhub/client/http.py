@@ -224,9 +224,11 @@ class Transport:
     def get_frames(self, room: str, *, indices: Sequence[int] | None = None,
                    start: int | None = None, stop: int | None = None,
                    step: int | None = None, keys: Sequence[str] | None = None,
-                   at_seq: int | None = None) -> dict[str, Any]:
+                   at_seq: int | None = None,
+                   not_found: type[TrajhubError] = FrameIndexError) -> dict[str, Any]:
         """The msgpack answer of ``GET .../frames`` with ``frames`` decoded to Frames
-        (as of seq ``at_seq`` if given: ``HistoryGone`` if that is beyond retention).
+        (as of seq ``at_seq`` if given: ``HistoryGone`` if that is beyond retention);
+        a 404 (no such room, or an index out of range) raises ``not_found``.
 
         The frames' arrays may be views of one buffer (the answer's, or copies made
         while decoding) and may be read-only: copy what you want to keep apart or modify.
@@ -236,7 +238,8 @@ class Transport:
             params["keys"] = _csv(keys)
         if at_seq is not None:
             params["at_seq"] = str(at_seq)
-        response = self.request("GET", self._frames_path(room), params=params, writable=True)
+        response = self.request("GET", self._frames_path(room), params=params, writable=True,
+                                not_found=not_found)
         try:
             return decode_frames_body(response.content)
         except (CodecError, KeyError, TypeError) as exc:

@@ -4,7 +4,9 @@ Every operation is one or more HTTP requests; nothing is cached, so ``len(vis)``
 ``vis[i]`` always show the server's current state (including other people's edits).
 Indices follow Python list semantics: negative indices and slices are resolved
 against the current length (one ``GET`` of the room), so between that lookup and the
-write someone else's edit may shift them; each request on its own is atomic.
+write someone else's edit may shift them; each request on its own is atomic. A read of
+every frame (``get()``, ``vis[:]``, iterating) skips that lookup: its first answer
+says how many frames there are.
 
 Events: ``append``/``insert``/``vis[i] = x`` are one event each. ``extend`` and other
 bulk writes are sent in chunks (at most ``chunk_bytes`` and ``chunk_frames`` per
@@ -50,7 +52,7 @@ import numpy as np
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
 from trajhub.client.convert import atoms_to_frame, frame_to_atoms
-from trajhub.client.errors import BadRequest, FrameIndexError
+from trajhub.client.errors import BadRequest, FrameIndexError, RoomNotFound
 from trajhub.client.http import Transport, WritableFrames, new_idempotency_key
 from trajhub.client.locks import Lock, wait_while_locked
 from trajhub.client.versions import SEEN_LIMIT, SeenVersions
@@ -216,6 +218,19 @@ def _fit_query(indices: list[int]) -> list[int]:
     return indices
 
 
+class _Every:
+    """The ``indices`` of a read of every frame (see ``Room._read_chunks``)."""
+
+
+EVERY = _Every()
+
+
+def _is_whole(index: slice | Indices) -> bool:
+    """Whether ``index`` is ``[:]`` (or ``[0::1]``): every frame."""
+    return (isinstance(index, slice) and index.start in (None, 0) and index.stop is None
+            and index.step in (None, 1))
+
+
 def _selected(frames: Room | RoomAt,
               indices: SupportsIndex | slice | Indices | None) -> range | list[int]:
     """The non-negative indices ``get(indices)`` reads (None: every frame)."""
@@ -268,7 +283,8 @@ class Room(MutableSequence[ase.Atoms]):
 
     def __getitem__(self, index: SupportsIndex | slice | Indices) -> Any:
         if isinstance(index, _MANY):
-            return self._read(self._resolve_many(index), convert=frame_to_atoms)
+            wanted = EVERY if _is_whole(index) else self._resolve_many(index)
+            return self._read(wanted, convert=frame_to_atoms)
         i = self._resolve(index)
         return self._read([i], convert=frame_to_atoms)[0]
 
@@ -281,11 +297,11 @@ class Room(MutableSequence[ase.Atoms]):
         that lacks one of ``keys`` comes back without it.
         """
         keys = None if keys is None else [check_key_name(k) for k in keys]
-        wanted = _selected(self, indices)
+        wanted = EVERY if indices is None else _selected(self, indices)
         return self._read(wanted, keys, convert=_writable)
 
     def __iter__(self) -> Iterator[ase.Atoms]:
-        for frames in self._read_chunks(range(len(self))):
+        for frames in self._read_chunks(EVERY):
             yield from (frame_to_atoms(f) for f in frames)
             del frames  # before the next answer arrives
 
@@ -540,10 +556,11 @@ class Room(MutableSequence[ase.Atoms]):
 
     # -- requests --------------------------------------------------------------------
 
-    def _read(self, indices: range | list[int], keys: Sequence[str] | None = None, *,
-              convert: Callable[[Frame], T], at_seq: int | None = None) -> list[T]:
-        """The frames at ``indices``, each passed through ``convert`` (which copies the
-        arrays) as its answer arrives, so that only a few answers are held at a time."""
+    def _read(self, indices: range | list[int] | _Every, keys: Sequence[str] | None = None,
+              *, convert: Callable[[Frame], T], at_seq: int | None = None) -> list[T]:
+        """The frames at ``indices`` (EVERY: all the room's), each passed through
+        ``convert`` (which copies the arrays) as its answer arrives, so that only a few
+        answers are held at a time."""
         out: list[T] = []
         for part in self._read_chunks(indices, keys, at_seq=at_seq):
             if convert is _writable and isinstance(part, WritableFrames):
@@ -553,9 +570,12 @@ class Room(MutableSequence[ase.Atoms]):
             del part  # before the next answer arrives
         return out
 
-    def _read_chunks(self, indices: range | list[int], keys: Sequence[str] | None = None,
-                     *, at_seq: int | None = None) -> Iterator[list[Frame]]:
+    def _read_chunks(self, indices: range | list[int] | _Every,
+                     keys: Sequence[str] | None = None, *,
+                     at_seq: int | None = None) -> Iterator[list[Frame]]:
         """The frames at ``indices`` (as of seq ``at_seq`` if given), one list per request.
+        EVERY reads all the room's frames (none if there is no such room), as many as
+        its first answer says it has: no request for the count first.
 
         The first request asks for READ_FIRST_FRAMES; each next one for as many frames
         as fit ``read_bytes`` (twice that for large frames, see READ_LARGE_FRAME_BYTES)
@@ -566,11 +586,21 @@ class Room(MutableSequence[ase.Atoms]):
         before: the server prepares an answer and its bytes travel while this process
         works on another.
         """
-        if not indices:
+        first_size = max(1, min(READ_FIRST_FRAMES, self.read_frames))
+        if isinstance(indices, _Every):
+            try:
+                answer = self.transport.get_frames(self.room, start=0, stop=first_size,
+                                                   keys=keys, at_seq=at_seq,
+                                                   not_found=RoomNotFound)
+            except RoomNotFound:
+                return
+            indices, pos = range(int(answer["n_frames"])), len(answer["indices"])
+        elif not indices:
             return
-        first = self._part(indices, 0, max(1, min(READ_FIRST_FRAMES, self.read_frames)))
-        answer = self._fetch(first, keys, at_seq)
-        pos = len(first)
+        else:
+            first = self._part(indices, 0, first_size)
+            answer = self._fetch(first, keys, at_seq)
+            pos = len(first)
         if pos >= len(indices):
             yield self._received(answer, at_seq)
             return
