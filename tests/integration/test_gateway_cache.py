@@ -62,19 +62,78 @@ def test_a_read_marks_its_frames_recently_used_in_its_order() -> None:
     assert [h for h in "abcd" if h in cache] == ["a", "b", "d"]
 
 
-def test_get_all_answers_in_order_or_not_at_all() -> None:
+def test_get_run_answers_in_order_or_not_at_all() -> None:
     cache = FrameCache(160)
     for h in "abcd":
         assert cache.put(h, h.encode() * 40)
-    assert cache.get_all(["c", "x", "a"]) is None  # one missing: nothing counted or marked
+    assert cache.get_run(["c", "x", "a"]) is None  # one missing: nothing counted or marked
     assert cache.stats()["hits"] == 0 and cache.stats()["misses"] == 0
-    assert cache.get_all(["c", "b", "c"]) == [b"c" * 40, b"b" * 40, b"c" * 40]
+    assert cache.get_run(["c", "b", "c"]) == [b"c" * 40, b"b" * 40, b"c" * 40]
     assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 0
+    assert cache.get_run(["b"], count=False) == [b"b" * 40] and cache.stats()["hits"] == 2
     assert cache.put("e", b"e" * 40)  # evicts a, the least recently used (d was put last)
     assert [h for h in "abcde" if h in cache] == ["b", "c", "d", "e"]
     assert cache.put("f", b"f" * 40)  # then d: b and c were read after it was put
     assert [h for h in "bcdf" if h in cache] == ["b", "c", "f"]
-    assert cache.get_all([]) is None and FrameCache(0).get_all(["b"]) is None
+    assert cache.get_run([]) is None and FrameCache(0).get_run(["b"]) is None
+
+
+def slab_of(names: str, stride: int = 10) -> bytes:
+    return b"".join(n.encode() * stride for n in names)
+
+
+def test_a_slab_is_read_as_views_of_it() -> None:
+    cache = FrameCache(1000)
+    slab = slab_of("abcd")
+    assert cache.put_slab(list("abcd"), slab, 10) == 4
+    assert cache.put("x", b"x" * 10) and cache.stats()["bytes"] == 50
+    for order in ("abcd", "bc", "dcba", "abxcd", "aab", "xd"):
+        parts = cache.get_run(list(order))
+        assert parts is not None
+        assert b"".join(parts) == b"".join(n.encode() * 10 for n in order), order
+    whole = cache.get_run(list("abcd"))
+    assert whole is not None and len(whole) == 1 and isinstance(whole[0], memoryview)
+    assert whole[0].obj is slab and whole[0].readonly  # the slab itself, not a copy
+    assert [len(p) for p in cache.get_run(list("abxcd")) or []] == [20, 10, 20]
+    assert [len(p) for p in cache.get_run(list("dcba")) or []] == [10, 10, 10, 10]
+    assert cache.get_many(["c"]) == {"c": b"c" * 10}
+
+
+def test_a_slab_counts_whole_until_its_last_frame_goes() -> None:
+    cache = FrameCache(60)
+    assert cache.put("x", b"x" * 10)
+    slab = slab_of("abcd")
+    assert cache.put_slab(list("abcd"), slab, 10) == 4
+    assert cache.stats()["bytes"] == 50
+    assert cache.put("y", b"y" * 25)  # over budget: x goes, then a, b and c, then d
+    assert [h for h in "xabcdy" if h in cache] == ["y"]
+    assert cache.stats()["bytes"] == 25 and cache.stats()["evictions"] == 5
+    assert cache.put_slab(list("pq"), slab_of("pq", 40), 40) == 0  # larger than budget
+    assert cache.put_slab(list("pq"), slab_of("pq", 3), 4) == 0  # not 2 frames of 4
+    # A hash already cached keeps its entry (and is marked as recently used).
+    assert cache.put_slab(list("ym"), slab_of("zm"), 10) == 2
+    assert cache.get_many(["y", "m"]) == {"y": b"y" * 25, "m": b"m" * 10}
+    assert cache.stats()["bytes"] == 45
+    cache.clear()
+    assert cache.stats()["bytes"] == 0 and cache.get_run(["m"]) is None
+
+
+def test_slab_bookkeeping_stays_exact_under_random_use() -> None:
+    rng = np.random.default_rng(5)
+    cache = FrameCache(400)
+    for step in range(3000):
+        names = [f"h{i}" for i in rng.integers(0, 60, int(rng.integers(1, 6)))]
+        if rng.random() < 0.5:
+            stride = int(rng.integers(1, 30))
+            cache.put_slab(names, bytes(stride * len(names)), stride)
+        elif rng.random() < 0.5:
+            cache.put_many((h, bytes([step % 256]) * int(rng.integers(1, 30))) for h in names)
+        else:
+            cache.get_run(names)
+        held = {id(at[0]): len(at[0]) for at in cache._in_slab.values()}
+        own = sum(len(cache._items[h]) for h in cache._items if h not in cache._in_slab)
+        assert cache.stats()["bytes"] == own + sum(held.values()) <= 400, step
+        assert set(cache._in_slab) <= set(cache._items)
 
 
 def test_one_put_adds_at_most_the_budget() -> None:

@@ -10,7 +10,7 @@ client the frames it uploads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,19 @@ class _Layout:
     def encode_columns(self, columns: SlotColumns) -> list[bytes] | None:
         """``encode`` of each frame of ``columns``, joined from its rows without a frame
         dict or a check per frame; None when they are not of this layout."""
+        pieces = self._pieces(columns)
+        return None if pieces is None else list(map(b"".join, zip(*pieces, strict=True)))
+
+    def encode_slab(self, columns: SlotColumns) -> bytes | None:
+        """``encode_columns`` of ``columns`` as one bytes, the frames one after the
+        other (each as long as every other: one layout, one shape per key)."""
+        pieces = self._pieces(columns)
+        return None if pieces is None else b"".join(chain.from_iterable(zip(*pieces,
+                                                                            strict=True)))
+
+    def _pieces(self, columns: SlotColumns) -> list[Any] | None:
+        """Per part of the layout, its bytes for each frame of ``columns`` (an iterable
+        of ``columns.count``); None when they are not of this layout."""
         if sorted(columns.arrays) != list(self.keys):
             return None
         pieces: list[Any] = [None if part is None else repeat(part, columns.count)
@@ -81,7 +94,7 @@ class _Layout:
                 # Rows as 1-d views (a 0-d row would be a numpy scalar); not copied
                 # unless a row is not C-contiguous.
                 pieces[at] = list(column.reshape(columns.count, -1))
-        return list(map(b"".join, zip(*pieces, strict=True)))
+        return pieces
 
     def encode(self, frame: Mapping[str, Any]) -> bytes | None:
         """The frame's canonical bytes, or None when it is not of this layout."""
@@ -133,8 +146,21 @@ def encode_frames(frames: Sequence[Mapping[str, Any]]) -> list[bytes]:
 def encode_columns(columns: SlotColumns) -> list[bytes]:
     """``encode_frames(columns.frames())``, through one layout for all of them (taken
     from the first frame) when it fits: ~1 us a small frame instead of ~9."""
-    first = {key: column[0, ...] for key, column in columns.arrays.items()}
-    whole = frame_to_bytes(first)
-    layout = _Layout.of(first, whole)
+    layout, _ = _first_layout(columns)
     encoded = layout.encode_columns(columns) if layout is not None else None
     return encoded if encoded is not None else encode_frames(columns.frames())
+
+
+def encode_slab(columns: SlotColumns) -> tuple[bytes, int] | None:
+    """``b"".join(encode_columns(columns))`` and the length of each frame's bytes in
+    it, when one layout fits every frame (then all are that long); else None."""
+    layout, stride = _first_layout(columns)
+    slab = layout.encode_slab(columns) if layout is not None else None
+    return None if slab is None else (slab, stride)
+
+
+def _first_layout(columns: SlotColumns) -> tuple[_Layout | None, int]:
+    """The layout of the first frame of ``columns`` and the length of its bytes."""
+    first = {key: column[0, ...] for key, column in columns.arrays.items()}
+    whole = frame_to_bytes(first)
+    return _Layout.of(first, whole), len(whole)

@@ -4,6 +4,10 @@ Keys are content hashes and values the frame's canonical bytes (``frame_to_bytes
 staged-blob format), so an entry can never be stale: a replaced frame has a new hash.
 The same content in two rooms is the same entry. Used from the event loop and from
 worker threads, hence the lock; every operation under it is a few dict operations.
+
+Frames encoded together (a run read from Zarr) can be kept as one ``bytes``, a slab,
+each entry a view of its part: a later read of them in their order is then answered
+with views of the slab (``get_run``) instead of copying each frame into an answer.
 """
 
 from __future__ import annotations
@@ -19,17 +23,24 @@ def _as_bytes(blob: bytes | bytearray | memoryview) -> bytes:
     return blob if isinstance(blob, bytes) else bytes(blob)
 
 
+Blob = bytes | memoryview
+"""A cached frame: its own bytes, or a read-only view of its part of a slab."""
+
+
 class FrameCache:
     """LRU of ``content hash -> encoded frame``; ``budget_bytes <= 0`` disables it.
 
-    ``bytes`` counts the encoded frames only (not the few hundred bytes of bookkeeping
-    per entry) and never exceeds the budget; a frame larger than the budget is not kept.
+    ``bytes`` counts the encoded frames (not the few hundred bytes of bookkeeping per
+    entry), a slab whole for as long as any of its entries is kept, and never exceeds
+    the budget; a frame (or slab) larger than the budget is not kept.
     """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = max(0, int(budget_bytes))
         self._lock = threading.Lock()
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: OrderedDict[str, Blob] = OrderedDict()
+        self._in_slab: dict[str, tuple[bytes, int, int]] = {}  # hash -> slab, start, end
+        self._slab_entries: dict[int, int] = {}  # id(slab) -> its entries kept
         self._bytes = 0
         self._hits = 0
         self._misses = 0
@@ -48,7 +59,7 @@ class FrameCache:
         """Presence only: no hit/miss counted, recency unchanged."""
         return content_hash in self._items
 
-    def get_many(self, hashes: Iterable[str]) -> dict[str, bytes]:
+    def get_many(self, hashes: Iterable[str]) -> dict[str, Blob]:
         """The cached bytes of those ``hashes`` present, marked as recently used in their
         order (the last one most recently).
 
@@ -65,23 +76,30 @@ class FrameCache:
             self._misses += len(wanted) - len(found)
         return found
 
-    def get_all(self, hashes: Sequence[str]) -> list[bytes] | None:
-        """The cached bytes of every one of ``hashes``, in their order (repeats too),
-        marked as recently used in that order; None, with nothing counted or marked,
-        when any is missing (the caller then takes ``get_many``'s way).
+    def get_run(self, hashes: Sequence[str], *, count: bool = True) -> list[Blob] | None:
+        """Every one of ``hashes`` (repeats too), as parts whose concatenation is their
+        frames one after the other: a frame's bytes, or one view of the frames that
+        follow each other in a slab. Marked as recently used in their order; None, with
+        nothing counted or marked, when any is missing (the caller then takes
+        ``get_many``'s way).
 
-        Counts one hit per distinct hash, as ``get_many`` does. One lookup per hash,
-        without get_many's dicts: a read of thousands of cached frames spent more time
-        building those than anywhere else in the gateway."""
+        Counts one hit per distinct hash (as ``get_many`` does) unless not ``count``
+        (a second look at frames just counted). One lookup per hash, without get_many's
+        dicts: a read of thousands of cached frames spent more time building those than
+        anywhere else in the gateway."""
         if not self.enabled or not hashes:
             return None
         with self._lock:
             found = list(map(self._items.get, hashes))
             if None in found:
                 return None
+            where = list(map(self._in_slab.get, hashes))
             deque(map(self._items.move_to_end, hashes), maxlen=0)
-            self._hits += len(set(hashes))
-        return found  # type: ignore[return-value]  # (no None in it)
+            if count:
+                self._hits += len(set(hashes))
+        if not any(where):
+            return found  # type: ignore[return-value]  # (no None in it)
+        return _joined(found, where)  # type: ignore[arg-type]
 
     def put(self, content_hash: str, blob: bytes | bytearray | memoryview) -> bool:
         """Keep ``blob`` as the most recently used entry; False if it does not fit."""
@@ -120,6 +138,34 @@ class FrameCache:
                 self._write_through += added
         return kept
 
+    def put_slab(self, hashes: Sequence[str], slab: bytes, stride: int) -> int:
+        """Keep the frames of ``slab`` (frame i at ``i * stride``, its hash
+        ``hashes[i]``) as views of it (later ones more recent); returns how many are
+        cached now. Hashes already cached keep their entry (now more recent). The slab
+        counts whole against the budget while any of its entries is kept; nothing is
+        kept if it is larger than the budget."""
+        if not self.enabled or len(slab) > self.budget_bytes or not hashes \
+                or len(slab) != stride * len(hashes):
+            return 0
+        view = memoryview(slab)
+        added = 0
+        with self._lock:
+            for i, h in enumerate(hashes):
+                if h in self._items:
+                    self._items.move_to_end(h)
+                    continue
+                start = i * stride
+                self._items[h] = view[start:start + stride]
+                self._in_slab[h] = (slab, start, start + stride)
+                added += 1
+            if added:
+                held = self._slab_entries.get(id(slab), 0)
+                self._slab_entries[id(slab)] = held + added
+                if not held:
+                    self._bytes += len(slab)
+            self._evict()
+        return len(hashes)
+
     def put_recent(self, hashes: Sequence[str], blobs: Sequence[bytes | bytearray | memoryview],
                    share: float) -> int:
         """Write-through of an upload: only its last frames, up to ``share`` of the budget,
@@ -134,13 +180,24 @@ class FrameCache:
 
     def _evict(self) -> None:
         while self._bytes > self.budget_bytes:
-            _, blob = self._items.popitem(last=False)
-            self._bytes -= len(blob)
+            h, blob = self._items.popitem(last=False)
             self._evictions += 1
+            at = self._in_slab.pop(h, None)
+            if at is None:
+                self._bytes -= len(blob)
+                continue
+            slab = at[0]
+            left = self._slab_entries.pop(id(slab)) - 1
+            if left:
+                self._slab_entries[id(slab)] = left
+            else:  # its last entry: the slab's memory goes
+                self._bytes -= len(slab)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._in_slab.clear()
+            self._slab_entries.clear()
             self._bytes = 0
 
     def stats(self) -> dict[str, Any]:
@@ -149,3 +206,24 @@ class FrameCache:
                     "bytes": self._bytes, "budget_bytes": self.budget_bytes,
                     "evictions": self._evictions, "read_ahead": self._read_ahead,
                     "write_through": self._write_through}
+
+
+def _joined(found: list[Blob], where: list[tuple[bytes, int, int] | None]) -> list[Blob]:
+    """``found`` with each run of views that follow each other in one slab as one view."""
+    out: list[Blob] = []
+    slab: bytes | None = None
+    start = end = 0
+    for blob, at in zip(found, where, strict=True):
+        if at is not None and at[0] is slab and at[1] == end:
+            end = at[2]
+            continue
+        if slab is not None:
+            out.append(memoryview(slab)[start:end])
+        if at is None:
+            slab = None
+            out.append(blob)
+        else:
+            slab, start, end = at
+    if slab is not None:
+        out.append(memoryview(slab)[start:end])
+    return out

@@ -118,7 +118,7 @@ def check_base(room: str, index: int, entry: FrameEntry, base: int) -> None:
                                              "hash": entry.hash}]})
 
 
-def merge(current: bytes, patch: Frame) -> Merged:
+def merge(current: bytes | memoryview, patch: Frame) -> Merged:
     """The current frame with the patch's keys over it, validated (CPU: in a thread)."""
     merged = {**frame_from_bytes(current), **patch}
     try:

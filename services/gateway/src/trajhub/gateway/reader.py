@@ -33,11 +33,11 @@ from starlette.types import Receive, Scope, Send
 
 from trajhub.control import IndexReader
 from trajhub.control.index import RawIndex
-from trajhub.gateway.cache import FrameCache
+from trajhub.gateway.cache import Blob, FrameCache
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_parts, packb
-from trajhub.shared.frame_encoder import encode_columns, encode_frames
+from trajhub.shared.frame_encoder import encode_columns, encode_frames, encode_slab
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.staging import StagingPacks, packs_of, read_staged
 
@@ -57,6 +57,10 @@ READ_AHEAD_SLOT_REACH = 64
 they live in other Zarr chunks, so reading them would cost more than it saves."""
 READ_AHEAD_SHARE = 0.25
 """One request reads ahead at most this share of the cache budget."""
+SLAB_SHARE = 0.5
+"""A run of alike frames read from Zarr of at most this share of the cache budget is
+cached as one slab (see ``FrameCache.put_slab``), so that reading it again sends views of
+the slab rather than copying each frame into the answer."""
 INLINE_MAX_BYTES = 2**20
 """Up to this many bytes of whole frames are cut down to ``keys=`` on the event loop."""
 ROOM_MEMORY = 4096
@@ -245,13 +249,13 @@ async def applied_and_origin(redis: aioredis.Redis, room: str
     return int(slots or 0), origin
 
 
-def select_keys(blob: bytes, keys: Sequence[str]) -> bytes:
+def select_keys(blob: Blob, keys: Sequence[str]) -> bytes:
     """A staged blob (canonical frame bytes) cut down to ``keys``, re-packed."""
     frame = msgpack.unpackb(blob, raw=False)
     return packb({k: frame[k] for k in sorted(keys) if k in frame})
 
 
-def subset_all(by_slot: Mapping[int, bytes], keys: Sequence[str] | None) -> dict[int, bytes]:
+def subset_all(by_slot: Mapping[int, Blob], keys: Sequence[str] | None) -> dict[int, Blob]:
     if keys is None:
         return dict(by_slot)
     return {s: select_keys(b, keys) for s, b in by_slot.items()}
@@ -286,8 +290,8 @@ class _Load:
     """One request's frames as they are found: ``full`` hold every key, ``partial``
     only the requested ones (bulk ``keys=`` reads from Zarr, never cached)."""
 
-    full: dict[int, bytes] = field(default_factory=dict)
-    partial: dict[int, bytes] = field(default_factory=dict)
+    full: dict[int, Blob] = field(default_factory=dict)
+    partial: dict[int, Blob] = field(default_factory=dict)
     spliced: dict[int, Parts] = field(default_factory=dict)
     cached: int = 0
     from_blobs: int = 0
@@ -299,13 +303,13 @@ class _Load:
 class Loaded:
     """What ``FrameLoader.load_frames`` found: encoded frames by slot (``spliced``: those
     answered in pieces, only when asked for), and whether any of them was read from
-    Zarr. ``ordered``, when asked for and every frame was cached: the entries' frames in
-    their order (``by_slot`` is empty then)."""
+    Zarr. ``ordered``, when asked for and every frame is cached: parts whose
+    concatenation is the entries' frames in their order (``by_slot`` is empty then)."""
 
-    by_slot: dict[int, bytes]
+    by_slot: dict[int, Blob]
     from_zarr: bool
     spliced: dict[int, Parts] = field(default_factory=dict)
-    ordered: list[bytes] | None = None
+    ordered: list[Blob] | None = None
 
 
 class FrameLoader:
@@ -328,7 +332,7 @@ class FrameLoader:
 
     async def load(self, room: str, store: FrameStore, entries: Sequence[EntryLike],
                    keys: Sequence[str] | None,
-                   indices: Sequence[int] = ()) -> dict[int, bytes]:
+                   indices: Sequence[int] = ()) -> dict[int, Blob]:
         """Encoded frames by slot; ``indices`` (the logical indices of ``entries``)
         centre the read-ahead window (none without them)."""
         return (await self.load_frames(room, store, entries, keys, indices)).by_slot
@@ -340,11 +344,13 @@ class FrameLoader:
         be affected by a compaction running meanwhile: cached frames and blobs are
         content-addressed); with ``splice``, a bulk read's large frames from Zarr come
         as ``Loaded.spliced`` (see SPLICE_MIN_BYTES), not in ``by_slot``; with
-        ``ordered``, whole frames all in the cache come as ``Loaded.ordered``."""
-        if ordered and keys is None:
-            cached = self._cache.get_all([e.hash for e in entries])
+        ``ordered``, whole frames all in the cache (before or after the read) come as
+        ``Loaded.ordered``."""
+        ordered = ordered and keys is None
+        if ordered:
+            cached = self._cache.get_run([e.hash for e in entries])
             if cached is not None:
-                self._remember(room, [*map(len, cached)], indices)
+                self._remember(room, sum(map(len, cached)), len(entries), indices)
                 self._log(room, _Load(cached=len(entries)))
                 return Loaded({}, False, ordered=cached)
         hash_of = {e.slot: e.hash for e in entries}
@@ -360,9 +366,13 @@ class FrameLoader:
         sizes = [*map(len, got.full.values())]
         if keys is None:  # (with keys, spliced frames may hold only those)
             sizes += map(parts_nbytes, got.spliced.values())
-        self._remember(room, sizes, indices)
+        self._remember(room, sum(sizes), len(sizes), indices)
         self._log(room, got)
         zarr = got.from_zarr > 0
+        if ordered and not got.spliced:  # now cached, maybe as a slab: sent as its views
+            cached = self._cache.get_run([e.hash for e in entries], count=False)
+            if cached is not None:
+                return Loaded({}, zarr, ordered=cached)
         if keys is None:
             return Loaded(got.full, zarr, got.spliced)
         if sum(len(b) for b in got.full.values()) <= INLINE_MAX_BYTES:
@@ -482,18 +492,29 @@ class FrameLoader:
     def _read_zarr(self, room: str, store: FrameStore, slots: list[int],
                    hash_of: dict[int, str], extra: dict[int, str],
                    keys: Sequence[str] | None, splice: bool = False
-                   ) -> tuple[dict[int, bytes], dict[int, Parts]]:
+                   ) -> tuple[dict[int, Blob], dict[int, Parts]]:
         """One Zarr read of ``slots`` plus ``extra`` (read ahead), encoded once; whole
-        frames go into the cache, the read-ahead ones first (less recently used). With
-        ``splice``, the large frames of ``slots`` come apart (second map, not cached)."""
+        frames go into the cache, the read-ahead ones first (less recently used), a run
+        of alike frames (a bulk read's) as one slab. With ``splice``, the large frames
+        of ``slots`` come apart (second map, not cached)."""
         columns, frames = store.read_columns(room, slots + list(extra), keys)
-        encoded: dict[int, bytes] = {}
+        encoded: dict[int, Blob] = {}
+        slabs: list[tuple[range, bytes, int]] = []
         for run in columns:
             run_slots = range(run.start, run.start + run.count)
             if splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
                 frames.update(zip(run_slots, run.frames(), strict=True))
-            else:
+                continue
+            slab = encode_slab(run) if keys is None and not extra \
+                and self._slab_fits(run.count * run.frame_nbytes) else None
+            if slab is None:
                 encoded.update(zip(run_slots, encode_columns(run), strict=True))
+                continue
+            data, stride = slab
+            view = memoryview(data)
+            encoded.update(zip(run_slots, (view[i:i + stride]
+                                           for i in range(0, len(data), stride)), strict=True))
+            slabs.append((run_slots, data, stride))
         spliced: dict[int, Parts] = {}
         if splice:
             spliced = {s: tuple(frame_parts(frames[s])) for s in slots if s in frames
@@ -503,16 +524,27 @@ class FrameLoader:
         wanted = {s: encoded[s] for s in slots if s not in spliced}
         if keys is None:
             self._cache.put_many(((h, encoded[s]) for s, h in extra.items()), read_ahead=True)
-            self._cache.put_many((hash_of[s], b) for s, b in wanted.items())
+            in_slabs: set[int] = set()
+            for run_slots, data, stride in slabs:
+                self._cache.put_slab([hash_of[s] for s in run_slots], data, stride)
+                in_slabs.update(run_slots)
+            self._cache.put_many((hash_of[s], b) for s, b in wanted.items()
+                                 if s not in in_slabs)
         return wanted, spliced
 
-    def _remember(self, room: str, sizes: list[int], indices: Sequence[int]) -> None:
+    def _slab_fits(self, nbytes: int) -> bool:
+        """Whether a run of ``nbytes`` (its arrays) is encoded as one slab for the cache:
+        a run of at most SLAB_SHARE of its budget."""
+        return nbytes <= self._cache.budget_bytes * SLAB_SHARE
+
+    def _remember(self, room: str, nbytes: int, n_frames: int,
+                  indices: Sequence[int]) -> None:
         memory = self._rooms.pop(room, None) or _RoomMemory()
         self._rooms[room] = memory  # most recent last
         while len(self._rooms) > ROOM_MEMORY:
             self._rooms.popitem(last=False)
-        if sizes:
-            memory.frame_bytes = max(1, sum(sizes) // len(sizes))
+        if n_frames:
+            memory.frame_bytes = max(1, nbytes // n_frames)
         if indices:
             memory.last = (min(indices), max(indices))
 
@@ -535,9 +567,9 @@ def pack_entry_fields(indices: Sequence[int], entries: Sequence[EntryLike]) -> b
 
 
 def pack_frames_parts(room: str, seq: int, n_frames: int, entry_fields: bytes,
-                      entries: Sequence[EntryLike], by_slot: dict[int, bytes],
+                      entries: Sequence[EntryLike], by_slot: Mapping[int, Blob],
                       spliced: Mapping[int, Parts] | None = None,
-                      ordered: list[bytes] | None = None) -> list[bytes | memoryview]:
+                      ordered: list[Blob] | None = None) -> list[bytes | memoryview]:
     """The GET response in parts whose concatenation is the answer: the header (with
     ``entry_fields``, see ``pack_entry_fields``), then each frame's encoded bytes as
     they are (never re-encoded; a slot of ``spliced`` its pieces; ``ordered``: the
