@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trajhub.shared.buffers import BlockPool, RecentBuffers
+from trajhub.shared.buffers import BlockPool, RecentBuffers, unexported, unzeroed_bytearray
 
 MB = 2**20
 
@@ -92,3 +92,14 @@ def test_recent_buffers_hold_at_most_max_bytes_used_or_not() -> None:
     assert id(pool.take(11 * MB)) not in map(id, pool._kept)
     del busy
     assert sum(map(len, pool._kept)) <= 10 * MB
+
+
+def test_unzeroed_bytearrays_are_ordinary_bytearrays_of_that_size() -> None:
+    assert unzeroed_bytearray(0) == bytearray()
+    for size in (1, 4096, 3 * 2**20 + 7):
+        buf = unzeroed_bytearray(size)
+        assert type(buf) is bytearray and len(buf) == size and unexported(buf)
+        buf[:] = b"\x07" * size  # written whole, as its users do
+        assert buf.count(7) == size
+        buf += b"x"  # and resizable like any other
+        assert len(buf) == size + 1

@@ -16,7 +16,6 @@ straight from the socket; a request body is handed to ``sendall`` as it is.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import time
@@ -48,7 +47,7 @@ from trajhub.client.errors import (
     TrajhubConnectionError,
     TrajhubError,
 )
-from trajhub.shared.buffers import RecentBuffers
+from trajhub.shared.buffers import RecentBuffers, unzeroed_bytearray
 from trajhub.shared.codec import (
     CodecError,
     FrameRun,
@@ -482,7 +481,7 @@ def _read_writable(answer: Any) -> bytes | bytearray:
         data: bytes = answer.data
         answer.release_conn()
         return data
-    buf = RECEIVE_BUFFERS.take(length, _unzeroed_bytearray)
+    buf = RECEIVE_BUFFERS.take(length, unzeroed_bytearray)
     view = memoryview(buf)
     got = 0
     # urllib3's readinto reads into a new bytes and copies that (2.5x slower for a
@@ -502,30 +501,6 @@ def _read_writable(answer: Any) -> bytes | bytearray:
 
 
 # -- decoding a frames answer without copying the arrays -----------------------------------
-
-def _unzeroed_bytearray(size: int) -> bytearray:
-    """A bytearray of ``size`` bytes that are not zeroed first, for a buffer read into
-    whole: ``bytearray(size)`` writes every byte once more before the socket does (a
-    fifth of a 56 MB read here). CPython's C constructor given no source leaves them
-    as they are; elsewhere a plain bytearray."""
-    if _NEW_BYTEARRAY is None:
-        return bytearray(size)
-    buf: bytearray = _NEW_BYTEARRAY(None, size)
-    return buf
-
-
-def _bytearray_constructor() -> Any:
-    try:
-        new = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except (AttributeError, OSError):  # not CPython
-        return None
-    new.restype = ctypes.py_object
-    new.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
-    return new
-
-
-_NEW_BYTEARRAY = _bytearray_constructor()
-
 
 class WritableFrames(list[Frame]):
     """Decoded frames whose every array is writable and whose dicts are new: copies made

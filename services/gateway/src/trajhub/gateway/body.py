@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from trajhub.gateway.errors import ApiError
-from trajhub.shared.buffers import take_free, take_resized
+from trajhub.shared.buffers import take_free, take_resized, unzeroed_bytearray
 from trajhub.shared.codec import CodecError, unpackb
 
 MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
@@ -63,7 +63,7 @@ class BodyBuffers:
     def take(self, size: int) -> bytearray:
         """A buffer of ``size`` bytes (contents undefined)."""
         buf = take_resized(self._free, size, self._zeros) if size >= self.min_bytes else None
-        return bytearray(size) if buf is None else buf
+        return unzeroed_bytearray(size) if buf is None else buf
 
     def take_at_least(self, size: int) -> bytearray:
         """A buffer of ``size`` bytes or more (contents undefined): the smallest free
@@ -72,7 +72,7 @@ class BodyBuffers:
         a read's answers come in two sizes (full ones and the last), and a buffer kept
         from a full one then serves a last one too."""
         buf = take_free(self._free, size) if size >= self.min_bytes else None
-        return bytearray(size) if buf is None else buf
+        return unzeroed_bytearray(size) if buf is None else buf
 
     def give(self, buf: bytearray) -> None:
         """Keep ``buf`` for a later request, once nothing refers to it any more."""
@@ -101,7 +101,7 @@ async def read_body(request: Request, limit: int,
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
         if not filled and declared > len(chunk):
             size = min(declared, PREALLOCATE_MAX)
-            buf = bytearray(size) if buffers is None else buffers.take(size)
+            buf = unzeroed_bytearray(size) if buffers is None else buffers.take(size)
         if end <= len(buf):
             buf[filled:end] = chunk
         else:
