@@ -103,3 +103,13 @@ def test_unzeroed_bytearrays_are_ordinary_bytearrays_of_that_size() -> None:
         assert buf.count(7) == size
         buf += b"x"  # and resizable like any other
         assert len(buf) == size + 1
+
+
+def test_unexported_tells_an_exported_buffer_of_any_size() -> None:
+    for buf in (bytearray(), bytearray(b"ab")):
+        assert unexported(buf)
+        view = memoryview(buf)
+        assert not unexported(buf)
+        view.release()
+        assert unexported(buf) and len(buf) in (0, 2)
+    assert bytes(buf) == b"ab"

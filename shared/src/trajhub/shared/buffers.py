@@ -46,7 +46,11 @@ _NEW_BYTEARRAY = _bytearray_constructor()
 def unexported(buf: bytearray) -> bool:
     """True when no memoryview or array exports ``buf`` (a resize fails while one does)."""
     try:
-        buf.append(buf.pop())  # shrink first: growing past the allocation reallocs
+        if buf:
+            buf.append(buf.pop())  # shrink first: growing past the allocation reallocs
+        else:
+            buf.append(0)
+            buf.pop()
     except BufferError:
         return False
     return True
