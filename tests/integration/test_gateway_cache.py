@@ -570,3 +570,11 @@ def test_repeated_long_reads_answer_from_the_kept_view_and_the_cache(
     assert got["versions"][6] == 2 and got["hashes"][6] == frame_hash(new)
     assert frames_equal(got["frames"][6], new)
     assert raw_get(client, **params) == raw_get(cold, **params) != first
+
+
+def test_put_slab_says_how_many_of_its_frames_stay() -> None:
+    cache = FrameCache(50)
+    assert cache.put("x", b"x" * 30)
+    # x is marked recently used before a and b are added, so it goes first to make room
+    assert cache.put_slab(["x", "a", "b"], slab_of("xab"), 10) == 2
+    assert [h for h in "xab" if h in cache] == ["a", "b"] and cache.stats()["bytes"] == 30

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trajhub.shared.codec import frame_to_bytes
-from trajhub.shared.frame_encoder import encode_columns, encode_frames
+from trajhub.shared.frame_encoder import encode_columns, encode_frames, encode_slab
 from trajhub.shared.frames import SlotColumns
 
 
@@ -54,6 +54,11 @@ def _columns(frames: list[dict[str, Any]]) -> SlotColumns:
 def test_columns_encode_as_frame_to_bytes(frames: list[dict[str, Any]]) -> None:
     columns = _columns(frames)
     assert encode_columns(columns) == [frame_to_bytes(f) for f in frames]
+    expected = [frame_to_bytes(f) for f in frames]
+    slab = encode_slab(columns)
+    if slab is not None:  # one layout fits all: every frame as long, one after the other
+        assert slab == (b"".join(expected), len(expected[0]))
+        assert {len(e) for e in expected} == {slab[1]}
 
 
 def test_strided_columns_encode_as_frame_to_bytes() -> None:
@@ -63,3 +68,12 @@ def test_strided_columns_encode_as_frame_to_bytes() -> None:
     columns = SlotColumns(3, 6, {"positions": block[:, :5], "info.e": block[:, 0, 0],
                                  "numbers": np.arange(6 * 5).reshape(6, 5)})
     assert encode_columns(columns) == [frame_to_bytes(f) for f in columns.frames()]
+    expected = [frame_to_bytes(f) for f in columns.frames()]
+    assert encode_slab(columns) == (b"".join(expected), len(expected[0]))
+
+
+def test_a_trajectory_encodes_as_one_slab() -> None:
+    frames = _trajectory(30, 7)
+    expected = [frame_to_bytes(f) for f in frames]
+    assert encode_slab(_columns(frames)) == (b"".join(expected), len(expected[0]))
+    assert encode_slab(_columns(_trajectory(3, 5000))) is None  # no layout for large frames

@@ -140,8 +140,9 @@ class FrameCache:
 
     def put_slab(self, hashes: Sequence[str], slab: bytes, stride: int) -> int:
         """Keep the frames of ``slab`` (frame i at ``i * stride``, its hash
-        ``hashes[i]``) as views of it (later ones more recent); returns how many are
-        cached now. Hashes already cached keep their entry (now more recent). The slab
+        ``hashes[i]``) as views of it (later ones more recent); returns how many of
+        ``hashes`` are cached now. Hashes already cached keep their entry (now more
+        recent). The slab
         counts whole against the budget while any of its entries is kept; nothing is
         kept if it is larger than the budget."""
         if not self.enabled or len(slab) > self.budget_bytes or not hashes \
@@ -164,7 +165,7 @@ class FrameCache:
                 if not held:
                     self._bytes += len(slab)
             self._evict()
-        return len(hashes)
+            return sum(map(self._items.__contains__, hashes))
 
     def put_recent(self, hashes: Sequence[str], blobs: Sequence[bytes | bytearray | memoryview],
                    share: float) -> int:
