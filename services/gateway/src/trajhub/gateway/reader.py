@@ -505,10 +505,12 @@ class FrameLoader:
             if splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
                 frames.update(zip(run_slots, run.frames(), strict=True))
                 continue
-            slab = encode_slab(run) if keys is None and not extra \
-                and self._slab_fits(run.count * run.frame_nbytes) else None
-            if slab is None:
+            if keys is not None or extra or not self._slab_fits(run.count * run.frame_nbytes):
                 encoded.update(zip(run_slots, encode_columns(run), strict=True))
+                continue
+            slab = encode_slab(run)
+            if slab is None:  # no one layout fits them (encode_columns would find the same)
+                encoded.update(zip(run_slots, encode_frames(run.frames()), strict=True))
                 continue
             data, stride = slab
             view = memoryview(data)
