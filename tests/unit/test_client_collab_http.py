@@ -215,3 +215,13 @@ def test_seen_versions_are_bounded_and_forget_shifted_indices() -> None:
     assert seen.lookup_all([1]) == ([11], [1]) and seen.get(2) is None
     seen.record([1], [11], [2, 3])  # lengths differ: ignored
     assert seen.get(1) == (11, 1)
+
+
+def test_seen_versions_evict_the_least_recently_recorded() -> None:
+    seen = SeenVersions(limit=4)
+    seen.record([0, 1, 2, 3], [10, 11, 12, 13], [1, 1, 1, 1])
+    seen.record([1, 0], [11, 10], [2, 2])  # recorded again: now the most recent
+    seen.record([4, 5, 5], [14, 15, 16], [1, 1, 1])  # evicts 2 and 3; the last 5 wins
+    assert [seen.get(i) for i in range(6)] == [(10, 2), (11, 2), None, None, (14, 1), (16, 1)]
+    seen.record(range(100, 110), range(10), [1] * 10)  # more than the limit at once
+    assert len(seen) == 4 and seen.lookup_all([106, 107, 108, 109]) == ([6, 7, 8, 9], [1] * 4)
