@@ -6,11 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from trajhub.shared.codec import encode_frame, frame_to_bytes, frames_to_bytes, packb
+from trajhub.shared.codec import (
+    encode_frame,
+    frame_to_bytes,
+    frames_of_columns,
+    frames_to_bytes,
+    packb,
+)
 
 DTYPES = st.sampled_from(
     ["|b1", "|i1", "|u1", "<i8", ">i4", "<u2", "<f8", ">f8", "<f2", "<c16", ">c8", "<U3",
@@ -54,3 +61,19 @@ def test_frames_to_bytes_is_packb_of_the_message(frames: list[dict[str, Any]],
                                                  extra: dict[str, Any]) -> None:
     expected = packb({**extra, "frames": [encode_frame(f) for f in frames]})
     assert frames_to_bytes(frames, **extra) == expected
+
+
+def test_frames_of_columns_keeps_any_key_as_it_is() -> None:
+    keys = ["it's", 'say "hi"', "back\\slash", "new\nline", "ü", "a0", "{}"]
+    columns = [np.arange(3.0) * k for k in range(len(keys))]
+    frames = frames_of_columns(keys, columns, 3)
+    assert [list(f) for f in frames] == [keys] * 3
+    for i, frame in enumerate(frames):
+        for k, key in enumerate(keys):
+            assert frame[key].shape == () and frame[key] == i * k
+    assert frames_of_columns([], [], 2) == [{}, {}]
+
+
+def test_frames_of_columns_refuses_columns_of_other_lengths() -> None:
+    with pytest.raises(ValueError, match="lengths"):
+        frames_of_columns(["a", "b"], [np.zeros((3, 2)), np.zeros((2, 2))], 3)

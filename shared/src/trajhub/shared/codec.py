@@ -7,9 +7,9 @@ zero-copy numpy views over the received bytes where it can.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from functools import lru_cache
 from math import prod
 from typing import Any
 
@@ -530,7 +530,20 @@ def frames_of_columns(keys: list[str], columns: list[Array], count: int) -> list
         return [{} for _ in range(count)]
     # Iterating gives each row's view (0-d rows need the explicit index).
     rows = [list(c) if c.ndim > 1 else [c[i, ...] for i in range(count)] for c in columns]
-    return list(map(dict, map(zip, repeat(keys), zip(*rows, strict=True))))
+    if any(len(r) != count for r in rows):
+        raise ValueError("columns of different lengths")
+    return list(map(_frame_builder(tuple(keys)), *rows))
+
+
+@lru_cache(maxsize=64)
+def _frame_builder(keys: tuple[str, ...]) -> Callable[..., Frame]:
+    """``lambda a0, a1, ...: {keys[0]: a0, keys[1]: a1, ...}``. A dict display with
+    constant keys builds a frame in half the time ``dict(zip(keys, row))`` takes (~1.6 ms
+    of a read of 10,000 frames). The keys enter the source as ``repr`` literals only."""
+    args = ", ".join(f"a{i}" for i in range(len(keys)))
+    items = ", ".join(f"{key!r}: a{i}" for i, key in enumerate(keys))
+    builder: Callable[..., Frame] = eval(f"lambda {args}: {{{items}}}", {})
+    return builder
 
 
 def _scan_field(data: bytes | bytearray, view: memoryview, pos: int) -> tuple[Any, int]:
