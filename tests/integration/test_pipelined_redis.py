@@ -17,6 +17,7 @@ from trajhub.control import IndexOutOfRange
 from trajhub.gateway import pipelined
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.gateway.reader import IndexScript
+from trajhub.shared.redis_util import async_client
 
 
 @pytest.fixture
@@ -152,3 +153,9 @@ def test_applies_only_to_plain_connections() -> None:
     tcp = PipelinedRedis.for_client(aioredis.Redis.from_url("redis://u:p@h:6400/2"))
     assert tcp is not None and tcp._connect == {"host": "h", "port": 6400, "db": 2,
                                                 "username": "u", "password": "p"}
+    # trajhub's own clients (their connections pack large commands with hiredis)
+    assert PipelinedRedis.for_client(async_client("rediss://localhost:6390")) is None
+    ours = PipelinedRedis.for_client(async_client("redis://h:6400/2"))
+    assert ours is not None and ours._connect["port"] == 6400
+    ours_unix = PipelinedRedis.for_client(async_client("unix:///tmp/r.sock"))
+    assert ours_unix is not None and ours_unix._connect["path"] == "/tmp/r.sock"

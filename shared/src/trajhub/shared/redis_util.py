@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 import redis.cluster
@@ -87,6 +88,48 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.01), 3)
 
 
+FAST_PACK_MIN_ARGS = 16
+_PLAIN_ARGS = frozenset({str, bytes, int})
+
+
+class _HiredisPacking:
+    """``pack_command`` by hiredis (C) for a command of many plain arguments. redis-py's
+    asyncio connection packs in Python and joins its buffer again for every argument:
+    ~1.1 ms for a script call with 2,000 keys and arguments (a staging or commit of
+    1,000 frames), against ~0.15 ms. The bytes are the same; anything else (a
+    memoryview sent without a copy, a float, which redis-py spells with ``repr``, a
+    command name with a space, which it splits) stays with redis-py."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if (len(args) >= FAST_PACK_MIN_ARGS and set(map(type, args)) <= _PLAIN_ARGS
+                and not isinstance(args[0], int) and " " not in str(args[0])):
+            try:
+                return [hiredis.pack_command(args)]
+            except (TypeError, ValueError, OverflowError):
+                pass  # (an int beyond 64 bits, say): redis-py says what is wrong
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
+
+
+class _FastConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _FastUnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
+_FAST_CLASS: dict[type[Any], type[Any]] = {
+    aioredis.Connection: _FastConnection,
+    aioredis.UnixDomainSocketConnection: _FastUnixConnection,
+    aioredis.SSLConnection: _FastSSLConnection,
+}
+
+
 def async_client(url: str, *, blocking: bool = False) -> aioredis.Redis:
     """An asyncio client that reconnects and resends a command after a dropped
     connection (3 tries, 10 ms .. 0.5 s apart). That is safe because every command
@@ -114,7 +157,10 @@ def async_client(url: str, *, blocking: bool = False) -> aioredis.Redis:
             **common)
         # Same command API; see the module docstring.
         return cast(aioredis.Redis, cluster)
-    return aioredis.Redis.from_url(url, **common)
+    client = aioredis.Redis.from_url(url, **common)
+    pool = client.connection_pool
+    pool.connection_class = _FAST_CLASS.get(pool.connection_class, pool.connection_class)
+    return client
 
 
 def pubsub_client(url: str) -> aioredis.Redis:

@@ -95,9 +95,11 @@ class PipelinedRedis:
         if pool is None:
             return None
         kw = pool.connection_kwargs
-        if pool.connection_class is aioredis.UnixDomainSocketConnection:
+        # (issubclass: async_client's connections pack large commands with hiredis)
+        if issubclass(pool.connection_class, aioredis.UnixDomainSocketConnection):
             where: dict[str, Any] = {"path": kw["path"]}
-        elif pool.connection_class is aioredis.Connection:
+        elif issubclass(pool.connection_class, aioredis.Connection) \
+                and not issubclass(pool.connection_class, aioredis.SSLConnection):
             where = {"host": kw.get("host", "localhost"), "port": int(kw.get("port", 6379))}
         else:
             return None
