@@ -146,9 +146,8 @@ class FrameCache:
         """Keep the frames of ``slab`` (frame i at ``i * stride``, its hash
         ``hashes[i]``) as views of it (later ones more recent); returns how many of
         ``hashes`` are cached now. Hashes already cached keep their entry (now more
-        recent). The slab
-        counts whole against the budget while any of its entries is kept; nothing is
-        kept if it is larger than the budget."""
+        recent). The slab counts whole against the budget while any of its entries is
+        kept; nothing is kept if it is larger than the budget."""
         if not self.enabled or len(slab) > self.budget_bytes or not hashes \
                 or len(slab) != stride * len(hashes):
             return 0

@@ -346,9 +346,9 @@ class FrameLoader:
         as ``Loaded.spliced`` (see SPLICE_MIN_BYTES), not in ``by_slot``; with
         ``ordered``, whole frames all in the cache (before or after the read) come as
         ``Loaded.ordered``."""
-        ordered = ordered and keys is None
-        if ordered:
-            cached = self._cache.get_run([e.hash for e in entries])
+        run = [e.hash for e in entries] if ordered and keys is None else None
+        if run is not None:
+            cached = self._cache.get_run(run)
             if cached is not None:
                 self._remember(room, sum(map(len, cached)), len(entries), indices)
                 self._log(room, _Load(cached=len(entries)))
@@ -369,8 +369,8 @@ class FrameLoader:
         self._remember(room, sum(sizes), len(sizes), indices)
         self._log(room, got)
         zarr = got.from_zarr > 0
-        if ordered and not got.spliced:  # now cached, maybe as a slab: sent as its views
-            cached = self._cache.get_run([e.hash for e in entries], count=False)
+        if run is not None and not got.spliced:  # now cached, maybe as a slab: its views
+            cached = self._cache.get_run(run, count=False)
             if cached is not None:
                 return Loaded({}, zarr, ordered=cached)
         if keys is None:
