@@ -227,3 +227,17 @@ async def test_redis_down_gives_503(redis_url: str) -> None:
                 await control.commit(DeleteFrames(room="x", indices=[0]))
             with pytest.raises(ControlUnavailable, match=r"answered 503.*redis unavailable"):
                 await control.get_step("x")
+
+
+async def test_both_controls_tell_which_room_each_commit_touched(
+        r: aioredis.Redis, http_control: HttpControl) -> None:
+    """``moved`` hears of every commit, accepted or refused, before its caller does (the
+    gateway's index watch forgets the room there)."""
+    for room, control in (("near", Control(r)), ("far", http_control)):
+        told: list[str] = []
+        control.moved = told.append
+        hashes = await stage(r, room, [0])
+        assert (await control.commit(InsertFrames(room=room, hashes=hashes))).status == "ok"
+        refused = await control.commit(DeleteFrames(room=room, indices=[5]))
+        assert refused.status == "not_found"
+        assert told == [room, room]

@@ -37,6 +37,10 @@ class Settings(BaseModel):
         "(local directory stores)"))
     cache_mb: float = Field(64.0, ge=0, description=(
         "TRAJHUB_CACHE_MB: the gateway's in-memory cache of encoded frames (0 disables)"))
+    index_watch: bool = Field(True, description=(
+        "TRAJHUB_INDEX_WATCH: the gateway answers a repeated index read from memory "
+        "until Redis says the room moved (client-side tracking on one connection); "
+        "false: every read asks Redis"))
     apply_coalesce_ms: float = Field(50.0, ge=0, description=(
         "TRAJHUB_APPLY_COALESCE_MS: while small edits stream into a room faster than "
         "storage writes them, storage waits this long between writes and takes what came "

@@ -109,6 +109,9 @@ class Control:
         self._fork = redis.register_script(fork_script())
         self._loaded: set[str] = set()
         self._listed: set[str] = set()
+        self.moved: Callable[[str], None] | None = None
+        """Told a room's name after each commit or fork of it returns (or fails), before
+        its caller hears of it: a gateway forgets what it knew of the room's index."""
 
     def _now(self) -> str:
         return "" if self.clock is None else str(int(self.clock()))
@@ -134,9 +137,13 @@ class Control:
             room, self._now(), command.lock_token or "", command.fence or 0,
             self.undo_retention, *op_args]
         staged = [(keys.blob(room, h), blob) for h, blob in (stage or {}).items()]
-        replayed, payload = await self._run_and_announce(
-            self._scripts[_SCRIPT_OF[command.op]], room, script_keys, args, staged,
-            stage_ttl_s)
+        try:
+            replayed, payload = await self._run_and_announce(
+                self._scripts[_SCRIPT_OF[command.op]], room, script_keys, args, staged,
+                stage_ttl_s)
+        finally:
+            if self.moved is not None:
+                self.moved(room)
         result = CommitResult.model_validate_json(payload)
         if replayed:
             result = result.model_copy(update={"replayed": True})
@@ -160,8 +167,12 @@ class Control:
             request.base_room, request.base_seq, request.next_fid, request.next_slot,
             len(entries), *(e.frame_id for e in entries),
             *(f"{e.version}:{e.hash}:{e.slot}" for e in entries)]
-        replayed, payload = await self._run_and_announce(self._fork, room, script_keys,
-                                                         args, [], 0)
+        try:
+            replayed, payload = await self._run_and_announce(self._fork, room, script_keys,
+                                                             args, [], 0)
+        finally:
+            if self.moved is not None:
+                self.moved(room)
         result = CommitResult.model_validate_json(payload)
         return result.model_copy(update={"replayed": True}) if replayed else result
 

@@ -183,6 +183,8 @@ class HttpControl:
             base_url=self.base_url, timeout=timeout,
             transport=transport or httpx.AsyncHTTPTransport(retries=1),
             headers={"content-type": JSON})
+        self.moved: Callable[[str], None] | None = None
+        """As ``Control.moved``: told a room after each commit or fork of it returns."""
 
     async def _call(self, path: str, body: str, model: type[Res]) -> Res:
         try:
@@ -197,10 +199,18 @@ class HttpControl:
                                      f"{response.status_code}: {response.text[:300]}") from None
 
     async def commit(self, command: Command) -> CommitResult:
-        return await self._call("/v1/commit", command.model_dump_json(), CommitResult)
+        try:
+            return await self._call("/v1/commit", command.model_dump_json(), CommitResult)
+        finally:
+            if self.moved is not None:
+                self.moved(command.room)
 
     async def fork(self, request: ForkRoom) -> CommitResult:
-        return await self._call("/v1/fork", request.model_dump_json(), CommitResult)
+        try:
+            return await self._call("/v1/fork", request.model_dump_json(), CommitResult)
+        finally:
+            if self.moved is not None:
+                self.moved(request.room)
 
     async def acquire_lock(self, request: LockAcquire) -> LockResult:
         return await self._call("/v1/locks/acquire", request.model_dump_json(), LockResult)

@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from trajhub.control import IndexReader
 from trajhub.control.index import RawIndex
 from trajhub.gateway.cache import Blob, FrameCache
+from trajhub.gateway.index_watch import IndexWatch
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_parts, packb
@@ -75,6 +76,7 @@ joined and cached as any other."""
 # read-ahead windows of a viewer's scrubbing, ~65 frames each, are not kept).
 VIEWS_MAX_ENTRIES = 2**16
 VIEWS_MIN_FRAMES = 256
+VIEW_OVERHEAD = 4
 
 Parts = tuple[bytes | memoryview, ...]
 """A frame's encoded bytes in pieces (their concatenation is its ``frame_to_bytes``)."""
@@ -167,30 +169,50 @@ class ReadViews:
             return
         old = self._views.pop((room, sel), None)
         if old is not None:
-            self._held -= len(old[1].entries)
+            self._held -= _charge(old[1])
         self._views[(room, sel)] = (created, view)
-        self._held += n
+        self._held += _charge(view)
         while self._held > self.max_entries:
             _, (_, dropped) = self._views.popitem(last=False)
-            self._held -= len(dropped.entries)
+            self._held -= _charge(dropped)
+
+
+def _charge(view: ReadView) -> int:
+    """A kept view's share of ``max_entries``: its entries, and a view's own objects
+    counted as a few more (a watched gateway keeps one-frame reads too)."""
+    return len(view.entries) + VIEW_OVERHEAD
 
 
 class IndexScript:
     """``IndexReader.read`` (the same script, the same answers and errors) returning
     light entries, for the frame read path; sent over ``fast`` (a pipelined
     connection) when there is one, through redis-py when not or when it fails. A read
-    of many frames made before at the room's current seq is answered from ``views``."""
+    of many frames made before at the room's current seq is answered from ``views``
+    after one small script; with a ``watch``, a read of any size made before is answered
+    from ``views`` without Redis while the watch knows the room has not moved."""
 
     def __init__(self, redis: aioredis.Redis, fast: PipelinedRedis | None = None) -> None:
         self._reader = IndexReader(redis)
         self._fast = fast
         self.views = ReadViews()
+        self.watch: IndexWatch | None = None
+
+    def use_watch(self, watch: IndexWatch) -> None:
+        self.watch = watch
+        self.views.min_frames = 1
 
     async def read(self, room: str, *, indices: list[int] | None = None,
                    start: int | None = 0, stop: int | None = None,
                    step: int | None = 1) -> ReadView:
         sel: Selection = ("i", *indices) if indices is not None else ("s", start, stop, step)
         kept = self.views.get(room, sel)
+        watch = self.watch
+        if watch is not None:
+            now = watch.current(room)
+            if now is None:
+                watch.arm(room)
+            elif kept is not None and now == (kept[1].seq, kept[0]):
+                return kept[1]
         unless = None if kept is None else (kept[1].seq, kept[0])
         raw = None
         if self._fast is not None:

@@ -28,6 +28,7 @@ from trajhub.gateway.collab import Collab
 from trajhub.gateway.collab_sockets import CollabSockets
 from trajhub.gateway.errors import ApiError, NotStarted
 from trajhub.gateway.forking import start_from
+from trajhub.gateway.index_watch import IndexWatch
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.gateway.reader import FrameLoader
 from trajhub.gateway.sessions import Sessions
@@ -40,7 +41,7 @@ from trajhub.gateway.sockets import (
 from trajhub.gateway.staging import Stager
 from trajhub.shared.memory import freeze_startup_heap
 from trajhub.shared.ports import ControlPort, FrameStore
-from trajhub.shared.redis_util import async_client
+from trajhub.shared.redis_util import async_client, is_cluster_url
 from trajhub.shared.settings import Settings
 from trajhub.shared.staging import StagingPacks, sweep
 from trajhub.shared.zarr_store import open_store
@@ -79,6 +80,7 @@ class Gateway:
         self._stager: Stager | None = None
         self._loader: FrameLoader | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.watch: IndexWatch | None = None
         self.cache = FrameCache(int(settings.cache_mb * 2**20))
         self.freeze_heap = False
         """Freeze the heap once started (``freeze_startup_heap``): set by the entry points."""
@@ -115,6 +117,8 @@ class Gateway:
         if fast is not None:
             self._owned.append(fast)
         self._loader = FrameLoader(self._redis, self.cache, self._index, fast)
+        if self.settings.index_watch and not is_cluster_url(self.settings.redis_url):
+            self._start_watch(self._loader, self._control)
         try:
             self._attach_packs(await self.store())
         except ApiError as exc:  # serve anyway; /readyz reports it and reads retry
@@ -122,6 +126,15 @@ class Gateway:
         self.broadcaster.start()
         await self.bus.start()
         self._sweeper = asyncio.create_task(self._sweep_packs(), name="staging-sweep")
+
+    def _start_watch(self, loader: FrameLoader, control: ControlPort) -> None:
+        """Keep index reads while Redis has not said their room moved; a commit through
+        this gateway's control tells the watch itself, before its writer is answered."""
+        self.watch = IndexWatch(self.settings.redis_url)
+        self.watch.start()
+        loader.index.use_watch(self.watch)
+        if isinstance(control, Control | HttpControl):
+            control.moved = self.watch.moved
 
     async def _sweep_packs(self) -> None:
         """Now and then, delete staging packs whose uploads were never committed."""
@@ -145,6 +158,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self.watch is not None:
+            await self.watch.stop()
+            self.watch = None
         await self.collab.stop()
         await self.bus.stop()
         await self.broadcaster.stop()
