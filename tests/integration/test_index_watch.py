@@ -30,12 +30,17 @@ from trajhub.shared import codec, keys
 from trajhub.shared.frames import frames_equal
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Any], within: float = 5.0) -> Any:
+    deadline = time.monotonic() + within
     while not (value := check()):
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
     return value
+
+
+def hold_the_loop(seconds: float) -> None:
+    """Block the event loop: the watch's reader callback cannot run meanwhile."""
+    time.sleep(seconds)
 
 
 @pytest.fixture
@@ -70,7 +75,7 @@ async def test_a_room_is_current_until_redis_says_it_moved(
     # The loop is blocked from the write on, so only current() itself can have read
     # the push off the socket.
     sync_redis.hset(keys.meta("a"), "seq", 4)
-    time.sleep(0.05)
+    hold_the_loop(0.05)
     assert watch.current("a") is None
     watch.arm("a")
     assert await eventually(lambda: watch.current("a")) == (4, "1.5")
@@ -103,7 +108,7 @@ async def test_a_flush_forgets_every_room(watch: IndexWatch, sync_redis: redis.R
         watch.arm(room)
     await eventually(lambda: watch.current("a") and watch.current("b"))
     sync_redis.flushdb()
-    time.sleep(0.05)
+    hold_the_loop(0.05)
     assert watch.current("a") is None and watch.current("b") is None
 
 
@@ -115,7 +120,7 @@ async def test_a_lost_connection_forgets_every_room_and_comes_back(
     ids = [c["id"] for c in sync_redis.client_list() if c["name"] == CLIENT_NAME]
     assert len(ids) == 1
     sync_redis.execute_command("CLIENT", "KILL", "ID", ids[0])
-    time.sleep(0.05)
+    hold_the_loop(0.05)
     assert watch.current("a") is None
     await eventually(lambda: watch.connected)
     names = [c["name"] for c in sync_redis.client_list()]
