@@ -123,7 +123,9 @@ def selections(monkeypatch: pytest.MonkeyPatch,
         return await counting(self, selection, *args, **kwargs)
 
     def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
-        seen.append((self.array.basename, (slice(a, b), *(slice(0, d) for d in dims))))
+        # Whole rows as Zarr would be asked for them: (slice(a, b),)
+        cut = () if dims == tuple(self.array.shape[1:]) else tuple(slice(0, d) for d in dims)
+        seen.append((self.array.basename, (slice(a, b), *cut)))
         return counting_raw(self, a, b, dims)
 
     monkeypatch.setattr(AsyncArray, "getitem", getitem)
@@ -932,3 +934,24 @@ def test_patches_strings_and_dtype_variants_read_as_frames(store: ZarrFrameStore
     named = {**make_frame(4, 9), "info.name": np.asarray("x")}
     write(store, [named, named])
     assert store.read_columns(ROOM, [7, 8])[0] == []
+
+
+@pytest.mark.parametrize("where", ["dir", "memory"])
+def test_a_local_store_opens_arrays_from_their_metadata_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A first read in a local directory reads each array's zarr.json itself (no Zarr
+    open, whose file reads go through worker threads); other stores open through Zarr."""
+    path = str(tmp_path / "zarr") if where == "dir" else f"memory://opens-{tmp_path.name}"
+    frames = [make_frame(5, i) for i in range(4)]
+    write(open_store(path), frames)
+    opened: list[str] = []
+    real_open = AsyncArray.open
+
+    async def counting_open(*args: Any, **kwargs: Any) -> Any:
+        opened.append(str(args[0]))
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(AsyncArray, "open", counting_open)
+    reader = open_store(path)
+    assert_frames(reader.read_slots(ROOM, [2, 0]), [frames[2], frames[0]])
+    assert bool(opened) == (where == "memory")

@@ -76,6 +76,7 @@ from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.config import config as zarr_config
 from zarr.core.dtype import VariableLengthBytes
 from zarr.core.group import AsyncGroup
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.errors import NodeNotFoundError, UnstableSpecificationWarning
 from zarr.storage import LocalStore, MemoryStore, StorePath
@@ -524,8 +525,7 @@ class ZarrFrameStore:
                 or (not fresh and need < cached.array.shape[0])):
             return cached.array
         try:
-            path = StorePath(self.store, f"{room}/{name}")
-            array: ZArray = _exact(await AsyncArray.open(path))
+            array: ZArray = _exact(await _open_array(self.store, f"{room}/{name}"))
         except NodeNotFoundError:
             return None
         with self._lock:
@@ -684,8 +684,8 @@ class ZarrFrameStore:
         start = base.count if base is not None else 0  # padded axes grew: start over
         new = np.full((n_slots - start, *dims), fill, dtype=array.dtype)
         stop = min(n_slots, array.shape[0])
-        if stop > start:
-            new[:stop - start] = await _fetch(array, (slice(start, stop),))
+        if stop > start and 0 not in dims:  # (rows of no values: nothing to read)
+            new[:stop - start] = await self._fetch_block(array, start, stop, dims)
         with self._lock:
             current = self._rows.get(key)
             if current is cached:
@@ -1197,7 +1197,8 @@ class ZarrFrameStore:
             array, before = last.array, last.values
         else:
             try:
-                array = await AsyncArray.open(StorePath(group.store, f"{group.path}/{name}"))
+                array = await AsyncArray.open(StorePath(group.store, f"{group.path}/{name}"),
+                                             zarr_format=3)
             except NodeNotFoundError:
                 array = await self._create(group, name, (len(values),), np.dtype("<i8"),
                                            (PROJECTION_CHUNK,), 0)
@@ -1264,7 +1265,8 @@ class ZarrFrameStore:
 
         async def read(name: str) -> Array:
             try:
-                array: ZArray = await AsyncArray.open(StorePath(self.store, f"{room}/{name}"))
+                array: ZArray = await AsyncArray.open(StorePath(self.store, f"{room}/{name}"),
+                                                      zarr_format=3)
             except NodeNotFoundError:
                 return empty
             if array.shape[0] < length:
@@ -1688,6 +1690,22 @@ def _pad_to(block: Array, dims: tuple[int, ...]) -> Array:
     out = np.zeros((len(block), *dims), dtype=block.dtype)
     out[(slice(None), *(slice(0, d) for d in block.shape[1:]))] = block
     return out
+
+
+async def _open_array(store: Store, path: str) -> ZArray:
+    """The v3 array at ``path``. In a local directory its metadata document is read
+    here, on the I/O loop (a few hundred bytes): Zarr's open hands each file read to a
+    worker thread, and a room's first read opens a dozen arrays."""
+    if isinstance(store, LocalStore):
+        try:
+            raw = (store.root / path / "zarr.json").read_bytes()
+        except FileNotFoundError:
+            raise NodeNotFoundError(f"no array at {path!r}") from None
+        document = json.loads(raw)
+        if document.get("node_type") == "array":
+            return AsyncArray(metadata=ArrayV3Metadata.from_dict(document),
+                              store_path=StorePath(store, path))
+    return await AsyncArray.open(StorePath(store, path), zarr_format=3)
 
 
 async def _fetch(array: ZArray, selection: tuple[int | slice, ...]) -> Array:
