@@ -229,7 +229,7 @@ class IndexWatch:
     def _pump(self) -> None:
         """Take every byte the socket holds now and act on each reply and push."""
         sock = self._sock
-        while sock is not None:
+        while sock is not None and self._sock is sock:
             try:
                 data = sock.recv(65536)
             except (BlockingIOError, InterruptedError):
@@ -240,9 +240,13 @@ class IndexWatch:
             if not data:
                 self._drop("closed by Redis")
                 return
-            self._reader.feed(data)
-            while self._sock is sock and (item := self._reader.gets()) is not False:
-                self._take(item)
+            try:
+                self._reader.feed(data)
+                while self._sock is sock and (item := self._reader.gets()) is not False:
+                    self._take(item)
+            except (hiredis.ProtocolError, ValueError, TypeError) as exc:
+                self._drop(f"unreadable answer: {exc}")  # never the read's problem
+                return
             if len(data) < 65536:
                 return
 

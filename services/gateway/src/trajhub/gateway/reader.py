@@ -72,8 +72,9 @@ never joined into one bytes object (a copy into fresh memory, a fifth of such a 
 nor cached (a few of them would flush the cache). A read of one frame (a viewer's) is
 joined and cached as any other."""
 # Index reads kept to be asked again only if the room moved on (ReadViews): at most
-# this many entries in all (~0.3 KB each), of reads of at least this many frames (the
-# read-ahead windows of a viewer's scrubbing, ~65 frames each, are not kept).
+# this many entries in all (~0.3 KB each; a view's own objects count as VIEW_OVERHEAD
+# more), of reads of at least this many frames (the read-ahead windows of a viewer's
+# scrubbing, ~65 frames each, are not kept), or of any size with an index watch.
 VIEWS_MAX_ENTRIES = 2**16
 VIEWS_MIN_FRAMES = 256
 VIEW_OVERHEAD = 4
