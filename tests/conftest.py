@@ -20,6 +20,14 @@ REPO = Path(__file__).resolve().parent.parent
 S22_CANDIDATES = (REPO.parent / "shared" / "data" / "s22.xyz", REPO / "tests" / "data" / "s22.xyz")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    workers = getattr(config.option, "numprocesses", None)
+    if os.environ.get("TRAJHUB_TEST_REDIS_URL") and workers not in (None, 0):
+        raise pytest.UsageError(
+            "TRAJHUB_TEST_REDIS_URL: the tests would share (and flush) one database; "
+            "run them in one process with -n 0")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("TRAJHUB_TEST_REDIS_URL")
