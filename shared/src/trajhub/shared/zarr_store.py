@@ -1197,8 +1197,7 @@ class ZarrFrameStore:
             array, before = last.array, last.values
         else:
             try:
-                array = await AsyncArray.open(StorePath(group.store, f"{group.path}/{name}"),
-                                             zarr_format=3)
+                array = await _open_array(group.store, f"{group.path}/{name}")
             except NodeNotFoundError:
                 array = await self._create(group, name, (len(values),), np.dtype("<i8"),
                                            (PROJECTION_CHUNK,), 0)
@@ -1265,8 +1264,7 @@ class ZarrFrameStore:
 
         async def read(name: str) -> Array:
             try:
-                array: ZArray = await AsyncArray.open(StorePath(self.store, f"{room}/{name}"),
-                                                      zarr_format=3)
+                array: ZArray = await _open_array(self.store, f"{room}/{name}")
             except NodeNotFoundError:
                 return empty
             if array.shape[0] < length:
