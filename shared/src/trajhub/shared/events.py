@@ -7,9 +7,17 @@ it and, if accepted, appends one event to ``{room}:events`` with stream id
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema, core_schema
 
 from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import check_key_name, check_room_name
@@ -32,9 +40,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _empty_table_as_list(value: Any) -> Any:
-    # Lua's cjson encodes an empty table as {}; every list field accepts that as [].
-    return [] if value == {} else value
+class _EmptyTableAsList:
+    """A list field's annotation: Lua's cjson encodes an empty table as ``{}``, which the
+    field takes as []. Built into the field's core schema, a list tried first, rather
+    than a "before" validator, which makes pydantic turn the JSON into Python objects
+    before validating them: a third of validating a 1,000-frame commit's answer."""
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        empty = core_schema.typed_dict_schema({}, extra_behavior="forbid")
+        return core_schema.union_schema(
+            [handler(source), core_schema.no_info_after_validator_function(_no_items, empty)],
+            mode="left_to_right")
+
+
+def _no_items(_: object) -> list[Any]:
+    return []
+
+
+T = TypeVar("T")
+LuaList = Annotated[list[T], _EmptyTableAsList()]
+"""A list that Lua may have encoded as ``{}`` when empty."""
 
 
 class FrameEntry(_Model):
@@ -66,17 +92,17 @@ class Event(_Model):
     author: str
     edit_id: str
     time: float
-    indices: list[int] = Field(description=(
+    indices: LuaList[int] = Field(description=(
         "inserted: the new frames' indices; replaced: the replaced indices; "
         "deleted: the indices before deletion, ascending"))
-    frames: list[FrameEntry] = Field(description=(
+    frames: LuaList[FrameEntry] = Field(description=(
         "inserted/replaced: the new entries; deleted: the entries that were removed"))
-    base_versions: list[int] = Field(default_factory=list)
-    new_slots: list[SlotWrite] = Field(default_factory=list)
+    base_versions: LuaList[int] = Field(default_factory=list)
+    new_slots: LuaList[SlotWrite] = Field(default_factory=list)
     n_frames: int
-    prev: list[FrameEntry] = Field(default_factory=list, description=(
+    prev: LuaList[FrameEntry] = Field(default_factory=list, description=(
         "replaced/patched (and undo/redo with effect replace): the entries before"))
-    keys: list[str] = Field(default_factory=list, description="patched: the keys that changed")
+    keys: LuaList[str] = Field(default_factory=list, description="patched: the keys that changed")
     effect: Effect | None = Field(default=None, description="undo/redo: the index change")
     reverts: int | None = Field(default=None, description="undo/redo: the seq reverted")
     fence: int | None = Field(default=None, description="the lock fence the commit presented")
@@ -84,9 +110,6 @@ class Event(_Model):
     base_seq: int | None = Field(default=None, description="room_forked: its seq forked at")
     parent_slots: int | None = Field(default=None, description=(
         "room_forked: the room's first own slot; slots below it are the base room's"))
-
-    _lists = field_validator("indices", "frames", "base_versions", "new_slots", "prev",
-                             "keys", mode="before")(_empty_table_as_list)
 
     @property
     def change(self) -> Effect:
@@ -338,13 +361,11 @@ class CommitResult(_Model):
     status: CommitStatus
     reason: str | None = None
     event: Event | None = None
-    conflicts: list[Conflict] = Field(default_factory=list)
+    conflicts: LuaList[Conflict] = Field(default_factory=list)
     holder: Holder | None = Field(default=None, description="locked: who holds the lock")
     later: LaterEdit | None = Field(default=None, description=(
         "undo/redo conflict: the later edit that changed the frames"))
     replayed: bool = Field(default=False, description="answered from the idempotency record")
-
-    _c = field_validator("conflicts", mode="before")(_empty_table_as_list)
 
     @property
     def http_status(self) -> int:
