@@ -12,6 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from trajhub.gateway.tasks import cancel
 from trajhub.shared import keys
 from trajhub.shared.events import Event
 from trajhub.shared.redis_util import async_client, is_cluster
@@ -59,11 +60,8 @@ class Broadcaster:
         self._task = asyncio.create_task(self._run(), name="trajhub-broadcaster")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S

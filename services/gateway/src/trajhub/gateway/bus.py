@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from trajhub.gateway.tasks import cancel
 from trajhub.shared import keys
 from trajhub.shared.names import InvalidName, check_room_name
 from trajhub.shared.redis_util import pubsub_client
@@ -104,11 +105,8 @@ class Bus:
         self._task = asyncio.create_task(self._run(first), name="trajhub-bus")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def publish(self, room: str, event: str, data: dict[str, Any]) -> None:
         """Best effort: a lost message only delays what clients learn (the state itself

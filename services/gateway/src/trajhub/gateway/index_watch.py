@@ -32,6 +32,7 @@ from typing import Any
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
 
+from trajhub.gateway.tasks import cancel
 from trajhub.shared import keys
 
 log = logging.getLogger("trajhub.gateway.watch")
@@ -124,11 +125,8 @@ class IndexWatch:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="index-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._drop("stopped")
 
     async def _run(self) -> None:

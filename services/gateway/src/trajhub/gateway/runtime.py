@@ -7,7 +7,6 @@ gateways can run in one process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -39,6 +38,7 @@ from trajhub.gateway.sockets import (
     register_socket_handlers,
 )
 from trajhub.gateway.staging import Stager
+from trajhub.gateway.tasks import cancel
 from trajhub.shared.memory import freeze_startup_heap
 from trajhub.shared.ports import ControlPort, FrameStore
 from trajhub.shared.redis_util import async_client, is_cluster_url
@@ -153,11 +153,8 @@ class Gateway:
                 log.info("gateway: deleted %d expired staging packs", len(gone))
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await cancel(self._sweeper)
+        self._sweeper = None
         if self.watch is not None:
             await self.watch.stop()
             self.watch = None
