@@ -36,7 +36,7 @@ def test_presenter_scrub_is_followed_and_the_token_passes(
     open_room(other_page, gateway.url, "present", count)
 
     page.locator("#slider").fill("15")
-    expect(other_page.locator("#frame-label")).to_have_text(f"15 / {count}", timeout=500)
+    expect(other_page.locator("#frame-label")).to_have_text(f"15 / {count}", timeout=TIMEOUT_MS)
     a_name = page.evaluate("window.trajhub.page.author")
     expect(other_page.locator("#presenter")).to_have_text(f"{a_name} is presenting")
     expect(page.locator("#presenter")).to_have_text("you are presenting")
