@@ -58,6 +58,7 @@ def test_columns_encode_as_frame_to_bytes(frames: list[dict[str, Any]]) -> None:
     slab = encode_slab(columns)
     if slab is not None:  # one layout fits all: every frame as long, one after the other
         assert slab == (b"".join(expected), len(expected[0]))
+        assert slab[0].readonly  # (the cache hands out views of it)
         assert {len(e) for e in expected} == {slab[1]}
 
 

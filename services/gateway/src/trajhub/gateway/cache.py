@@ -5,7 +5,7 @@ staged-blob format), so an entry can never be stale: a replaced frame has a new 
 The same content in two rooms is the same entry. Used from the event loop and from
 worker threads, hence the lock; every operation under it is a few dict operations.
 
-Frames encoded together (a run read from Zarr) can be kept as one ``bytes``, a slab,
+Frames encoded together (a run read from Zarr) can be kept as one buffer, a slab,
 each entry a view of its part: a later read of them in their order is then answered
 with views of the slab (``get_run``) instead of copying each frame into an answer.
 """
@@ -41,7 +41,7 @@ class FrameCache:
         self.budget_bytes = max(0, int(budget_bytes))
         self._lock = threading.Lock()
         self._items: OrderedDict[str, Blob] = OrderedDict()
-        self._in_slab: dict[str, tuple[bytes, int, int]] = {}  # hash -> slab, start, end
+        self._in_slab: dict[str, tuple[Blob, int, int]] = {}  # hash -> slab, start, end
         self._slab_entries: dict[int, int] = {}  # id(slab) -> its entries kept
         self._bytes = 0
         self._hits = 0
@@ -142,7 +142,7 @@ class FrameCache:
                 self._write_through += added
         return kept
 
-    def put_slab(self, hashes: Sequence[str], slab: bytes, stride: int) -> int:
+    def put_slab(self, hashes: Sequence[str], slab: Blob, stride: int) -> int:
         """Keep the frames of ``slab`` (frame i at ``i * stride``, its hash
         ``hashes[i]``) as views of it (later ones more recent); returns how many of
         ``hashes`` are cached now. Hashes already cached keep their entry (now more
@@ -212,10 +212,10 @@ class FrameCache:
                     "write_through": self._write_through}
 
 
-def _joined(found: list[Blob], where: list[tuple[bytes, int, int] | None]) -> list[Blob]:
+def _joined(found: list[Blob], where: list[tuple[Blob, int, int] | None]) -> list[Blob]:
     """``found`` with each run of views that follow each other in one slab as one view."""
     out: list[Blob] = []
-    slab: bytes | None = None
+    slab: Blob | None = None
     start = end = 0
     for blob, at in zip(found, where, strict=True):
         if at is not None and at[0] is slab and at[1] == end:

@@ -522,7 +522,7 @@ class FrameLoader:
         of ``slots`` come apart (second map, not cached)."""
         columns, frames = store.read_columns(room, slots + list(extra), keys)
         encoded: dict[int, Blob] = {}
-        slabs: list[tuple[range, bytes, int]] = []
+        slabs: list[tuple[range, memoryview, int]] = []
         for run in columns:
             run_slots = range(run.start, run.start + run.count)
             if splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
@@ -536,8 +536,7 @@ class FrameLoader:
                 encoded.update(zip(run_slots, encode_frames(run.frames()), strict=True))
                 continue
             data, stride = slab
-            view = memoryview(data)
-            encoded.update(zip(run_slots, (view[i:i + stride]
+            encoded.update(zip(run_slots, (data[i:i + stride]
                                            for i in range(0, len(data), stride)), strict=True))
             slabs.append((run_slots, data, stride))
         spliced: dict[int, Parts] = {}
