@@ -47,7 +47,7 @@ from trajhub.client.errors import (
     TrajhubConnectionError,
     TrajhubError,
 )
-from trajhub.shared.buffers import RecentBuffers, unzeroed_bytearray
+from trajhub.shared.buffers import RecentBuffers, populated_bytearray
 from trajhub.shared.codec import (
     CodecError,
     FrameRun,
@@ -481,7 +481,7 @@ def _read_writable(answer: Any) -> bytes | bytearray:
         data: bytes = answer.data
         answer.release_conn()
         return data
-    buf = RECEIVE_BUFFERS.take(length, unzeroed_bytearray)
+    buf = RECEIVE_BUFFERS.take(length, populated_bytearray)
     view = memoryview(buf)
     got = 0
     # urllib3's readinto reads into a new bytes and copies that (2.5x slower for a

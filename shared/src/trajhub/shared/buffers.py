@@ -188,7 +188,7 @@ class BlockPool:
         with self._lock:
             buf = take_free(self._kept, nbytes)
             if buf is None:
-                buf = unzeroed_bytearray(nbytes)
+                buf = populated_bytearray(nbytes)
                 if nbytes <= self.max_bytes:
                     self._keep(buf)
             else:
