@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from trajhub.shared import keys
-from trajhub.shared.events import Event
+from trajhub.shared.events import EventHead
 from trajhub.snapshotter.worker import SnapshotterWorker
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,7 +36,7 @@ class Recording(SnapshotterWorker):
         self.seen: list[int] = []
         self.fail_at = fail_at
 
-    async def handle_events(self, room: str, events: Sequence[Event]) -> None:
+    async def handle_events(self, room: str, events: Sequence[EventHead]) -> None:
         seqs = [e.seq for e in events]
         if self.fail_at in seqs:
             self.fail_at = None

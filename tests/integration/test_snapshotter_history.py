@@ -303,6 +303,26 @@ async def test_snapshot_by_bytes(redis_url: str, r: aioredis.Redis, tmp_path: Pa
     assert archived_events(history) == room.events
 
 
+async def test_snapshot_by_bytes_counts_the_events_bytes_in_the_stream(
+        redis_url: str, r: aioredis.Redis, tmp_path: Path) -> None:
+    room = Room(r)
+    await room.commit(2)
+    total = sum(len(fields[b"data"]) for _, fields in await r.xrange(keys.events(ROOM)))
+    taken = []
+    for every_bytes in (total + 1, total):  # one byte short of due, then exactly due
+        history = ZarrHistoryStore(tmp_path / str(every_bytes))
+        w = SnapshotterWorker(redis_url, f"snap-{every_bytes}", history=history,
+                              every_events=10_000, every_bytes=every_bytes)
+        try:
+            await r.delete(keys.snapshotter_state(ROOM))
+            await r.xgroup_setid(keys.events(ROOM), keys.SNAPSHOTTER_GROUP, "0")
+            await w.process_room(ROOM)
+        finally:
+            await w.aclose()
+        taken.append(history.snapshot_seqs(ROOM))
+    assert taken == [[], [2]]
+
+
 async def test_the_stream_keeps_the_undo_window(r: aioredis.Redis, tmp_path: Path) -> None:
     room = Room(r)
     history = ZarrHistoryStore(tmp_path / "zarr")

@@ -16,6 +16,7 @@ from trajhub.shared.events import (
     CommitResult,
     DeleteFrames,
     Event,
+    EventHead,
     InsertFrames,
     ReplaceFrames,
 )
@@ -48,6 +49,20 @@ def test_event_from_stream_with_bytes_and_str_fields() -> None:
     assert from_bytes.hashes == [H1, H2] and from_bytes.new_slots[1].slot == 1
     with pytest.raises(ValueError, match="no data"):
         Event.from_stream({b"seq": b"3"})
+
+
+def test_an_event_head_is_its_room_seq_and_json_size() -> None:
+    payload = json.dumps(event_data())
+    head = EventHead.from_stream({b"data": payload.encode()})
+    event = Event.from_stream({b"data": payload.encode()})
+    assert (head.room, head.seq) == (event.room, event.seq)
+    assert head.json_bytes == len(payload.encode())
+    assert EventHead.from_stream({"data": payload}) == head
+    assert event.frame_count == 2
+    with pytest.raises(ValueError, match="seq"):
+        EventHead.from_stream({b"data": json.dumps({"room": "r"}).encode()})
+    with pytest.raises(ValueError, match="no data"):
+        EventHead.from_stream({b"seq": b"3"})
 
 
 def test_event_accepts_lua_empty_tables_as_lists() -> None:

@@ -30,7 +30,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,7 +38,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from trajhub.shared import keys
-from trajhub.shared.events import Event
+from trajhub.shared.events import Event, EventHead
 from trajhub.shared.memory import freeze_startup_heap, tune_malloc
 from trajhub.shared.names import InvalidName, check_room_name
 from trajhub.shared.redis_util import async_client
@@ -166,8 +166,15 @@ def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RoomConsumer(abc.ABC):
-    """Follows every room's event stream as consumer ``consumer`` of group ``group``."""
+E = TypeVar("E", Event, EventHead)
+"""How a consumer reads its events: whole, or only their heads."""
+
+
+class RoomConsumer(abc.ABC, Generic[E]):
+    """Follows every room's event stream as consumer ``consumer`` of group ``group``,
+    handing its subclass each event parsed as ``event_type``."""
+
+    event_type: type[E]
 
     def __init__(self, redis_url: str, group: str, consumer: str, *,
                  claim_idle_ms: int = 5_000, reconcile_s: float = 2.0,
@@ -219,7 +226,7 @@ class RoomConsumer(abc.ABC):
     # -- what a subclass provides ----------------------------------------------------
 
     @abc.abstractmethod
-    async def handle_batch(self, room: str, events: Sequence[Event]) -> int:
+    async def handle_batch(self, room: str, events: Sequence[E]) -> int:
         """Handle ``events`` (contiguous seqs from ``progress_seq + 1``) and advance the
         progress to the last one handled. Return how many, a prefix, were handled;
         fewer than given means "blocked, retry later". Raise IntegrityError on a bug."""
@@ -248,7 +255,7 @@ class RoomConsumer(abc.ABC):
         """Called when the room's lease was lost or its batch failed: drop cached state."""
         return None
 
-    async def after_ack(self, room: str, events: Sequence[Event]) -> None:
+    async def after_ack(self, room: str, events: Sequence[E]) -> None:
         """Called after ``events`` (handled now or earlier) have been acknowledged."""
         return None
 
@@ -444,12 +451,12 @@ class RoomConsumer(abc.ABC):
         while self.yield_to() and loop.time() < deadline and not self._stopping:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
-    async def _streaming(self, room: str, handled: Sequence[Event]) -> bool:
+    async def _streaming(self, room: str, handled: Sequence[E]) -> bool:
         """Whether ``handled`` was a small batch and the room committed more meanwhile:
         notified while the batch was handled, and its last seq beyond the batch's (the
         notification may be that of an event the batch itself took)."""
         if self.coalesce_s <= 0 or not handled or room not in self._dirty \
-                or sum(len(e.frames) for e in handled) >= COALESCE_FRAMES:
+                or sum(e.frame_count for e in handled) >= COALESCE_FRAMES:
             return False
         head = await self.redis.hget(keys.meta(room), "seq")
         return int(head or 0) > handled[-1].seq
@@ -465,8 +472,8 @@ class RoomConsumer(abc.ABC):
         entries = await self._collect(room)
         if not entries:
             return 0, False, False
-        batch = await self._ordered_batch(room, progress, entries)
-        handled = await self.handle_batch(room, batch) if batch else 0
+        batch: list[E] = await self._ordered_batch(room, progress, entries)
+        handled: int = await self.handle_batch(room, batch) if batch else 0
         streaming = await self._streaming(room, batch[:handled])
         if handled < 0 or handled > len(batch):
             raise IntegrityError(f"handle_batch returned {handled} for {len(batch)} events")
@@ -475,9 +482,9 @@ class RoomConsumer(abc.ABC):
         if done:
             await self.redis.xack(keys.events(room), self.group, *[e.id for e in done])
             handled_seqs = {e.seq for e in batch[:handled]}
-            earlier = [self._parse(room, e) for e in done
-                       if e.fields and seq_of(e.id) not in handled_seqs]
-            await self.after_ack(room, [*earlier, *batch[:handled]])
+            earlier: list[E] = [self._parse(room, e) for e in done
+                                if e.fields and seq_of(e.id) not in handled_seqs]
+            await self.after_ack(room, earlier + batch[:handled])
         if handled:
             self.log.debug("handled room=%s seq=%d events=%d", room, done_seq, handled,
                            extra={"room": room, "seq": done_seq, "events": handled})
@@ -502,6 +509,9 @@ class RoomConsumer(abc.ABC):
                     return {}
                 continue
             raise errors[0]
+        claimed: Any
+        pending: Any
+        new: Any
         claimed, pending, new = replies
         out: dict[int, _Entry] = {}
         for entry_id, fields in (*_claimed_entries(claimed), *_stream_entries(pending),
@@ -532,11 +542,11 @@ class RoomConsumer(abc.ABC):
         return True
 
     async def _ordered_batch(self, room: str, progress: int,
-                             entries: dict[int, _Entry]) -> list[Event]:
+                             entries: dict[int, _Entry]) -> list[E]:
         """Events progress+1, progress+2, ... as far as known, gaps filled by XRANGE; at
         most ``batch_events`` events, and no more once they hold ``batch_frames``
         frames (at least one event)."""
-        batch: list[Event] = []
+        batch: list[E] = []
         nxt = progress + 1
         highest = max(entries)
         frames = 0
@@ -551,7 +561,7 @@ class RoomConsumer(abc.ABC):
                                          f" (have up to {highest})")
             event = self._parse(room, entry)
             batch.append(event)
-            frames += len(event.frames)
+            frames += event.frame_count
             nxt += 1
         return batch
 
@@ -568,9 +578,9 @@ class RoomConsumer(abc.ABC):
             highest = max(highest, seq_of(entry_id))
         return highest
 
-    def _parse(self, room: str, entry: _Entry) -> Event:
+    def _parse(self, room: str, entry: _Entry) -> E:
         try:
-            event = Event.from_stream(entry.fields)
+            event = self.event_type.from_stream(entry.fields)
         except ValueError as exc:
             raise IntegrityError(f"entry {entry.id!r} is not a valid event: {exc}") from exc
         if event.seq != seq_of(entry.id) or event.room != room:
@@ -747,7 +757,7 @@ def configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-async def run_until_signalled(consumer: RoomConsumer) -> None:
+async def run_until_signalled(consumer: RoomConsumer[Any]) -> None:
     """Run ``consumer`` until SIGTERM or SIGINT."""
     tune_malloc()
     stop = asyncio.Event()

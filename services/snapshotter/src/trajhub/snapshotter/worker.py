@@ -16,7 +16,7 @@ from typing import Any
 
 from trajhub.shared import keys
 from trajhub.shared.consumer import RoomConsumer
-from trajhub.shared.events import Event
+from trajhub.shared.events import EventHead
 from trajhub.shared.history_store import open_history_store
 from trajhub.shared.ports import HistoryStore
 from trajhub.shared.settings import Settings
@@ -42,7 +42,9 @@ return 0
 """
 
 
-class SnapshotterWorker(RoomConsumer):
+class SnapshotterWorker(RoomConsumer[EventHead]):
+    event_type = EventHead  # it reads the index from Redis, never an event's frames
+
     @classmethod
     def from_settings(cls, settings: Settings, history: HistoryStore | None = None,
                       consumer: str | None = None, **kw: Any) -> SnapshotterWorker:
@@ -79,15 +81,14 @@ class SnapshotterWorker(RoomConsumer):
         self._bytes: dict[str, int] = {}
         self._trim_pending: set[str] = set()
 
-    async def handle_events(self, room: str, events: Sequence[Event]) -> None:
+    async def handle_events(self, room: str, events: Sequence[EventHead]) -> None:
         """``events`` are contiguous, in seq order, each seen once per successful pass
         (at least once overall). Raise to retry them later."""
         if self.history is None or not events:
             return
         progress = await read_progress(self.redis, room)
         if self.every_bytes:
-            self._bytes[room] = self._bytes.get(room, 0) + sum(
-                len(e.model_dump_json()) for e in events)
+            self._bytes[room] = self._bytes.get(room, 0) + sum(e.json_bytes for e in events)
         due = (events[-1].seq - progress.snapshot_seq >= self.every_events
                or (self.every_bytes > 0 and self._bytes.get(room, 0) >= self.every_bytes))
         if not due:
@@ -104,7 +105,7 @@ class SnapshotterWorker(RoomConsumer):
                  result.snapshot_seq, result.archived_seq, result.trimmed_seq,
                  extra={"room": room, "seq": result.snapshot_seq, "event": "snapshot"})
 
-    async def after_ack(self, room: str, events: Sequence[Event]) -> None:
+    async def after_ack(self, room: str, events: Sequence[EventHead]) -> None:
         """Trim further once acknowledgements (this batch's, other groups') allow it."""
         if self.history is not None:
             await self._trim(room)
@@ -139,7 +140,7 @@ class SnapshotterWorker(RoomConsumer):
         seq = await self.redis.hget(keys.snapshotter_state(room), "seq")
         return int(seq or 0)
 
-    async def handle_batch(self, room: str, events: Sequence[Event]) -> int:
+    async def handle_batch(self, room: str, events: Sequence[EventHead]) -> int:
         await self.handle_events(room, events)
         await self._advance(keys=[keys.snapshotter_state(room)], args=[events[-1].seq])
         log.debug("seen room=%s seq=%d events=%d", room, events[-1].seq, len(events),

@@ -343,9 +343,11 @@ def _apply_events(proj: Projection, events: Sequence[Event], n_slots: int
     return work, count
 
 
-class StorageWorker(RoomConsumer):
+class StorageWorker(RoomConsumer[Event]):
     """The storage consumer (group ``storage``): one replica per room via a lease; with
     ``share=True`` replicas split the rooms through the registry."""
+
+    event_type = Event
 
     def __init__(self, redis_url: str, store: ProjectionStore, consumer: str, *,
                  lease_ms: int = 10_000, claim_idle_ms: int = 5_000,
