@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from trajhub.gateway.errors import ApiError
-from trajhub.gateway.ingest import PARALLEL_HASH_BYTES, parse_upload, parse_upload_generic
+from trajhub.gateway.ingest import (
+    HASH_BLOCK_BYTES,
+    PARALLEL_HASH_BYTES,
+    parse_upload,
+    parse_upload_generic,
+)
 from trajhub.shared.codec import frame_to_bytes, frames_to_bytes, scan_bulk, scan_bulk_runs
 from trajhub.shared.frames import Frame
 from trajhub.shared.hashing import frame_hash
@@ -54,6 +59,16 @@ def test_a_large_run_hashed_on_two_threads_gives_every_frame_its_hash(count: int
     got = outcome(parse_upload, body)
     assert got[2] == [frame_hash(f) for f in frames]
     assert got == outcome(parse_upload_generic, body)
+
+
+def test_small_frames_are_hashed_block_by_block_on_two_threads() -> None:
+    """Small frames are hashed as rows of a reused block: runs over several blocks
+    (the last one part full) on each thread, every frame its own hash."""
+    frames = [frame(i, 100) for i in range(3_001)]
+    body = frames_to_bytes(frames)
+    assert len(body) > PARALLEL_HASH_BYTES and len(body) // 2 > 2 * HASH_BLOCK_BYTES
+    got = outcome(parse_upload, body)
+    assert got[2] == [frame_hash(f) for f in frames]
 
 
 def test_layout_changes_start_new_runs() -> None:
