@@ -14,6 +14,7 @@ once each, the live index, meta and slot table equal the model's, the index equa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import operator
 import sys
 from collections import Counter, defaultdict
@@ -309,7 +310,7 @@ class Model:
                 raise Refused("conflict", present)
             self.check_locks(cmd, [])
             at = [min(x, n + i) for i, x in enumerate(ev.indices)]
-            new = [f.model_copy(update={"version": f.version + 1}) for f in ev.frames]
+            new = [dataclasses.replace(f, version=f.version + 1) for f in ev.frames]
             for x, entry in zip(at, new, strict=True):
                 self.entries.insert(x, entry)
             body: dict[str, Any] = {"effect": "insert", "indices": at, "frames": new}

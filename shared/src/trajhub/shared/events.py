@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
+import pydantic.dataclasses
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -63,7 +64,8 @@ LuaList = Annotated[list[T], _EmptyTableAsList()]
 """A list that Lua may have encoded as ``{}`` when empty."""
 
 
-class FrameEntry(_Model):
+@pydantic.dataclasses.dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class FrameEntry:
     """One entry of a room's trajectory index."""
 
     frame_id: int
@@ -72,7 +74,8 @@ class FrameEntry(_Model):
     slot: int
 
 
-class SlotWrite(_Model):
+@pydantic.dataclasses.dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class SlotWrite:
     """A slot that storage must materialize from the staged blob ``hash``.
 
     A patch slot (``base`` set) stores only ``keys`` of the (whole, merged) staged
