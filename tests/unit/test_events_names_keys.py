@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from trajhub.shared.events import (
     DeleteFrames,
     Event,
     EventHead,
+    FrameEntry,
     InsertFrames,
     ReplaceFrames,
 )
@@ -49,6 +51,16 @@ def test_event_from_stream_with_bytes_and_str_fields() -> None:
     assert from_bytes.hashes == [H1, H2] and from_bytes.new_slots[1].slot == 1
     with pytest.raises(ValueError, match="no data"):
         Event.from_stream({b"seq": b"3"})
+
+
+def test_a_known_entry_is_the_entry_validation_makes() -> None:
+    made = FrameEntry(frame_id=4, version=2, hash=H1, slot=9)
+    known = FrameEntry.known(4, 2, H1, 9)
+    assert known == made and hash(known) == hash(made) and repr(known) == repr(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        known.version = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frame_id"):
+        FrameEntry(frame_id="four", version=2, hash=H1, slot=9)  # type: ignore[arg-type]
 
 
 def test_an_event_head_is_its_room_seq_and_json_size() -> None:

@@ -52,9 +52,9 @@ def decode_snapshot(data: bytes) -> tuple[str, int, list[FrameEntry]]:
     digests = message["hashes"]
     if not len(ids) == len(versions) == len(slots) == len(digests) // 32:
         raise HistoryFormatError("snapshot arrays differ in length")
-    entries = [FrameEntry(frame_id=int(f), version=int(v), slot=int(s),
-                          hash=digests[32 * i:32 * i + 32].hex())
-               for i, (f, v, s) in enumerate(zip(ids, versions, slots, strict=True))]
+    entries = [FrameEntry.known(f, v, digests[32 * i:32 * i + 32].hex(), s)
+               for i, (f, v, s) in enumerate(zip(ids.tolist(), versions.tolist(),
+                                                 slots.tolist(), strict=True))]
     return str(message["room"]), int(message["seq"]), entries
 
 

@@ -11,5 +11,4 @@ from trajhub.shared.events import FrameEntry
 def unpack_entry(frame_id: int, packed: str | bytes) -> FrameEntry:
     text = packed.decode() if isinstance(packed, bytes) else packed
     version, content_hash, slot = text.split(":")
-    return FrameEntry(frame_id=frame_id, version=int(version), hash=content_hash,
-                      slot=int(slot))
+    return FrameEntry.known(frame_id, int(version), content_hash, int(slot))
