@@ -83,6 +83,19 @@ def test_invalid_frames_name_the_problem(change: dict[Any, Any], message: str) -
         validate_frame(frame(change=change))
 
 
+def test_numbers_judged_valid_before_are_judged_by_value_under_another_dtype() -> None:
+    """The last valid numbers are remembered by their bytes: the same bytes read as
+    another dtype are other numbers, and checked as such."""
+    valid = np.array([200, 6, 8], dtype=np.uint8)
+    for _ in range(2):  # the second time from the memo
+        assert validate_frame(frame(change={"numbers": valid}))["numbers"] is valid
+    with pytest.raises(FrameError, match="atomic numbers"):  # 200 as int8 is -56
+        validate_frame(frame(change={"numbers": valid.view(np.int8)}))
+    with pytest.raises(FrameError, match="atomic numbers"):
+        validate_frame(frame(change={"numbers": np.array([201, 6, 8], dtype=np.uint8)}))
+    assert validate_frame(frame(change={"numbers": valid}))["numbers"] is valid
+
+
 def test_frame_must_be_a_mapping() -> None:
     with pytest.raises(FrameError, match="mapping"):
         validate_frame([("numbers", np.arange(3))])  # type: ignore[arg-type]

@@ -165,13 +165,30 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
 
 def _atomic(numbers: Array) -> bool:
     """Whether every one of ``numbers`` (canonical integers) is within 0..200, with one
-    reduction where that will do (a negative number read as unsigned is larger)."""
+    reduction where that will do (a negative number read as unsigned is larger).
+
+    A trajectory repeats its numbers frame after frame: the last small array found
+    valid is remembered by its bytes, whose comparison costs a fifteenth of the
+    reduction's ~2.7 us."""
+    global _LAST_ATOMIC
+    key = (numbers.dtype.str, numbers.tobytes()) if numbers.nbytes <= ATOMIC_MEMO_BYTES \
+        else None
+    if key is not None and key == _LAST_ATOMIC:
+        return True
     size = numbers.dtype.itemsize
     if numbers.dtype.kind == "u":
-        return int(numbers.max()) <= 200
-    if size > 1:
-        return int(numbers.view(f"<u{size}").max()) <= 200
-    return int(numbers.min()) >= 0 and int(numbers.max()) <= 200
+        ok = int(numbers.max()) <= 200
+    elif size > 1:
+        ok = int(numbers.view(f"<u{size}").max()) <= 200
+    else:
+        ok = int(numbers.min()) >= 0 and int(numbers.max()) <= 200
+    if ok and key is not None:
+        _LAST_ATOMIC = key
+    return ok
+
+
+ATOMIC_MEMO_BYTES = 2**15
+_LAST_ATOMIC: tuple[str, bytes] | None = None
 
 
 _CHECKED_KEYS: set[str] = set()
