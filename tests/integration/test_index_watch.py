@@ -24,7 +24,7 @@ from gateway_server import (  # noqa: F401  (fixtures)
     start_gateway,
 )
 
-from trajhub.gateway import index_watch
+from trajhub.gateway import index_watch, reader
 from trajhub.gateway.index_watch import CLIENT_NAME, IndexWatch
 from trajhub.shared import codec, keys
 from trajhub.shared.frames import frames_equal
@@ -199,6 +199,36 @@ def test_a_read_right_after_a_write_through_another_gateway_sees_it(
             assert frames_equal(got["frames"][0], frame)
             got = get_frames(writer, "w", indices="1")
             assert frames_equal(got["frames"][0], frame)
+
+
+def test_new_indices_are_cut_out_of_their_window_while_the_room_stays(
+        start_gateway: Callable[..., GatewayServer], sync_redis: redis.Redis) -> None:  # noqa: F811
+    """A read of an index not read before takes its entry from the read of its window
+    (one script for INDEX_WINDOW indices), and never one from before the room moved."""
+    window = reader.INDEX_WINDOW
+    frames = [make_frame(2, seed=i, extras=False) for i in range(window + 10)]
+    gw = start_gateway()
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        assert post_frames(c, "win", frames).status_code == 201
+        get_frames(c, "win", indices="0")  # arms the watch: the room is now current
+        before = evalsha_calls(sync_redis)
+        for i in (5, 7, window - 1, 3, 5):
+            got = get_frames(c, "win", indices=str(i))
+            assert got["indices"] == [i] and frames_equal(got["frames"][0], frames[i])
+        assert evalsha_calls(sync_redis) <= before + 1, "each new index ran the script"
+        got = get_frames(c, "win", indices=f"{window},{window + 9}")  # the next window
+        assert [frames_equal(f, frames[i]) for f, i in zip(
+            got["frames"], (window, window + 9), strict=True)] == [True, True]
+        assert evalsha_calls(sync_redis) <= before + 2
+        r = c.get("/api/v1/rooms/win/frames", params={"indices": str(window + 10)})
+        assert r.status_code == 404 and "out of range" in r.text  # as without the watch
+
+        new = make_frame(2, seed=999, extras=False)
+        replace(c, "win", 9, new)
+        got = get_frames(c, "win", indices="9")  # not cut out of the window read before
+        assert got["versions"] == [2] and frames_equal(got["frames"][0], new)
+        got = get_frames(c, "win", indices="8")
+        assert got["versions"] == [1] and frames_equal(got["frames"][0], frames[8])
 
 
 def test_a_gateway_without_the_watch_asks_redis_every_time(

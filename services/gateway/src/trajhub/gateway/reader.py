@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from trajhub.control import IndexReader
-from trajhub.control.index import RawIndex
+from trajhub.control.index import IndexOutOfRange, RawIndex
 from trajhub.gateway.cache import Blob, FrameCache
 from trajhub.gateway.index_watch import IndexWatch
 from trajhub.gateway.pipelined import PipelinedRedis
@@ -78,6 +78,10 @@ joined and cached as any other."""
 VIEWS_MAX_ENTRIES = 2**16
 VIEWS_MIN_FRAMES = 256
 VIEW_OVERHEAD = 4
+INDEX_WINDOW = 256
+"""With the index watch, a read of a few indices not made before is cut out of the read of
+their aligned window of this many (made once, kept while the room does not move): a
+viewer scrubbing, or jumping about, no longer asks Redis for each new frame's entry."""
 
 Parts = tuple[bytes | memoryview, ...]
 """A frame's encoded bytes in pieces (their concatenation is its ``frame_to_bytes``)."""
@@ -214,6 +218,10 @@ class IndexScript:
                 watch.arm(room)
             elif kept is not None and now == (kept[1].seq, kept[0]):
                 return kept[1]
+            elif indices is not None and (first := _window_of(indices)) is not None:
+                derived = await self._from_window(room, sel, indices, first)
+                if derived is not None:
+                    return derived
         unless = None if kept is None else (kept[1].seq, kept[0])
         raw = None
         if self._fast is not None:
@@ -226,6 +234,25 @@ class IndexScript:
         view = ReadView(seq=raw.seq, n_frames=raw.n_frames, exists=raw.exists,
                         indices=raw.indices, entries=parse_entries(raw.fids, raw.packed))
         self.views.put(room, sel, raw.created, view)
+        return view
+
+    async def _from_window(self, room: str, sel: Selection, indices: list[int],
+                           first: int) -> ReadView | None:
+        """The read of ``indices`` (all in the window from ``first``) cut out of the
+        window's read, kept while the room does not move; None when the window does not
+        hold them all (the caller's own read then says why)."""
+        try:
+            window = await self.read(room, start=first, stop=first + INDEX_WINDOW, step=1)
+        except IndexOutOfRange:
+            return None
+        kept = self.views.get(room, ("s", first, first + INDEX_WINDOW, 1))
+        if not window.exists or kept is None or kept[1] is not window \
+                or max(indices) - first >= len(window.entries):
+            return None
+        view = ReadView(seq=window.seq, n_frames=window.n_frames, exists=True,
+                        indices=list(indices),
+                        entries=[window.entries[i - first] for i in indices])
+        self.views.put(room, sel, kept[0], view)
         return view
 
     async def _read_fast(self, room: str, indices: list[int] | None, start: int | None,
@@ -250,6 +277,15 @@ class IndexScript:
             log.debug("gateway: pipelined index read failed (%s); using redis-py", exc)
             return None
         return IndexReader.answer(reply, indices)
+
+
+def _window_of(indices: list[int]) -> int | None:
+    """The first index of the INDEX_WINDOW-aligned window holding every one of
+    ``indices`` (none negative), if there is one."""
+    if not indices or min(indices) < 0:
+        return None
+    first = min(indices) // INDEX_WINDOW * INDEX_WINDOW
+    return first if max(indices) < first + INDEX_WINDOW else None
 
 
 async def applied_slots(redis: aioredis.Redis, room: str) -> int:
