@@ -92,9 +92,10 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]
         calls["get"].append(self.basename)
         return await real_get(self, *args, **kwargs)
 
-    def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
+    def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...],
+                 out: Any = None) -> Any:
         calls["get"].append(self.array.basename)
-        return real_raw(self, a, b, dims)
+        return real_raw(self, a, b, dims, out)
 
     async def setitem(self: AsyncArray[Any], *args: Any, **kwargs: Any) -> None:
         calls["set"].append(self.basename)
@@ -122,11 +123,12 @@ def selections(monkeypatch: pytest.MonkeyPatch,
         seen.append((self.basename, selection))
         return await counting(self, selection, *args, **kwargs)
 
-    def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
+    def raw_read(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...],
+                 out: Any = None) -> Any:
         # Whole rows as Zarr would be asked for them: (slice(a, b),)
         cut = () if dims == tuple(self.array.shape[1:]) else tuple(slice(0, d) for d in dims)
         seen.append((self.array.basename, (slice(a, b), *cut)))
-        return counting_raw(self, a, b, dims)
+        return counting_raw(self, a, b, dims, out)
 
     monkeypatch.setattr(AsyncArray, "getitem", getitem)
     monkeypatch.setattr(zarr_store._RawChunks, "read", raw_read)
@@ -828,8 +830,9 @@ def test_frame_data_is_read_from_raw_chunks(store: ZarrFrameStore,
     raw_reads: list[str] = []
     real = zarr_store._RawChunks.read
 
-    def spy(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...]) -> Any:
-        block = real(self, a, b, dims)
+    def spy(self: zarr_store._RawChunks, a: int, b: int, dims: tuple[int, ...],
+            out: Any = None) -> Any:
+        block = real(self, a, b, dims, out)
         if block is not None:
             raw_reads.append(self.array.basename)
         return block
@@ -837,6 +840,39 @@ def test_frame_data_is_read_from_raw_chunks(store: ZarrFrameStore,
     monkeypatch.setattr(zarr_store._RawChunks, "read", spy)
     assert_frames(store.read_slots(ROOM, [3, 4, 5, 17]), [frames[i] for i in (3, 4, 5, 17)])
     assert {"positions", "calc.forces", "numbers"} <= set(raw_reads)  # (numbers: Blosc)
+
+
+def test_a_run_is_read_straight_into_the_arrays_into_gives(store: ZarrFrameStore) -> None:
+    """``into`` is told a run's layout before anything is read, and the keys it gives
+    arrays for are read into them in place (raw chunks and Blosc ones alike); a key it
+    gives none for comes in a block of its own, and a read of several runs never asks."""
+    frames = [make_frame(50, i) for i in range(20)]
+    write(store, frames)
+    told: list[dict[str, Any]] = []
+    given: dict[str, Any] = {}
+
+    def into(layout: dict[str, Any]) -> dict[str, Any]:
+        told.append(layout)
+        slab = bytearray(16 * 4096)  # 16 slots 4 KB apart, as in a slab of frames
+        given.update(
+            positions=np.ndarray((16, 50, 3), "<f8", buffer=slab, strides=(4096, 24, 8)),
+            numbers=np.ndarray((16, 50), "<i8", buffer=slab, offset=1200, strides=(4096, 8)))
+        return dict(given)
+
+    [run], rest = store.read_columns(ROOM, range(2, 18), into=into)
+    assert not rest and (run.start, run.count) == (2, 16)
+    assert [(k, told[0][k]) for k in ("positions", "numbers", "calc.energy")] == [
+        ("positions", (np.dtype("<f8"), (50, 3))), ("numbers", (np.dtype("<i8"), (50,))),
+        ("calc.energy", (np.dtype("<f8"), ()))]
+    for key in ("positions", "numbers"):  # raw chunks, Blosc
+        assert np.shares_memory(run.arrays[key], given[key])
+    assert not np.shares_memory(run.arrays["calc.forces"], given["positions"])
+    assert_frames(run.frames(), [canonical(f) for f in frames[2:18]])
+
+    columns, rest = store.read_columns(ROOM, [1, 2, 5], into=into)  # two runs
+    assert len(told) == 1
+    got = {c.start + i: f for c in columns for i, f in enumerate(c.frames())} | rest
+    assert_frames([got[s] for s in (1, 2, 5)], [canonical(frames[s]) for s in (1, 2, 5)])
 
 
 def test_raw_read_blocks_reuse_the_memory_of_blocks_no_one_holds(

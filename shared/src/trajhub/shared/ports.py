@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 from trajhub.shared.collab import (
     LockAcquire,
@@ -18,7 +20,11 @@ from trajhub.shared.collab import (
     StepState,
 )
 from trajhub.shared.events import Command, CommitResult, ForkRoom
-from trajhub.shared.frames import Frame, SlotColumns
+from trajhub.shared.frames import Array, Frame, SlotColumns
+
+Into = Callable[[dict[str, tuple[np.dtype[Any], tuple[int, ...]]]], dict[str, Array] | None]
+"""Given each key's (dtype, shape) in a run of slots, arrays to read the run's blocks
+into, or None (see ``FrameStore.read_columns``)."""
 
 
 class ProjectionCommit(NamedTuple):
@@ -62,11 +68,12 @@ class FrameStore(Protocol):
         repeats allowed), restricted to ``keys``."""
         ...
 
-    def read_columns(self, room: str, slots: Sequence[int], keys: Sequence[str] | None = None
-                     ) -> tuple[list[SlotColumns], dict[int, Frame]]:
+    def read_columns(self, room: str, slots: Sequence[int], keys: Sequence[str] | None = None,
+                     into: Into | None = None) -> tuple[list[SlotColumns], dict[int, Frame]]:
         """``read_slots`` of the distinct ``slots``: runs of consecutive slots whose
         frames share their keys, dtypes and shapes may come as columns (a bulk read then
-        handles each run at once), the other slots as frames by slot."""
+        handles each run at once), the other slots as frames by slot. ``into`` may give
+        the arrays a single run is read into (told each key's dtype and shape first)."""
         ...
 
     def n_slots(self, room: str) -> int:

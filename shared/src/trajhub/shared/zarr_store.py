@@ -87,7 +87,7 @@ from trajhub.shared.frames import Array, Frame, SlotColumns, canonical_array, is
 from trajhub.shared.gil import Breather
 from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import InvalidName, check_key_name, check_room_name
-from trajhub.shared.ports import ProjectionCommit
+from trajhub.shared.ports import Into, ProjectionCommit
 
 # VariableLengthBytes has no ratified v3 spec yet; zarr warns on every use.
 warnings.filterwarnings("ignore", category=UnstableSpecificationWarning,
@@ -555,23 +555,30 @@ class ZarrFrameStore:
         by_slot = _run(self._read_room(room, slot_list, keys, 0))
         return [dict(by_slot[s]) for s in slot_list]
 
-    def read_columns(self, room: str, slots: Sequence[int], keys: Sequence[str] | None = None
-                     ) -> tuple[list[SlotColumns], dict[int, Frame]]:
+    def read_columns(self, room: str, slots: Sequence[int], keys: Sequence[str] | None = None,
+                     into: Into | None = None) -> tuple[list[SlotColumns], dict[int, Frame]]:
         """``read_slots`` of the distinct ``slots``, without cutting each frame out of the
         blocks read where that is not needed: runs of consecutive slots whose frames have
         the same keys, each of one shape and from one block, come as columns (views of
         those blocks), the other slots as frames by slot. Patch slots and a fork's
         inherited slots always come as frames, as do all slots when a key has values of
-        several dtypes or strings."""
+        several dtypes or strings.
+
+        ``into``: when the slots are one such run, it is told each key's (dtype, shape)
+        before anything is read and may give arrays ``(len(slots), *shape)`` (views of a
+        bytearray) to read the keys' blocks into, rather than into blocks of their own;
+        the columns are then views of those arrays (for a key read some other way, the
+        caller copies its column in)."""
         check_room(room)
         slot_list = sorted({int(s) for s in slots})
         if not slot_list:
             return [], {}
         if slot_list[0] < 0:
             raise IndexError(f"negative slot {slot_list[0]}")
-        return _run(self._read_columns(room, slot_list, keys))
+        return _run(self._read_columns(room, slot_list, keys, into))
 
-    async def _read_columns(self, room: str, slots: list[int], keys: Sequence[str] | None
+    async def _read_columns(self, room: str, slots: list[int], keys: Sequence[str] | None,
+                            into: Into | None = None
                             ) -> tuple[list[SlotColumns], dict[int, Frame]]:
         info = await self._aroom_for(room, slots[-1])
         wanted = info.registry if keys is None else {
@@ -581,8 +588,38 @@ class ZarrFrameStore:
         if not plain:
             return [], await self._read_merged(room, info, slots, keys, 0)
         pieces = _Pieces()
-        frames = await self._read(room, info, slots, wanted, pieces.take)
+        dest = await self._destinations(room, info, slots, wanted, into) \
+            if into is not None else {}
+        frames = await self._read(room, info, slots, wanted, pieces.take, dest)
         return pieces.columns(slots, frames), frames
+
+    async def _destinations(self, room: str, info: _RoomInfo, slots: list[int],
+                            wanted: Registry, into: Into) -> dict[str, Array]:
+        """``into``'s arrays when ``slots`` are one run in which every frame holds the
+        same keys (of ``wanted``: one variant each), each key of one shape; else none."""
+        a, b = slots[0], slots[-1] + 1
+        if b - a != len(slots):
+            return {}
+        items = [(key, vs[0]) for key, vs in wanted.items()]
+        shapes = await asyncio.gather(*(self._cached_rows(room, v.shape_name, info.n_slots, -1)
+                                        for _, v in items))
+        plan: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
+        for (key, v), rows in zip(items, shapes, strict=True):
+            if rows is None or len(rows) < b:
+                return {}
+            part = rows[a:b, :max(v.ndim, 1)]
+            held = part[:, 0] >= 0
+            if not held.any():
+                continue
+            if not held.all() or (v.ndim and (part != part[0]).any()):
+                return {}
+            plan[key] = (np.dtype(v.dtype), tuple(int(n) for n in part[0, :v.ndim]))
+        given = into(plan) if plan else None
+        if not given:
+            return {}
+        return {key: arr for key, arr in given.items()
+                if key in plan and arr.shape == (b - a, *plan[key][1])
+                and arr.dtype == plan[key][0]}
 
     async def _read_room(self, room: str, slots: list[int], keys: Sequence[str] | None,
                          depth: int) -> dict[int, Frame]:
@@ -629,19 +666,21 @@ class ZarrFrameStore:
         return dict(zip(unique[patched].tolist(), found[patched].tolist(), strict=True))
 
     async def _read(self, room: str, info: _RoomInfo, slots: list[int],
-                    wanted: Registry, take: _Take | None = None) -> dict[int, Frame]:
+                    wanted: Registry, take: _Take | None = None,
+                    dest: Mapping[str, Array] | None = None) -> dict[int, Frame]:
         runs = _runs(slots)
         unique = sorted(set(slots))
         frames: dict[int, Frame] = {s: {} for s in unique}
         variants = [(key, v) for key, vs in wanted.items() for v in vs]
         await asyncio.gather(*(self._read_variant(room, info, key, v, runs, unique, frames,
-                                                  take or _take)
+                                                  take or _take, (dest or {}).get(key))
                                for key, v in variants))
         return frames
 
     async def _read_variant(self, room: str, info: _RoomInfo, key: str, v: _Variant,
                             runs: list[tuple[int, int]], unique: list[int],
-                            frames: dict[int, Frame], take: _Take) -> None:
+                            frames: dict[int, Frame], take: _Take,
+                            out: Array | None = None) -> None:
         need = unique[-1]
         if v.is_string:
             array = await self._array(room, v.name, need, info.n_slots)
@@ -660,7 +699,8 @@ class ZarrFrameStore:
                 take(key, v, shapes, rows, 0, unique, frames)
                 return
         await asyncio.gather(*(self._read_run(room, info, key, v, shapes, data_arr,
-                                              a, b, unique, frames, take) for a, b in runs))
+                                              a, b, unique, frames, take, out)
+                               for a, b in runs))
 
     async def _cached_rows(self, room: str, name: str, n_slots: int, fill: int,
                            small_key: str | None = None) -> Array | None:
@@ -714,9 +754,11 @@ class ZarrFrameStore:
 
     async def _read_run(self, room: str, info: _RoomInfo, key: str, v: _Variant,
                         shapes: Array, data_arr: ZArray, a: int, b: int,
-                        unique: list[int], frames: dict[int, Frame], take: _Take) -> None:
+                        unique: list[int], frames: dict[int, Frame], take: _Take,
+                        out: Array | None = None) -> None:
         """Read the slots of ``unique`` in ``a..b`` that hold ``key`` with one call;
-        ``shapes`` are the variant's cached shape rows (covering ``b``)."""
+        ``shapes`` are the variant's cached shape rows (covering ``b``). ``out``: the
+        block to read into, if it is just that block."""
         within = _within(unique, a, b)
         present = list(itertools.compress(within, (shapes[within, 0] >= 0).tolist())) \
             if within else []
@@ -729,24 +771,31 @@ class ZarrFrameStore:
             fresh = await self._array(room, v.name, b, info.n_slots, force=True)
             assert fresh is not None
             data_arr = fresh
+        if out is not None and (out.shape != (b - a, *dims) or out.dtype != data_arr.dtype):
+            out = None
         if math.prod(dims) == 0:
             block = np.zeros((b - a, *dims), dtype=data_arr.dtype)
         else:
-            block = await self._fetch_block(data_arr, a, b, dims)
-        block.flags.writeable = False
+            block = await self._fetch_block(data_arr, a, b, dims, out)
+        if out is None:
+            block.flags.writeable = False
         take(key, v, shapes, block, a, present, frames)
 
-    async def _fetch_block(self, array: ZArray, a: int, b: int, dims: tuple[int, ...]
-                           ) -> Array:
-        """Slots ``a..b`` of ``array``, each cut to ``dims``. Raw chunks in a local
-        directory are read straight into the block (``_RawChunks``); anything else, or
-        anything unexpected there, through Zarr."""
+    async def _fetch_block(self, array: ZArray, a: int, b: int, dims: tuple[int, ...],
+                           out: Array | None = None) -> Array:
+        """Slots ``a..b`` of ``array``, each cut to ``dims`` (into ``out`` if given). Raw
+        chunks in a local directory are read straight into the block (``_RawChunks``);
+        anything else, or anything unexpected there, through Zarr."""
         raw = _raw_chunks(array, self.store)
         if raw is not None:
-            block = await asyncio.to_thread(raw.read, a, b, dims)
+            block = await asyncio.to_thread(raw.read, a, b, dims, out)
             if block is not None:
                 return block
-        return await _fetch(array, (slice(a, b), *(slice(0, d) for d in dims)))
+        block = await _fetch(array, (slice(a, b), *(slice(0, d) for d in dims)))
+        if out is None:
+            return block
+        out[...] = block
+        return out
 
     def read_hashes(self, room: str, slots: Sequence[int]) -> list[str]:
         """Content hashes of ``slots`` (any order, repeats allowed)."""
@@ -1520,8 +1569,10 @@ class _RawChunks:
     pooled chunk buffer and its rows copied into the block (Zarr's read of them made
     as many copies, into fresh memory, plus its own per-chunk work)."""
 
-    def read(self, a: int, b: int, dims: tuple[int, ...]) -> Array | None:
-        """Slots ``a..b``, axes 1.. cut to ``dims`` (from 0); None when the selection is
+    def read(self, a: int, b: int, dims: tuple[int, ...], out: Array | None = None
+             ) -> Array | None:
+        """Slots ``a..b``, axes 1.. cut to ``dims`` (from 0), into ``out`` if given (a
+        view of a bytearray, each slot's values contiguous); None when the selection is
         not one this reads (a partial chunk beyond axis 1) or a chunk file is not the
         size its shape says (the caller then asks Zarr, which reports what is wrong)."""
         chunks = tuple(self.array.chunks)
@@ -1533,9 +1584,18 @@ class _RawChunks:
         c0 = chunks[0]
         c1 = chunks[1] if len(chunks) > 1 else 1
         d1 = dims[0] if dims else 1
-        out = READ_BLOCKS.empty((b - a, *dims), dtype)
+        contiguous = out is None
+        if out is None:
+            out = READ_BLOCKS.empty((b - a, *dims), dtype)
+            flat, base, slot_bytes = out.reshape(-1).data.cast("B"), 0, d1 * row_bytes
+        else:
+            where = _bytes_under(out, d1 * row_bytes)
+            if where is None:
+                return None
+            flat, base, slot_bytes = where
         rows = out.reshape(b - a, d1, -1) if out.ndim > 1 else out.reshape(b - a, 1, 1)
-        flat = out.reshape(-1).data.cast("B")
+        if not np.shares_memory(rows, out):  # (a reshape that had to copy)
+            return None
         for k1, r0 in enumerate(range(0, d1, c1)):
             r1 = min(d1, r0 + c1)
             for k0 in range(a // c0, (b - 1) // c0 + 1):
@@ -1561,11 +1621,14 @@ class _RawChunks:
                     if os.fstat(fd).st_size != file_bytes:
                         return None
                     at = (s0 - k0 * c0) * c1 * row_bytes
-                    if r1 - r0 == c1 == d1:  # whole chunk rows: the slots are contiguous
+                    if contiguous and r1 - r0 == c1 == d1:  # whole chunk rows: the
+                        # slots are contiguous in the file and in the block
                         done = _pread_into(fd, rows[s0 - a:s1 - a], at)
                     else:  # the first rows of each slot's chunk rows (a trajectory's
-                        # atoms short of the chunk): one preadv per run of slots
-                        starts = [((s - a) * d1 + r0) * row_bytes for s in range(s0, s1)]
+                        # atoms short of the chunk), or a slot apart from the next in
+                        # ``out``: one preadv per run of slots
+                        starts = [base + (s - a) * slot_bytes + r0 * row_bytes
+                                  for s in range(s0, s1)]
                         done = _pread_rows(fd, flat, starts, (r1 - r0) * row_bytes,
                                            c1 * row_bytes, at)
                     if not done:
@@ -1576,6 +1639,24 @@ class _RawChunks:
 
 
 _UNWRITTEN = np.empty(0)
+
+
+def _bytes_under(out: Array, slot_bytes: int) -> tuple[memoryview, int, int] | None:
+    """(the bytearray under ``out`` as bytes, where ``out`` starts in it, the distance
+    between its slots) when ``out`` is a view of a bytearray whose every slot holds
+    its ``slot_bytes`` contiguously; else None."""
+    owner: Any = out
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    if not isinstance(owner, bytearray) or not out.flags.writeable or not len(out) \
+            or not out[0].flags.c_contiguous or out.strides[0] < slot_bytes:
+        return None
+    start = out.ctypes.data - np.frombuffer(owner, np.uint8).ctypes.data
+    if start < 0 or start + (len(out) - 1) * out.strides[0] + slot_bytes > len(owner):
+        return None
+    return memoryview(owner), start, out.strides[0]
 
 
 def _decompressed(path: Path, chunks: tuple[int, ...], dtype: np.dtype[Any]
