@@ -10,6 +10,7 @@ client the frames it uploads.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from trajhub.shared.buffers import populated_bytearray
 from trajhub.shared.codec import frame_to_bytes
-from trajhub.shared.frames import SlotColumns
+from trajhub.shared.frames import Array, SlotColumns
 
 LAYOUT_BACKOFF = 16
 """Frames encoded plainly before a new layout is tried, when the last one fit no frame."""
@@ -184,6 +185,61 @@ def encode_slab(columns: SlotColumns) -> tuple[memoryview, int] | None:
     layout, stride = _first_layout(columns)
     slab = layout.encode_slab(columns) if layout is not None else None
     return None if slab is None else (slab, stride)
+
+
+@dataclass
+class EmptySlab:
+    """A slab for ``count`` frames of one layout with only the bytes around their data
+    written: ``columns[key]`` is where the key's values go, a (count, *shape) view."""
+
+    buffer: bytearray
+    stride: int
+    columns: dict[str, Array]
+
+    def view(self) -> memoryview:
+        """The slab, once its columns are filled (what ``encode_slab`` gives)."""
+        return memoryview(self.buffer).toreadonly()
+
+
+def empty_slab(layout: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]], count: int
+               ) -> EmptySlab | None:
+    """The slab ``encode_slab`` would make of ``count`` frames whose keys have these
+    dtypes and shapes, but for their values, which its columns take (so a reader can
+    read them straight in: no block of their own, no copy from it). None when frames
+    of this layout are not encoded so (too large, or no such layout)."""
+    first = {key: np.zeros(shape, dtype) for key, (dtype, shape) in layout.items()}
+    made = _Layout.of(first, frame_to_bytes(first)) if count > 0 else None
+    if made is None:
+        return None
+    data = made._data_columns(SlotColumns(0, 1, {k: a[np.newaxis] for k, a in first.items()}))
+    if data is None:
+        return None
+    sizes = [len(part) if part is not None else column.nbytes
+             for part, column in zip(made.parts, data, strict=True)]
+    stride = sum(sizes)
+    buf = populated_bytearray(count * stride)
+    rows = np.frombuffer(buf, np.uint8).reshape(count, stride)
+    columns: dict[str, Array] = {}
+    at = 0
+    for part, column, size, key in zip(made.parts, data, sizes, _keys_of(made), strict=True):
+        if part is not None:
+            rows[:, at:at + size] = np.frombuffer(part, np.uint8)
+        else:
+            assert key is not None
+            dtype, shape = layout[key]
+            columns[key] = np.ndarray((count, *shape), dtype, buffer=buf, offset=at,
+                                      strides=(stride, *column[0].strides))
+        at += size
+    return EmptySlab(buf, stride, columns)
+
+
+def _keys_of(layout: _Layout) -> list[str | None]:
+    """Per part of ``layout``, the key whose values fill it (None for fixed bytes)."""
+    keys: list[str | None] = [None] * len(layout.parts)
+    for key, at in zip(layout.keys, layout.data_at, strict=True):
+        if at is not None:
+            keys[at] = key
+    return keys
 
 
 def _first_layout(columns: SlotColumns) -> tuple[_Layout | None, int]:

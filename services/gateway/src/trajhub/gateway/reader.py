@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
+import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -38,7 +40,14 @@ from trajhub.gateway.index_watch import IndexWatch
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
 from trajhub.shared.codec import frame_parts, packb
-from trajhub.shared.frame_encoder import encode_columns, encode_frames, encode_slab
+from trajhub.shared.frame_encoder import (
+    EmptySlab,
+    empty_slab,
+    encode_columns,
+    encode_frames,
+    encode_slab,
+)
+from trajhub.shared.frames import Array, SlotColumns
 from trajhub.shared.ports import FrameStore
 from trajhub.shared.staging import StagingPacks, packs_of, read_staged
 
@@ -556,11 +565,19 @@ class FrameLoader:
         frames go into the cache, the read-ahead ones first (less recently used), a run
         of alike frames (a bulk read's) as one slab. With ``splice``, the large frames
         of ``slots`` come apart (second map, not cached)."""
-        columns, frames = store.read_columns(room, slots + list(extra), keys)
+        into = _SlabInto(len(slots), self._slab_fits) if keys is None and not extra else None
+        columns, frames = store.read_columns(room, slots + list(extra), keys, into)
         encoded: dict[int, Blob] = {}
         slabs: list[tuple[range, memoryview, int]] = []
         for run in columns:
             run_slots = range(run.start, run.start + run.count)
+            filled = into.filled(run) if into is not None else None
+            if filled is not None:
+                data, stride = filled
+                encoded.update(zip(run_slots, (data[i:i + stride]
+                                               for i in range(0, len(data), stride)), strict=True))
+                slabs.append((run_slots, data, stride))
+                continue
             if splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
                 frames.update(zip(run_slots, run.frames(), strict=True))
                 continue
@@ -613,6 +630,41 @@ class FrameLoader:
             log.debug("read %s: %d cached, %d from blobs, %d from zarr, %d read ahead; "
                       "cache %s", room, got.cached, got.from_blobs, got.from_zarr,
                       got.read_ahead, self._cache.stats())
+
+
+class _SlabInto:
+    """``into`` of a bulk read of ``count`` slots (see ``FrameStore.read_columns``): when
+    they are one run whose slab the cache would keep, its keys are read straight into
+    an empty slab (``empty_slab``) rather than into blocks that are then encoded into
+    one: a new process's memory is written once instead of twice."""
+
+    def __init__(self, count: int, fits: Callable[[int], bool]) -> None:
+        self.count = count
+        self.fits = fits
+        self.slab: EmptySlab | None = None
+
+    def __call__(self, layout: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]
+                 ) -> dict[str, Array] | None:
+        nbytes = sum(math.prod(shape) * dtype.itemsize for dtype, shape in layout.values())
+        if not self.fits(self.count * nbytes):
+            return None
+        self.slab = empty_slab(layout, self.count)
+        return None if self.slab is None else self.slab.columns
+
+    def filled(self, run: SlotColumns) -> tuple[memoryview, int] | None:
+        """The slab, ``run`` copied into it where it was not read in place; None if
+        ``run`` is not the run the slab was made for."""
+        slab = self.slab
+        if slab is None or run.count != self.count or set(run.arrays) != set(slab.columns):
+            return None
+        self.slab = None  # (one run: a slab is handed out once)
+        for key, column in run.arrays.items():
+            target = slab.columns[key]
+            if column.shape != target.shape:
+                return None
+            if not np.shares_memory(column, target):
+                target[...] = column
+        return slab.view(), slab.stride
 
 
 def pack_entry_fields(indices: Sequence[int], entries: Sequence[EntryLike]) -> bytes:
