@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trajhub.shared.codec import frame_to_bytes
-from trajhub.shared.frame_encoder import encode_columns, encode_frames, encode_slab
+from trajhub.shared.frame_encoder import empty_slab, encode_columns, encode_frames, encode_slab
 from trajhub.shared.frames import SlotColumns
 
 
@@ -78,3 +78,22 @@ def test_a_trajectory_encodes_as_one_slab() -> None:
     expected = [frame_to_bytes(f) for f in frames]
     assert encode_slab(_columns(frames)) == (b"".join(expected), len(expected[0]))
     assert encode_slab(_columns(_trajectory(3, 5000))) is None  # no layout for large frames
+
+
+@pytest.mark.parametrize("frames", [
+    _trajectory(30, 7),
+    [{"a": np.zeros((2, 0)), "b": np.arange(3.0)}] * 4,  # an empty array: no column
+    [{"x": np.array(i, "<f8"), "y": np.arange(3, dtype="<i4") + i} for i in range(5)],
+])
+def test_an_empty_slab_filled_column_by_column_is_the_encoded_slab(
+        frames: list[dict[str, Any]]) -> None:
+    columns = _columns(frames)
+    layout = {k: (a.dtype, a.shape[1:]) for k, a in columns.arrays.items()}
+    slab = empty_slab(layout, len(frames))
+    assert slab is not None
+    for key, column in slab.columns.items():
+        assert column.shape == columns.arrays[key].shape and column.base is slab.buffer
+        column[...] = columns.arrays[key]
+    assert (slab.view(), slab.stride) == encode_slab(columns)
+    assert slab.view().readonly
+    assert empty_slab({"big": (np.dtype("<f8"), (5000, 3))}, 2) is None  # as encode_slab

@@ -655,11 +655,14 @@ class _SlabInto:
         """The slab, ``run`` copied into it where it was not read in place; None if
         ``run`` is not the run the slab was made for."""
         slab = self.slab
-        if slab is None or run.count != self.count or set(run.arrays) != set(slab.columns):
+        if slab is None or run.count != self.count \
+                or any(key not in run.arrays for key in slab.columns) \
+                or any(key not in slab.columns and column.size
+                       for key, column in run.arrays.items()):  # (no bytes: no column)
             return None
         self.slab = None  # (one run: a slab is handed out once)
-        for key, column in run.arrays.items():
-            target = slab.columns[key]
+        for key, target in slab.columns.items():
+            column = run.arrays[key]
             if column.shape != target.shape:
                 return None
             if not np.shares_memory(column, target):
