@@ -9,6 +9,8 @@ client the frames it uploads.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -77,25 +79,36 @@ class _Layout:
         """``encode_columns`` of ``columns`` as one read-only buffer, the frames one
         after the other (each as long as every other: one layout, one shape per key).
 
-        Written part by part for all frames at once, as columns of a (frames, stride)
-        byte matrix: joining each frame's pieces cost a Python object per row and key
-        (~10 us a small frame), and the join's output zeroed fresh memory first."""
-        data = self._data_columns(columns)
-        if data is None:
+        Written part by part for all frames at once (``empty_slab``, then a numpy copy
+        per key): joining each frame's pieces cost a Python object per row and key (~10
+        us a small frame), and the join's output zeroed fresh memory first."""
+        if self._data_columns(columns) is None:
             return None
-        sizes = [len(part) if part is not None else column.nbytes // max(columns.count, 1)
-                 for part, column in zip(self.parts, data, strict=True)]
+        slab = self.empty_slab(columns.count)
+        for key, target in slab.columns.items():
+            target[...] = columns.arrays[key]
+        return slab.view()
+
+    def empty_slab(self, count: int) -> EmptySlab:
+        """A slab of ``count`` frames of this layout, the bytes around their values
+        written, each key's values a column of it (a key with no bytes has none)."""
+        sizes = [0 if part is None else len(part) for part in self.parts]
+        for dtype, shape, at in zip(self.dtypes, self.shapes, self.data_at, strict=True):
+            if at is not None:
+                sizes[at] = math.prod(shape) * dtype.itemsize
         stride = sum(sizes)
-        buf = populated_bytearray(columns.count * stride)
-        rows = np.frombuffer(buf, np.uint8).reshape(columns.count, stride)
-        at = 0
-        for part, column, size in zip(self.parts, data, sizes, strict=True):
+        buf = populated_bytearray(count * stride)
+        rows = np.frombuffer(buf, np.uint8).reshape(count, stride)
+        starts = list(itertools.accumulate(sizes, initial=0))
+        for part, at in zip(self.parts, starts, strict=False):
             if part is not None:
-                rows[:, at:at + size] = np.frombuffer(part, np.uint8)
-            elif size:
-                rows[:, at:at + size].view(column.dtype)[...] = column.reshape(columns.count, -1)
-            at += size
-        return memoryview(buf).toreadonly()
+                rows[:, at:at + len(part)] = np.frombuffer(part, np.uint8)
+        columns = {key: np.ndarray((count, *shape), dtype, buffer=buf, offset=starts[at],
+                                   strides=(stride, *_c_strides(shape, dtype.itemsize)))
+                   for key, dtype, shape, at in zip(self.keys, self.dtypes, self.shapes,
+                                                    self.data_at, strict=True)
+                   if at is not None}
+        return EmptySlab(buf, stride, columns)
 
     def _data_columns(self, columns: SlotColumns) -> list[Any] | None:
         """Per part of the layout, the column whose rows fill it (None for a part of
@@ -209,37 +222,12 @@ def empty_slab(layout: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]], coun
     of this layout are not encoded so (too large, or no such layout)."""
     first = {key: np.zeros(shape, dtype) for key, (dtype, shape) in layout.items()}
     made = _Layout.of(first, frame_to_bytes(first)) if count > 0 else None
-    if made is None:
-        return None
-    data = made._data_columns(SlotColumns(0, 1, {k: a[np.newaxis] for k, a in first.items()}))
-    if data is None:
-        return None
-    sizes = [len(part) if part is not None else column.nbytes
-             for part, column in zip(made.parts, data, strict=True)]
-    stride = sum(sizes)
-    buf = populated_bytearray(count * stride)
-    rows = np.frombuffer(buf, np.uint8).reshape(count, stride)
-    columns: dict[str, Array] = {}
-    at = 0
-    for part, column, size, key in zip(made.parts, data, sizes, _keys_of(made), strict=True):
-        if part is not None:
-            rows[:, at:at + size] = np.frombuffer(part, np.uint8)
-        else:
-            assert key is not None
-            dtype, shape = layout[key]
-            columns[key] = np.ndarray((count, *shape), dtype, buffer=buf, offset=at,
-                                      strides=(stride, *column[0].strides))
-        at += size
-    return EmptySlab(buf, stride, columns)
+    return None if made is None else made.empty_slab(count)
 
 
-def _keys_of(layout: _Layout) -> list[str | None]:
-    """Per part of ``layout``, the key whose values fill it (None for fixed bytes)."""
-    keys: list[str | None] = [None] * len(layout.parts)
-    for key, at in zip(layout.keys, layout.data_at, strict=True):
-        if at is not None:
-            keys[at] = key
-    return keys
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """The strides of a C-contiguous array of ``shape``."""
+    return tuple(itemsize * math.prod(shape[i + 1:]) for i in range(len(shape)))
 
 
 def _first_layout(columns: SlotColumns) -> tuple[_Layout | None, int]:

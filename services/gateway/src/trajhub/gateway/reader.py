@@ -571,20 +571,16 @@ class FrameLoader:
         slabs: list[tuple[range, memoryview, int]] = []
         for run in columns:
             run_slots = range(run.start, run.start + run.count)
-            filled = into.filled(run) if into is not None else None
-            if filled is not None:
-                data, stride = filled
-                encoded.update(zip(run_slots, (data[i:i + stride]
-                                               for i in range(0, len(data), stride)), strict=True))
-                slabs.append((run_slots, data, stride))
-                continue
-            if splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
+            slab = into.filled(run) if into is not None else None  # (read into it)
+            if slab is None and splice and run.frame_nbytes >= SPLICE_MIN_BYTES:
                 frames.update(zip(run_slots, run.frames(), strict=True))
                 continue
-            if keys is not None or extra or not self._slab_fits(run.count * run.frame_nbytes):
-                encoded.update(zip(run_slots, encode_columns(run), strict=True))
-                continue
-            slab = encode_slab(run)
+            if slab is None:
+                if keys is not None or extra \
+                        or not self._slab_fits(run.count * run.frame_nbytes):
+                    encoded.update(zip(run_slots, encode_columns(run), strict=True))
+                    continue
+                slab = encode_slab(run)
             if slab is None:  # no one layout fits them (encode_columns would find the same)
                 encoded.update(zip(run_slots, encode_frames(run.frames()), strict=True))
                 continue
