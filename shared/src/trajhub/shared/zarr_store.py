@@ -614,12 +614,8 @@ class ZarrFrameStore:
             if not held.all() or (v.ndim and (part != part[0]).any()):
                 return {}
             plan[key] = (np.dtype(v.dtype), tuple(int(n) for n in part[0, :v.ndim]))
-        given = into(plan) if plan else None
-        if not given:
-            return {}
-        return {key: arr for key, arr in given.items()
-                if key in plan and arr.shape == (b - a, *plan[key][1])
-                and arr.dtype == plan[key][0]}
+        # (_read_run takes an array only if it is the block's shape and dtype)
+        return (into(plan) or {}) if plan else {}
 
     async def _read_room(self, room: str, slots: list[int], keys: Sequence[str] | None,
                          depth: int) -> dict[int, Frame]:
