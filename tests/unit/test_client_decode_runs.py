@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from trajhub.client import http
 from trajhub.client.http import decode_frames_body
+from trajhub.shared import codec
 from trajhub.shared.codec import CodecError, encode_frame, packb
 from trajhub.shared.frames import Frame, frames_equal
 
@@ -157,3 +160,78 @@ def test_the_mean_frame_size_is_sampled_over_the_whole_answer() -> None:
     growing = [frame(10 + i // 100) for i in range(10_000)]  # 10 atoms at first, 109 last
     exact = sum(sum(a.nbytes for a in f.values()) for f in growing) / len(growing)
     assert abs(_mean_frame_nbytes(growing) - exact) / exact < 0.02
+
+
+def said_body(frames: list[Frame], runs: object) -> bytes:
+    """An answer as the server writes one of frames read from a slab: ``runs`` first."""
+    return packb({"room": "r", "seq": 1, "runs": runs,
+                  "frames": [encode_frame(f) for f in frames]})
+
+
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ``most`` of each comparison of frames with a first one from now on."""
+    seen: list[int] = []
+    compare = codec._repeats
+
+    def counted(buf: bytes | bytearray, pos: int, stride: int, most: int,
+                layout: Any) -> int:
+        seen.append(most)
+        return compare(buf, pos, stride, most, layout)
+
+    monkeypatch.setattr(codec, "_repeats", counted)
+    return seen
+
+
+def stride_of(frames: list[Frame]) -> int:
+    return len(packb(encode_frame(frames[0])))
+
+
+def test_runs_the_server_states_are_checked_at_their_ends_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = small_frames(300)
+    stride = stride_of(frames)
+    body = bytearray(said_body(frames, [[0, 120, stride], [120, 180, stride]]))
+    seen = scans(monkeypatch)
+    answer = decode_frames_body(body)
+    assert seen == [1, 1]  # the last frame of each run, against its first
+    assert len(answer["frames"]) == 300
+    assert all(frames_equal(g, f) for g, f in zip(answer["frames"], frames, strict=True))
+
+
+def test_frames_between_stated_runs_are_compared_up_to_the_next_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = small_frames(300)
+    stride = stride_of(frames)
+    seen = scans(monkeypatch)
+    got = decode_frames_body(said_body(frames, [[100, 50, stride]]))["frames"]
+    assert seen == [99, 1, 149]  # 1..99, the run's last frame, 151..299
+    assert all(frames_equal(g, f) for g, f in zip(got, frames, strict=True))
+
+
+@pytest.mark.parametrize("runs", [
+    "no", [[0, 300]], [[0, 301, "s"]], [[0, 301, 10]], [[5, 1, 10]], [[0, 10, 0]],
+    [[10, 20, 5], [15, 20, 5]], [[0, 2, True]]])
+def test_runs_that_are_not_runs_are_ignored(monkeypatch: pytest.MonkeyPatch,
+                                            runs: object) -> None:
+    frames = small_frames(300)
+    seen = scans(monkeypatch)
+    got = decode_frames_body(said_body(frames, runs))["frames"]
+    assert seen == [299]  # every frame compared with the first, as without runs
+    assert all(frames_equal(g, f) for g, f in zip(got, frames, strict=True))
+
+
+@pytest.mark.parametrize("where", ["last", "stride"])
+def test_a_stated_run_that_does_not_hold_is_scanned(monkeypatch: pytest.MonkeyPatch,
+                                                    where: str) -> None:
+    """A stated run whose last frame is laid out otherwise (here: int32 atomic numbers
+    where the others' are float32, the same size), or whose stride is not its first
+    frame's, is scanned frame by frame: the frames decode as sent."""
+    frames = small_frames(300)
+    stride = stride_of(frames)
+    for f in frames:
+        f["numbers"] = f["numbers"].astype(np.float32)
+    frames[299]["numbers"] = frames[299]["numbers"].astype(np.int32)
+    runs = [[0, 300, stride]] if where == "last" else [[0, 300, stride + 8]]
+    got = decode_frames_body(said_body(frames, runs))["frames"]
+    assert got[299]["numbers"].dtype == np.int32 and got[298]["numbers"].dtype == np.float32
+    assert all(frames_equal(g, f) for g, f in zip(got, frames, strict=True))

@@ -575,7 +575,8 @@ def _scan_frames_last(body: bytes | bytearray
 
     The fields before the frames (indices, ids, versions, hashes: thousands of items
     for a long read) are decoded by msgpack's C unpacker; ``scan_bulk_runs`` would walk
-    each of their items in Python first."""
+    each of their items in Python first. The server's ``runs`` (frames it sent from one
+    slab, of one layout) spare comparing each of their frames with the first."""
     unpacker = msgpack.Unpacker(_BodyReader(body), raw=False, strict_map_key=True,
                                 use_list=True, read_size=2**18)
     fields: dict[str, Any] = {}
@@ -590,13 +591,33 @@ def _scan_frames_last(body: bytes | bytearray
                     return None
                 count = unpacker.read_array_header()
                 pos = unpacker.tell()
-                runs = _scan_runs(body, memoryview(body), pos, count)
+                runs = _scan_runs(body, memoryview(body), pos, count,
+                                  _said_runs(fields.get("runs"), count))
                 end = runs[-1].end if runs else pos
                 return (fields, pos, runs) if end == len(body) else None
             fields[key] = unpacker.unpack()
     except Exception:  # malformed or unusual: the general path says what is wrong
         return None
     return None
+
+
+def _said_runs(value: object, count: int) -> list[tuple[int, int, int]]:
+    """An answer's ``runs`` as ``(first, count, stride)`` each, when it is a sorted list
+    of runs apart within ``count`` frames; else none (each frame is then compared)."""
+    if not isinstance(value, list):
+        return []
+    out: list[tuple[int, int, int]] = []
+    end = 0
+    for run in value:
+        if not (isinstance(run, list) and len(run) == 3
+                and all(type(x) is int for x in run)):
+            return []
+        first, n, stride = run
+        if first < end or n < 2 or stride < 1 or first + n > count:
+            return []
+        out.append((first, n, stride))
+        end = first + n
+    return out
 
 
 def _decode_by_runs(body: bytes | bytearray) -> dict[str, Any] | None:

@@ -7,7 +7,10 @@ worker threads, hence the lock; every operation under it is a few dict operation
 
 Frames encoded together (a run read from Zarr) can be kept as one buffer, a slab,
 each entry a view of its part: a later read of them in their order is then answered
-with views of the slab (``get_run``) instead of copying each frame into an answer.
+with views of the slab (``get_run``) instead of copying each frame into an answer. A
+slab's frames share one layout (the same bytes around their arrays), which ``get_run``
+says of each view of several of them (``Ordered.runs``), so that a reader need not
+compare every frame's bytes to find that out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ def _as_bytes(blob: bytes | bytearray | memoryview) -> bytes:
 
 Blob = bytes | memoryview
 """A cached frame: its own bytes, or a read-only view of its part of a slab."""
+
+
+class Ordered(list[Blob]):
+    """``get_run``'s parts, and in ``runs`` the ``(first, count, stride)`` of each part
+    that is ``count`` frames of one slab: the frames at positions ``first..first +
+    count`` of the run, ``stride`` bytes each, all encoded with one layout."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, parts: Iterable[Blob] = ()) -> None:
+        super().__init__(parts)
+        self.runs: list[tuple[int, int, int]] = []
 
 
 class FrameCache:
@@ -78,12 +93,12 @@ class FrameCache:
             self._misses += len(wanted) - len(found)
         return found
 
-    def get_run(self, hashes: Sequence[str], *, count: bool = True) -> list[Blob] | None:
+    def get_run(self, hashes: Sequence[str], *, count: bool = True) -> Ordered | None:
         """Every one of ``hashes`` (repeats too), as parts whose concatenation is their
         frames one after the other: a frame's bytes, or one view of the frames that
-        follow each other in a slab. Marked as recently used in their order; None, with
-        nothing counted or marked, when any is missing (the caller then takes
-        ``get_many``'s way).
+        follow each other in a slab (in ``Ordered.runs``). Marked as recently used in
+        their order; None, with nothing counted or marked, when any is missing (the
+        caller then takes ``get_many``'s way).
 
         Counts one hit per distinct hash (as ``get_many`` does) unless not ``count``
         (a second look at frames just counted). One lookup per hash, without get_many's
@@ -102,7 +117,7 @@ class FrameCache:
             if count:
                 self._hits += len(set(hashes))
         if not any(where):
-            return found  # type: ignore[return-value]  # (no None in it)
+            return Ordered(found)  # type: ignore[arg-type]  # (no None in it)
         return _joined(found, where)  # type: ignore[arg-type]
 
     def put(self, content_hash: str, blob: bytes | bytearray | memoryview) -> bool:
@@ -212,22 +227,31 @@ class FrameCache:
                     "write_through": self._write_through}
 
 
-def _joined(found: list[Blob], where: list[tuple[Blob, int, int] | None]) -> list[Blob]:
-    """``found`` with each run of views that follow each other in one slab as one view."""
-    out: list[Blob] = []
+def _joined(found: list[Blob], where: list[tuple[Blob, int, int] | None]) -> Ordered:
+    """``found`` with each run of views that follow each other in one slab as one view
+    (and, if it is of several frames, in ``runs``)."""
+    out = Ordered()
     slab: Blob | None = None
-    start = end = 0
-    for blob, at in zip(found, where, strict=True):
+    start = end = first = 0
+    for i, (blob, at) in enumerate(zip(found, where, strict=True)):
         if at is not None and at[0] is slab and at[1] == end:
             end = at[2]
             continue
         if slab is not None:
-            out.append(memoryview(slab)[start:end])
+            _close(out, slab, start, end, first, i)
         if at is None:
             slab = None
             out.append(blob)
         else:
             slab, start, end = at
+            first = i
     if slab is not None:
-        out.append(memoryview(slab)[start:end])
+        _close(out, slab, start, end, first, len(found))
     return out
+
+
+def _close(out: Ordered, slab: Blob, start: int, end: int, first: int, stop: int) -> None:
+    """Append the view of frames ``first..stop`` of the run, ``slab[start:end]``."""
+    out.append(memoryview(slab)[start:end])
+    if stop - first > 1:
+        out.runs.append((first, stop - first, (end - start) // (stop - first)))

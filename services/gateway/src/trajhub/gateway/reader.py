@@ -35,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from trajhub.control import IndexReader
 from trajhub.control.index import IndexOutOfRange, RawIndex
-from trajhub.gateway.cache import Blob, FrameCache
+from trajhub.gateway.cache import Blob, FrameCache, Ordered
 from trajhub.gateway.index_watch import IndexWatch
 from trajhub.gateway.pipelined import PipelinedRedis
 from trajhub.shared import keys as rkeys
@@ -377,7 +377,7 @@ class Loaded:
     by_slot: dict[int, Blob]
     from_zarr: bool
     spliced: dict[int, Parts] = field(default_factory=dict)
-    ordered: list[Blob] | None = None
+    ordered: Ordered | None = None
 
 
 class FrameLoader:
@@ -680,16 +680,21 @@ def pack_entry_fields(indices: Sequence[int], entries: Sequence[EntryLike]) -> b
 def pack_frames_parts(room: str, seq: int, n_frames: int, entry_fields: bytes,
                       entries: Sequence[EntryLike], by_slot: Mapping[int, Blob],
                       spliced: Mapping[int, Parts] | None = None,
-                      ordered: list[Blob] | None = None) -> list[bytes | memoryview]:
+                      ordered: Ordered | None = None) -> list[bytes | memoryview]:
     """The GET response in parts whose concatenation is the answer: the header (with
     ``entry_fields``, see ``pack_entry_fields``), then each frame's encoded bytes as
     they are (never re-encoded; a slot of ``spliced`` its pieces; ``ordered``: the
     entries' frames in their order, instead of ``by_slot``). The caller joins the small
-    ones (``coalesce`` / ``coalesce_into``)."""
+    ones (``coalesce`` / ``coalesce_into``).
+
+    With ``ordered`` runs of frames of one layout (see ``Ordered.runs``), the answer
+    says so in ``runs``, before ``frames``: ``[first, count, stride]`` each."""
     packer = msgpack.Packer(use_bin_type=True)
-    header = packer.pack_map_header(8) + b"".join([
+    runs = ordered.runs if ordered is not None else []
+    header = packer.pack_map_header(9 if runs else 8) + b"".join([
         packer.pack("room"), packer.pack(room), packer.pack("seq"), packer.pack(seq),
         packer.pack("n_frames"), packer.pack(n_frames), entry_fields,
+        *((packer.pack("runs"), packer.pack(runs)) if runs else ()),
         packer.pack("frames"), packer.pack_array_header(len(entries))])
     parts: list[bytes | memoryview] = [header]
     if ordered is not None:
