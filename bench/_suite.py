@@ -86,9 +86,13 @@ def at_least(ratio: float, limit: float) -> tuple[str, bool]:
 
 
 def timed(fn: Callable[..., object], *args: Any, **kwargs: Any) -> float:
+    """Seconds ``fn`` takes to return; what it returns is dropped after the clock stops
+    (a reader keeps the frames it read: freeing 10,000 of them took ~4 ms more)."""
     t0 = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - t0
+    result = fn(*args, **kwargs)
+    elapsed = time.perf_counter() - t0
+    del result
+    return elapsed
 
 
 REPEATS = 3
@@ -286,7 +290,7 @@ def bare_transfer(port: int, bodies: list[bytes]) -> dict[str, float]:
             for b in bodies:
                 _ = pool.request("GET", f"/source?n={len(b)}").data
 
-        def read_keep() -> None:
+        def read_keep() -> list[bytearray]:
             kept = []
             for b in bodies:  # each into a new buffer of its own, as fast as it gets
                 answer = pool.request("GET", f"/source?n={len(b)}", preload_content=False)
@@ -297,7 +301,7 @@ def bare_transfer(port: int, bodies: list[bytes]) -> dict[str, float]:
                 view.release()
                 answer.release_conn()
                 kept.append(buf)
-            del kept
+            return kept
 
         return {"upload_s": median_timed(upload), "read_all_s": median_timed(read),
                 "read_keep_s": median_timed(read_keep)}
