@@ -33,6 +33,7 @@ from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.staging import (
     MARKER,
+    SIZES_LUA,
     PackRef,
     StagingPacks,
     marker,
@@ -231,6 +232,20 @@ async def test_markers_are_read_and_unlinked_for_more_keys_than_lua_can_unpack(
     refs = await pointing_markers(r, ROOM, hashes, unlink=True)
     assert refs == [ref if i % 2 else None for i in range(len(hashes))]
     assert await r.exists(*(keys.blob(ROOM, h) for h in hashes)) == 0
+
+
+async def test_sizes_and_markers_read_each_key_once(r: aioredis.Redis) -> None:
+    """A marker's size is its frame's; a frame staged in Redis, its own (short or long);
+    a key that is gone, 0. Only markers come back as markers, each whole."""
+    ref = PackRef("0000000000001-pack", 96, 123_456)
+    values = {"marker": marker(ref), "short": b"\x83" + b"s" * 40,
+              "long": b"\x83" + b"l" * 5_000, "edge": b"\x83" + b"e" * 255}
+    await r.mset({keys.blob(ROOM, k): v for k, v in values.items()})
+    names = [*values, "gone"]
+    blob_keys = [keys.blob(ROOM, k) for k in names]
+    sizes = await r.register_script(SIZES_LUA)(keys=blob_keys)
+    assert sizes == [123_456, 41, 5_001, 256, 0]
+    assert await pointing_markers(r, ROOM, names) == [ref, None, None, None, None]
 
 
 async def test_sweep_deletes_old_unreferenced_packs_only(r: aioredis.Redis,

@@ -52,11 +52,14 @@ IOV_MAX = 512
 
 # The markers among some blob keys (a frame staged in Redis answers nil: its bytes are
 # not sent back); with ARGV[1] == 'unlink', the keys are unlinked too (one round trip
-# for storage's cleanup), in slices: Lua's unpack() stops at 8000 values.
+# for storage's cleanup), in slices: Lua's unpack() stops at 8000 values. A marker is
+# at most 255 bytes, so its first 256 are all of it: one call a key, and a frame's own
+# bytes are never copied whole.
 MARKERS_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GETRANGE', key, 0, 0) == '\\193' then out[i] = redis.call('GET', key)
+  local head = redis.call('GETRANGE', key, 0, 255)
+  if string.byte(head, 1) == 193 and #head < 256 then out[i] = head
   else out[i] = false end
 end
 if ARGV[1] == 'unlink' then
@@ -77,15 +80,19 @@ end
 return #KEYS
 """
 
-# Blob sizes in one round trip: a marker's size is the frame's, not the marker's.
+# Blob sizes in one round trip: a marker's size is the frame's, not the marker's (read
+# whole with one call, as in MARKERS_LUA; a frame staged in Redis costs a second).
 SIZES_LUA = """
 local sizes = {}
 for i, key in ipairs(KEYS) do
-  local n = redis.call('STRLEN', key)
-  if n > 0 and n < 256 and redis.call('GETRANGE', key, 0, 0) == '\\193' then
-    n = tonumber(string.match(redis.call('GET', key), ' (%d+)$'))
+  local head = redis.call('GETRANGE', key, 0, 255)
+  if string.byte(head, 1) == 193 and #head < 256 then
+    sizes[i] = tonumber(string.match(head, ' (%d+)$'))
+  elseif #head < 256 then
+    sizes[i] = #head
+  else
+    sizes[i] = redis.call('STRLEN', key)
   end
-  sizes[i] = n
 end
 return sizes
 """
