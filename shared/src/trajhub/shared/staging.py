@@ -81,7 +81,8 @@ return #KEYS
 """
 
 # Blob sizes in one round trip: a marker's size is the frame's, not the marker's (read
-# whole with one call, as in MARKERS_LUA; a frame staged in Redis costs a second).
+# whole with one call, as in MARKERS_LUA; a frame staged in Redis of 256 bytes or more
+# costs a second).
 SIZES_LUA = """
 local sizes = {}
 for i, key in ipairs(KEYS) do
