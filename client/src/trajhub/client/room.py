@@ -56,6 +56,7 @@ from trajhub.client.errors import BadRequest, FrameIndexError, RoomNotFound
 from trajhub.client.http import Transport, WritableFrames, new_idempotency_key
 from trajhub.client.locks import Lock, wait_while_locked
 from trajhub.client.versions import SEEN_LIMIT, SeenVersions
+from trajhub.shared.atoms_encoder import AtomsEncoder
 from trajhub.shared.codec import encode_frame, packb
 from trajhub.shared.events import MAX_FRAMES_PER_COMMAND
 from trajhub.shared.frame_encoder import FrameEncoder
@@ -668,14 +669,15 @@ class Room(MutableSequence[ase.Atoms]):
         """
         batch: list[bytes] = []
         size = offset = 0
-        encode = FrameEncoder()
+        encode, encode_atoms = FrameEncoder(), AtomsEncoder()
 
         def flush(last: bool) -> _Chunk:
             head = None if address is None else address(offset, len(batch))
             return _Chunk(batch, offset, head, last)
 
         for value in values:
-            packed = encode(_to_frame(value))
+            packed = (encode_atoms(value) if isinstance(value, ase.Atoms)
+                      else encode(_to_frame(value)))
             if batch and (size + len(packed) > self.chunk_bytes
                           or len(batch) >= self.chunk_frames):
                 yield flush(last=False)

@@ -17,7 +17,7 @@ from trajhub.shared.names import InvalidName, check_key_name
 if TYPE_CHECKING:
     import ase
 
-_BASIC_ARRAYS = frozenset({"numbers", "positions"})
+BASIC_ARRAYS = frozenset({"numbers", "positions"})
 
 
 def _key(prefix: str, name: object, where: str) -> str:
@@ -30,7 +30,7 @@ def _key(prefix: str, name: object, where: str) -> str:
         raise ValueError(f"{where}[{name!r}] cannot be stored: {exc}") from None
 
 
-def _info_array(key: str, value: Any) -> Array:
+def info_array(key: str, value: Any) -> Array:
     try:
         arr = np.asarray(value)
         return canonical_array(arr, key)
@@ -53,11 +53,11 @@ def atoms_to_frame(atoms: ase.Atoms) -> Frame:
         "pbc": atoms.pbc,
     }
     for name, value in atoms.arrays.items():
-        if name not in _BASIC_ARRAYS:
+        if name not in BASIC_ARRAYS:
             frame[_key("arrays", name, "atoms.arrays")] = value
     for name, value in atoms.info.items():
         key = _key("info", name, "atoms.info")
-        frame[key] = _info_array(key, value)
+        frame[key] = info_array(key, value)
     if atoms.calc is not None:
         for name, value in getattr(atoms.calc, "results", {}).items():
             if value is not None:
@@ -71,7 +71,7 @@ def unstorable_info(atoms: ase.Atoms) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in atoms.info.items():
         try:
-            _info_array(_key("info", name, "atoms.info"), value)
+            info_array(_key("info", name, "atoms.info"), value)
         except (TypeError, ValueError) as exc:
             out[str(name)] = str(exc)
     return out

@@ -28,7 +28,7 @@ LAYOUT_MAX_BYTES = 2**16
 """Larger frames are encoded plainly: copying their data costs far more than the rest."""
 
 
-class _Layout:
+class Layout:
     """The canonical bytes of frames with one layout (the same keys, dtypes and shapes,
     every array C-contiguous and already canonical): the bytes around the arrays' data,
     taken from ``frame_to_bytes`` of a first frame, with each frame's data joined in."""
@@ -40,7 +40,7 @@ class _Layout:
         self.parts, self.data_at = parts, data_at
 
     @classmethod
-    def of(cls, frame: Mapping[str, Any], whole: bytes) -> _Layout | None:
+    def of(cls, frame: Mapping[str, Any], whole: bytes) -> Layout | None:
         """The layout of ``frame``, whose ``frame_to_bytes`` is ``whole``; None when the
         frame is large (its join dominates: nothing to save) or not canonical."""
         if len(whole) > LAYOUT_MAX_BYTES:
@@ -159,9 +159,14 @@ class FrameEncoder:
     at every frame)."""
 
     def __init__(self) -> None:
-        self._layout: _Layout | None = None
+        self._layout: Layout | None = None
         self._used = True  # whether the current layout encoded a frame since it was made
         self._skip = 0
+
+    @property
+    def layout(self) -> Layout | None:
+        """The layout the next frame is tried with."""
+        return self._layout
 
     def __call__(self, frame: Mapping[str, Any]) -> bytes:
         encoded = self._layout.encode(frame) if self._layout is not None else None
@@ -174,7 +179,7 @@ class FrameEncoder:
         elif not self._used:  # layouts change at every frame (or are not canonical)
             self._skip, self._used = LAYOUT_BACKOFF, True
         else:  # making a layout costs about two frame_to_bytes
-            self._layout, self._used = _Layout.of(frame, encoded), False
+            self._layout, self._used = Layout.of(frame, encoded), False
         return encoded
 
 
@@ -221,7 +226,7 @@ def empty_slab(layout: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]], coun
     read them straight in: no block of their own, no copy from it). None when frames
     of this layout are not encoded so (too large, or no such layout)."""
     first = {key: np.zeros(shape, dtype) for key, (dtype, shape) in layout.items()}
-    made = _Layout.of(first, frame_to_bytes(first)) if count > 0 else None
+    made = Layout.of(first, frame_to_bytes(first)) if count > 0 else None
     return None if made is None else made.empty_slab(count)
 
 
@@ -230,8 +235,8 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return tuple(itemsize * math.prod(shape[i + 1:]) for i in range(len(shape)))
 
 
-def _first_layout(columns: SlotColumns) -> tuple[_Layout | None, int]:
+def _first_layout(columns: SlotColumns) -> tuple[Layout | None, int]:
     """The layout of the first frame of ``columns`` and the length of its bytes."""
     first = {key: column[0, ...] for key, column in columns.arrays.items()}
     whole = frame_to_bytes(first)
-    return _Layout.of(first, whole), len(whole)
+    return Layout.of(first, whole), len(whole)

@@ -146,7 +146,7 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
     if positions.ndim != 2 or positions.shape[1] != 3 or positions.dtype.kind != "f":
         raise FrameError(f"positions must be a float array of shape (N, 3), got "
                          f"{positions.dtype.str} of shape {positions.shape}")
-    if natoms and not _atomic(numbers):
+    if natoms and not atomic_numbers(numbers):
         raise FrameError("numbers must be atomic numbers between 0 and 200")
     for key, arr in out.items():
         if is_per_atom(key):
@@ -163,7 +163,7 @@ def validate_frame(frame: Mapping[str, Any]) -> Frame:
     return out
 
 
-def _atomic(numbers: Array) -> bool:
+def atomic_numbers(numbers: Array) -> bool:
     """Whether every one of ``numbers`` (canonical integers) is within 0..200, with one
     reduction where that will do (a negative number read as unsigned is larger).
 
