@@ -4,6 +4,7 @@ another, and refuses what atoms_to_frame refuses, with its error."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import ase
@@ -148,3 +149,34 @@ def test_an_info_value_that_cannot_be_stored_is_refused_after_good_frames() -> N
     bad.arrays["numbers"] = np.arange(1, 6).reshape(5, 1)  # positions still (5, 3)
     with pytest.raises(FrameError, match="numbers must be a 1-d integer array"):
         encode(bad)
+
+
+def test_atoms_without_atoms_encode_one_after_another() -> None:
+    images = [ase.Atoms(), ase.Atoms(cell=np.eye(3)), ase.Atoms(), ase.Atoms(), *_md(2),
+              ase.Atoms(), ase.Atoms()]
+    encode = AtomsEncoder()
+    assert [encode(a) for a in images] == _expected(images)
+
+
+class _Results:
+    """A calculator of someone else's, whose ``results`` may not be a dict."""
+
+    def __init__(self, results: Any) -> None:
+        self.results = results
+
+
+def test_a_calculator_without_a_results_dict_is_taken_as_atoms_to_frame_takes_it() -> None:
+    encode = AtomsEncoder()
+    for a in _md(3):
+        encode(a)
+    odd = _md(1)[0]
+    odd.calc = _Results(MappingProxyType(dict(odd.calc.results)))
+    assert encode(odd) == frame_to_bytes(atoms_to_frame(odd))
+    for a in _md(3):
+        encode(a)
+    odd.calc = _Results(None)
+    with pytest.raises(AttributeError) as expected:
+        atoms_to_frame(odd)
+    with pytest.raises(AttributeError) as got:
+        encode(odd)
+    assert str(got.value) == str(expected.value)

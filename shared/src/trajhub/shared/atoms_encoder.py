@@ -77,10 +77,11 @@ class _AtomsLayout:
         arrays = atoms.arrays
         info = atoms.info
         calc = atoms.calc
-        results = getattr(calc, "results", {}) if calc is not None else {}
-        if (arrays.keys() != self.arrays or info.keys() != self.info
+        results = getattr(calc, "results", None) if calc is not None else {}
+        if (type(arrays) is not dict or type(info) is not dict or type(results) is not dict
+                or arrays.keys() != self.arrays or info.keys() != self.info
                 or results.keys() != self.calc):
-            return None
+            return None  # (anything odd is the general way's to take or refuse)
         parts = self.parts.copy()
         value: Any
         for kind, name, at, dtype, shape in self.slots:
@@ -105,8 +106,8 @@ class _AtomsLayout:
                 return None
             if at is not None:
                 parts[at] = value
-        if not atomic_numbers(arrays["numbers"]):
-            return None
+                if name == "numbers" and kind == _ARRAYS and not atomic_numbers(value):
+                    return None
         return b"".join(parts)
 
 
