@@ -2,7 +2,7 @@
 
 ``AtomsEncoder()(atoms)`` is ``frame_to_bytes(atoms_to_frame(atoms))``. A trajectory's
 Atoms share their keys, dtypes and shapes, so once one has been converted and checked
-the next ones only need their values taken and compared with its layout (~4 us a small
+the next ones only need their values taken and compared with its layout (~5 us a small
 frame rather than ~20): no frame dict, no full check. Any Atoms that differs goes the
 general way, which also raises the error for one that cannot be stored.
 """
