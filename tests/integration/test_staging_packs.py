@@ -29,21 +29,26 @@ from tests.helpers import eventually
 from tests.s3_fixture import new_s3_url
 from trajhub.gateway.staging import Stager
 from trajhub.shared import codec, keys
+from trajhub.shared.events import Event
 from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.staging import (
     MARKER,
-    SIZES_LUA,
+    Located,
     PackRef,
     StagingPacks,
+    locate_staged,
     marker,
     parse_marker,
     pointing_markers,
+    read_located,
     release_packs,
     resolve,
     sweep,
+    unlink_staged,
 )
 from trajhub.shared.zarr_store import open_store, open_zarr_store
+from trajhub.storage.worker import StorageWorker
 
 ROOM = "packs"
 BIG_ATOMS = 25_000  # ~1 MB per frame with the extras: two frames pass 1 MiB
@@ -106,6 +111,35 @@ def test_a_bulk_upload_is_staged_as_one_pack_read_from_it_and_released_once_appl
     stored = open_store(str(tmp_path / "zarr")).read_slots(ROOM, [0, 1, 2])
     for want, have in zip(frames, stored, strict=True):
         assert frames_equal(want, have)
+    assert_frames(client, frames)
+
+
+def test_storage_releases_what_it_applied_before_a_crash(
+        client: httpx.Client, redis_url: str, tmp_path: Path) -> None:
+    """A replica that applied a batch and died before acknowledging it: the next one
+    finds those events done, never read their blobs itself, and still unlinks them and
+    releases their pack."""
+    frames = big_frames(2, seed=7)
+    assert post_frames(client, ROOM, frames).status_code == 201
+
+    async def go() -> None:
+        with Redis.from_url(redis_url) as r:
+            events = [Event.from_stream(fields) for _, fields in r.xrange(keys.events(ROOM))]
+        first = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w1")
+        second = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w2")
+        try:
+            assert await first._take_lease(ROOM)
+            assert await first.handle_batch(ROOM, events) == len(events)  # (no ack)
+            await first.release_lease(ROOM)  # (or let it expire)
+            assert len(pack_files(tmp_path)) == 1
+            assert await second.apply_room(ROOM) == 0, "nothing left to apply"
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    asyncio.run(go())
+    assert staged_values(redis_url, frames) == [None, None]
+    assert pack_files(tmp_path) == []
     assert_frames(client, frames)
 
 
@@ -234,18 +268,50 @@ async def test_markers_are_read_and_unlinked_for_more_keys_than_lua_can_unpack(
     assert await r.exists(*(keys.blob(ROOM, h) for h in hashes)) == 0
 
 
-async def test_sizes_and_markers_read_each_key_once(r: aioredis.Redis) -> None:
-    """A marker's size is its frame's; a frame staged in Redis, its own (short or long);
-    a key that is gone, 0. Only markers come back as markers, each whole."""
+async def test_blobs_are_located_with_each_key_read_once(r: aioredis.Redis) -> None:
+    """A marker comes back whole, with its frame's size; a frame staged in Redis, its own
+    size (short or long); a key that is gone, 0."""
     ref = PackRef("0000000000001-pack", 96, 123_456)
     values = {"marker": marker(ref), "short": b"\x83" + b"s" * 40,
               "long": b"\x83" + b"l" * 5_000, "edge": b"\x83" + b"e" * 255}
     await r.mset({keys.blob(ROOM, k): v for k, v in values.items()})
     names = [*values, "gone"]
-    blob_keys = [keys.blob(ROOM, k) for k in names]
-    sizes = await r.register_script(SIZES_LUA)(keys=blob_keys)
-    assert sizes == [123_456, 41, 5_001, 256, 0]
+    assert await locate_staged(r, ROOM, names) == [
+        Located(123_456, ref), Located(41, None), Located(5_001, None), Located(256, None),
+        Located(0, None)]
     assert await pointing_markers(r, ROOM, names) == [ref, None, None, None, None]
+
+
+async def test_located_blobs_are_read_from_their_pack_or_from_redis(
+        r: aioredis.Redis, tmp_path: Path) -> None:
+    packs = StagingPacks(LocalStore(tmp_path / "store"))
+    hashes, blobs = frame_blobs(4)
+    markers = packs.write(ROOM, hashes[:2], blobs[:2])
+    await r.mset({keys.blob(ROOM, hashes[0]): markers[hashes[0]],
+                  keys.blob(ROOM, hashes[1]): markers[hashes[1]],
+                  keys.blob(ROOM, hashes[2]): blobs[2]})
+    located = await locate_staged(r, ROOM, hashes)
+    assert [at.ref is not None for at in located] == [True, True, False, False]
+    assert [at.size for at in located] == [len(b) for b in blobs[:3]] + [0]
+    assert await read_located(r, packs, ROOM, hashes, located) == [*blobs[:3], None]
+    assert await read_located(r, None, ROOM, hashes, located) == [None, None, blobs[2], None]
+    await unlink_staged(r, ROOM, hashes)
+    assert await r.exists(*(keys.blob(ROOM, h) for h in hashes)) == 0
+
+
+async def test_a_pack_whose_markers_were_all_unlinked_is_released_without_a_recheck(
+        r: aioredis.Redis, tmp_path: Path) -> None:
+    packs = StagingPacks(LocalStore(tmp_path / "store"))
+    hashes, blobs = frame_blobs(3)
+    markers = packs.write(ROOM, hashes, blobs)
+    (name,) = packs.packs(ROOM)
+    await r.mset({keys.blob(ROOM, h): m for h, m in markers.items()})
+    # Told of only some of its frames, the markers are asked: one still points to it.
+    assert await release_packs(r, packs, ROOM, [name], {h: name for h in hashes[:2]}) == []
+    # Told of all of them (their markers read and unlinked), Redis is not asked again:
+    # the marker still set here would otherwise hold the pack.
+    assert await release_packs(r, packs, ROOM, [name], {h: name for h in hashes}) == [name]
+    assert packs.packs(ROOM) == []
 
 
 async def test_sweep_deletes_old_unreferenced_packs_only(r: aioredis.Redis,

@@ -28,7 +28,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -80,22 +80,23 @@ end
 return #KEYS
 """
 
-# Blob sizes in one round trip: a marker's size is the frame's, not the marker's (read
-# whole with one call, as in MARKERS_LUA; a frame staged in Redis of 256 bytes or more
-# costs a second).
-SIZES_LUA = """
-local sizes = {}
+# Where each blob is, in one round trip: a marker whole (its frame's size is in it),
+# else the size of the frame staged in Redis (0: no such key). As in MARKERS_LUA, one
+# call a key reads a marker whole; a frame staged in Redis of 256 bytes or more costs a
+# second.
+LOCATE_LUA = """
+local out = {}
 for i, key in ipairs(KEYS) do
   local head = redis.call('GETRANGE', key, 0, 255)
   if string.byte(head, 1) == 193 and #head < 256 then
-    sizes[i] = tonumber(string.match(head, ' (%d+)$'))
+    out[i] = head
   elseif #head < 256 then
-    sizes[i] = #head
+    out[i] = #head
   else
-    sizes[i] = redis.call('STRLEN', key)
+    out[i] = redis.call('STRLEN', key)
   end
 end
-return sizes
+return out
 """
 
 
@@ -105,6 +106,13 @@ class PackRef(NamedTuple):
     pack: str
     offset: int
     size: int
+
+
+class Located(NamedTuple):
+    """A staged blob's size (0: gone) and, if it is a marker, the pack frame it names."""
+
+    size: int
+    ref: PackRef | None
 
 
 def marker(ref: PackRef) -> bytes:
@@ -355,16 +363,22 @@ async def pointing_markers(redis: aioredis.Redis, room: str, hashes: Sequence[st
 
 
 async def release_packs(redis: aioredis.Redis, packs: StagingPacks, room: str,
-                        names: Sequence[str]) -> list[str]:
-    """Delete each of ``names`` that no marker points to any more; returns those."""
+                        names: Sequence[str],
+                        unlinked: Mapping[str, str] | None = None) -> list[str]:
+    """Delete each of ``names`` that no marker points to any more; returns those.
+
+    ``unlinked`` (hash -> pack): markers the caller read and then unlinked. A pack all of
+    whose frames are among them is deleted without asking Redis again: its markers were
+    all set before the commit that used them, so none can appear after."""
     deleted = []
     for name in dict.fromkeys(names):
         hashes = await asyncio.to_thread(packs.hashes, room, name)
         if hashes is None:
             continue
-        refs = await pointing_markers(redis, room, hashes)
-        if any(r is not None and r.pack == name for r in refs):
-            continue
+        if unlinked is None or any(unlinked.get(h) != name for h in hashes):
+            refs = await pointing_markers(redis, room, hashes)
+            if any(r is not None and r.pack == name for r in refs):
+                continue
         await asyncio.to_thread(packs.delete, room, name)
         deleted.append(name)
     return deleted
@@ -409,6 +423,51 @@ async def read_staged(redis: aioredis.Redis, packs: StagingPacks | None, room: s
     if has_markers(values):
         return await asyncio.to_thread(resolve, packs, room, values)
     return values
+
+
+async def locate_staged(redis: aioredis.Redis, room: str, hashes: Sequence[str]
+                        ) -> list[Located]:
+    """Each hash's staged blob: its size and, for a marker, the pack frame it names."""
+    script = redis.register_script(LOCATE_LUA)
+    out: list[Located] = []
+    for i in range(0, len(hashes), 10_000):
+        got: list[Any] = await script(keys=[keys.blob(room, h) for h in hashes[i:i + 10_000]])
+        for v in got:
+            if not isinstance(v, bytes):
+                out.append(Located(int(v), None))
+            elif (ref := parse_marker(v)) is not None:
+                out.append(Located(ref.size, ref))
+            else:  # not a marker after all: MGET brings it, and decoding it fails
+                out.append(Located(len(v), None))
+    return out
+
+
+async def read_located(redis: aioredis.Redis, packs: StagingPacks | None, room: str,
+                       hashes: Sequence[str], located: Sequence[Located]
+                       ) -> list[bytes | None]:
+    """The blobs of ``hashes``, ``located`` by ``locate_staged``: frames in packs read
+    from there (in a thread), only the others from Redis (one MGET)."""
+    in_redis = [i for i, at in enumerate(located) if at.ref is None]
+    out: list[bytes | None] = [None] * len(hashes)
+    if in_redis:
+        values: list[Any] = await redis.mget([keys.blob(room, hashes[i]) for i in in_redis])
+        for i, v in zip(in_redis, values, strict=True):
+            out[i] = v
+    refs = [(i, at.ref) for i, at in enumerate(located) if at.ref is not None]
+    if refs:
+        got = await asyncio.to_thread(packs.read, room, [r for _, r in refs]) \
+            if packs is not None else [None] * len(refs)
+        for (i, _), blob in zip(refs, got, strict=True):
+            out[i] = blob
+    return out
+
+
+async def unlink_staged(redis: aioredis.Redis, room: str, hashes: Sequence[str]) -> None:
+    """Unlink the staged blobs of ``hashes`` (freed in the background)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(0, len(hashes), 1000):
+            pipe.unlink(*(keys.blob(room, h) for h in hashes[i:i + 1000]))
+        await pipe.execute()
 
 
 def packs_of(frame_store: object, *, fsync: bool = True) -> StagingPacks | None:

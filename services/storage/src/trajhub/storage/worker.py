@@ -50,11 +50,12 @@ from trajhub.shared.history_reader import HistoryGone, HistoryReader
 from trajhub.shared.history_store import ZarrHistoryStore
 from trajhub.shared.ports import FrameStore, HistoryStore, ProjectionCommit
 from trajhub.shared.staging import (
-    SIZES_LUA,
+    locate_staged,
     packs_of,
     pointing_markers,
-    read_staged,
+    read_located,
     release_packs,
+    unlink_staged,
 )
 from trajhub.shared.zarr_store import ProjectionError
 from trajhub.storage.blob_archive import BlobArchive
@@ -66,8 +67,6 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 call costs about a chunk per array beside the data (it rewrites the partly filled ones),
 so smaller chunks cost more CPU in all; the next chunk is fetched and decoded while one
 is being written, so about three chunks are in memory at a time."""
-SIZE_KEYS = 10_000
-"""Blob keys per sizes script call."""
 
 
 class ProjectionStore(FrameStore, Protocol):
@@ -372,9 +371,11 @@ class StorageWorker(RoomConsumer[Event]):
         self.archive = archive
         """Copy every blob here before writing its slot (``TRAJHUB_ARCHIVE_BLOBS``), so
         that ``trajhub rebuild`` can restore the room without its Zarr data arrays."""
-        self._sizes = self.redis.register_script(SIZES_LUA)
         self.packs = packs_of(store)
         """Where bulk uploads' frames are staged (markers in their Redis keys)."""
+        self._located: dict[str, dict[str, str | None]] = {}
+        """Per room, hash -> the pack its marker named (None: staged in Redis), as read
+        for the slots written since the last ``after_ack``."""
         self._projections: dict[str, Projection] = {}
 
     async def apply_room(self, room: str) -> int:
@@ -398,9 +399,11 @@ class StorageWorker(RoomConsumer[Event]):
     async def on_room_acquired(self, room: str) -> None:
         # Another replica may have worked on the room while we did not hold it.
         self._projections.pop(room, None)
+        self._located.pop(room, None)
 
     async def on_room_dropped(self, room: str) -> None:
         self._projections.pop(room, None)
+        self._located.pop(room, None)
 
     async def handle_batch(self, room: str, events: Sequence[Event]) -> int:
         proj = await self._projection(room)
@@ -436,13 +439,20 @@ class StorageWorker(RoomConsumer[Event]):
         if not hashes:
             return
         # UNLINK frees the (large) values in the background: Redis, which the gateway
-        # is staging the next upload into, is not held up. The same call names the
-        # packs that markers among them pointed to.
-        refs = await pointing_markers(self.redis, room, hashes, unlink=True)
-        names = [r.pack for r in refs if r is not None]
-        if names and self.packs is not None:
+        # is staging the next upload into, is not held up. Where the blobs were not
+        # located while writing (events applied before a crash), the same call names
+        # the packs that markers among them pointed to.
+        located = self._located.pop(room, {})
+        if all(h in located for h in hashes):
+            await unlink_staged(self.redis, room, hashes)
+            unlinked = {h: pack for h in hashes if (pack := located[h]) is not None}
+        else:
+            refs = await pointing_markers(self.redis, room, hashes, unlink=True)
+            unlinked = {h: r.pack for h, r in zip(hashes, refs, strict=True) if r is not None}
+        if unlinked and self.packs is not None:
             # A crash before this leaves the packs to the gateways' sweep.
-            await release_packs(self.redis, self.packs, room, names)
+            await release_packs(self.redis, self.packs, room, list(unlinked.values()),
+                                unlinked)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -529,9 +539,12 @@ class StorageWorker(RoomConsumer[Event]):
         if writes[0].slot != n_slots or writes[-1].slot - writes[0].slot != len(writes) - 1:
             raise IntegrityError(f"slots to write {writes[0].slot}..{writes[-1].slot} "
                                  f"({len(writes)}) do not continue from n_slots={n_slots}")
-        blob_keys = [keys.blob(room, w.hash) for w in writes]
-        sizes = [int(n) for i in range(0, len(blob_keys), SIZE_KEYS)
-                 for n in await self._sizes(keys=blob_keys[i:i + SIZE_KEYS])]
+        hashes = [w.hash for w in writes]
+        located = await locate_staged(self.redis, room, hashes)
+        self._located.setdefault(room, {}).update(
+            (h, None if at.ref is None else at.ref.pack)
+            for h, at in zip(hashes, located, strict=True))
+        sizes = [at.size for at in located]
         written = n_slots  # slots below are in the store
         writing: asyncio.Future[None] | None = None
         writing_end = n_slots
@@ -541,8 +554,8 @@ class StorageWorker(RoomConsumer[Event]):
         try:
             for start, end in chunks:
                 await self.yield_to_foreground()
-                blobs: list[Any] = await read_staged(self.redis, self.packs, room,
-                                                     blob_keys[start:end])
+                blobs: list[Any] = await read_located(self.redis, self.packs, room,
+                                                      hashes[start:end], located[start:end])
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]
                 if self.archive is not None and chunk:
