@@ -143,6 +143,44 @@ def test_storage_releases_what_it_applied_before_a_crash(
     assert_frames(client, frames)
 
 
+def test_a_crash_at_the_ack_leaves_no_blob_or_pack_behind(
+        client: httpx.Client, redis_url: str, tmp_path: Path) -> None:
+    """Storage deletes the applied blobs before it acknowledges their events: a replica
+    that dies at the ack has cleaned up already, and the one that restarts finds the
+    events applied and acknowledges them."""
+    frames = big_frames(2, seed=11)
+    assert post_frames(client, ROOM, frames).status_code == 201
+
+    class Died(Exception):
+        pass
+
+    async def die(*_: object) -> None:
+        raise Died
+
+    async def go() -> None:
+        first = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w1")
+        first.redis.xack = die  # type: ignore[method-assign]
+        try:
+            with pytest.raises(Died):
+                await first.apply_room(ROOM)
+        finally:
+            await first.aclose()
+        assert staged_values(redis_url, frames) == [None, None]
+        assert pack_files(tmp_path) == []
+        with Redis.from_url(redis_url) as r:
+            assert r.xpending(keys.events(ROOM), keys.STORAGE_GROUP)["pending"] == 1
+        second = StorageWorker(redis_url, open_store(str(tmp_path / "zarr")), "w1")
+        try:
+            assert await second.apply_room(ROOM) == 0, "applied before the crash"
+        finally:
+            await second.aclose()
+        with Redis.from_url(redis_url) as r:
+            assert r.xpending(keys.events(ROOM), keys.STORAGE_GROUP)["pending"] == 0
+
+    asyncio.run(go())
+    assert_frames(client, frames)
+
+
 def test_a_small_edit_stays_in_redis(client: httpx.Client, redis_url: str,
                                      tmp_path: Path) -> None:
     frames = [validate_frame(make_frame(50, seed=1))]

@@ -255,6 +255,12 @@ class RoomConsumer(abc.ABC, Generic[E]):
         """Called when the room's lease was lost or its batch failed: drop cached state."""
         return None
 
+    async def before_ack(self, room: str, events: Sequence[E]) -> None:
+        """Called with ``events`` (handled now or earlier) right before they are
+        acknowledged: cleanup that must not be lost to a crash (until the ack, a restart
+        finds them again, already handled, and calls this again)."""
+        return None
+
     async def after_ack(self, room: str, events: Sequence[E]) -> None:
         """Called after ``events`` (handled now or earlier) have been acknowledged."""
         return None
@@ -480,10 +486,11 @@ class RoomConsumer(abc.ABC, Generic[E]):
         done_seq = batch[handled - 1].seq if handled else progress
         done = [entries[s] for s in sorted(entries) if s <= done_seq]
         if done:
-            await self.redis.xack(keys.events(room), self.group, *[e.id for e in done])
             handled_seqs = {e.seq for e in batch[:handled]}
             earlier: list[E] = [self._parse(room, e) for e in done
                                 if e.fields and seq_of(e.id) not in handled_seqs]
+            await self.before_ack(room, earlier + batch[:handled])
+            await self.redis.xack(keys.events(room), self.group, *[e.id for e in done])
             await self.after_ack(room, earlier + batch[:handled])
         if handled:
             self.log.debug("handled room=%s seq=%d events=%d", room, done_seq, handled,

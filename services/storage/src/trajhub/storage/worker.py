@@ -375,7 +375,7 @@ class StorageWorker(RoomConsumer[Event]):
         """Where bulk uploads' frames are staged (markers in their Redis keys)."""
         self._located: dict[str, dict[str, str | None]] = {}
         """Per room, hash -> the pack its marker named (None: staged in Redis), as read
-        for the slots written since the last ``after_ack``."""
+        for the slots written since the last ``before_ack``."""
         self._projections: dict[str, Projection] = {}
 
     async def apply_room(self, room: str) -> int:
@@ -433,8 +433,10 @@ class StorageWorker(RoomConsumer[Event]):
                                       "slots": work.n_slots})
         return count
 
-    async def after_ack(self, room: str, events: Sequence[Event]) -> None:
-        # The slots are in the store now (also for events applied before a crash).
+    async def before_ack(self, room: str, events: Sequence[Event]) -> None:
+        # The slots are in the store now (also for events applied before a crash). Done
+        # before the ack: a crash after the ack would leave these blobs (persisted by
+        # their commit) and their packs to nobody.
         hashes = list(dict.fromkeys(w.hash for e in events for w in e.new_slots))
         if not hashes:
             return
@@ -450,7 +452,7 @@ class StorageWorker(RoomConsumer[Event]):
             refs = await pointing_markers(self.redis, room, hashes, unlink=True)
             unlinked = {h: r.pack for h, r in zip(hashes, refs, strict=True) if r is not None}
         if unlinked and self.packs is not None:
-            # A crash before this leaves the packs to the gateways' sweep.
+            # A crash before this leaves the packs, unreferenced, to the gateways' sweep.
             await release_packs(self.redis, self.packs, room, list(unlinked.values()),
                                 unlinked)
 
