@@ -9,6 +9,7 @@ import pytest
 
 from trajhub.shared.frames import (
     FrameError,
+    FrameRun,
     canonical_array,
     frames_equal,
     is_per_atom,
@@ -123,3 +124,22 @@ def test_frames_equal_is_exact() -> None:
     assert not frames_equal(a, {"x": np.array([np.nan, 1.0], dtype=np.float32)})
     assert not frames_equal(a, {"x": np.array([[np.nan, 1.0]])})
     assert not frames_equal(a, {"y": np.array([np.nan, 1.0])})
+
+
+def test_a_frame_run_reads_as_its_frames() -> None:
+    run = FrameRun({"positions": np.arange(24.0).reshape(4, 2, 3),
+                    "calc.energy": np.arange(4.0)}, 4)
+    assert len(run) == 4
+    assert list(run[1]) == ["positions", "calc.energy"]
+    assert np.array_equal(run[1]["positions"], np.arange(6.0, 12.0).reshape(2, 3))
+    energy = run[-1]["calc.energy"]
+    assert isinstance(energy, np.ndarray) and energy.shape == () and energy == 3.0
+    part = run[1:3]
+    assert isinstance(part, FrameRun) and len(part) == 2
+    assert np.array_equal(part[0]["positions"], run[1]["positions"])
+    assert len(run[3:]) == 1 and len(run[5:]) == 0
+    assert [f["calc.energy"].item() for f in run] == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(IndexError):
+        run[4]
+    with pytest.raises(ValueError, match="4 rows"):
+        FrameRun({"positions": np.zeros((3, 2, 3))}, 4)

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from trajhub.shared import codec
 from trajhub.shared.consumer import IntegrityError
 from trajhub.shared.events import SlotWrite
-from trajhub.shared.frames import Frame, canonical_array, frames_equal
+from trajhub.shared.frames import Frame, FrameRun, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
 from trajhub.storage.worker import decode_blobs, frame_view
 
@@ -136,3 +136,49 @@ def test_a_batch_of_blobs_decodes_as_each_alone(picks: list[int], data: st.DataO
     got = decode_blobs(blobs, writes, verify=True)
     assert all(frames_equal(g, frame_view(b)) for g, b in zip(got, blobs, strict=True))
     assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))
+
+
+ALIKE: list[Frame] = [
+    {"numbers": np.arange(3), "positions": np.ones((3, 3)), "pbc": np.ones(3, dtype=bool)},
+    {"calc.energy": np.asarray(1.5), "info.c": np.asarray(2 + 1j), "info.z": np.zeros((0, 2))},
+    {"numbers": np.arange(5, dtype=">i8"), "positions": np.ones((5, 3), dtype=np.float32)},
+    {"info.odd": np.arange(7, dtype=np.int16), "info.f": np.ones((2, 2))},  # unaligned
+]
+
+
+@pytest.mark.parametrize("kind", ALIKE)
+def test_blobs_laid_out_alike_decode_as_one_run(kind: Frame) -> None:
+    frames = [{k: v + i if v.dtype.kind in "ifc" else v for k, v in kind.items()}
+              for i in range(10)]
+    blobs = [codec.frame_to_bytes(f) for f in frames]
+    writes = [SlotWrite(slot=i, hash=frame_hash(f)) for i, f in enumerate(frames)]
+    got = decode_blobs(blobs, writes, verify=True)
+    assert isinstance(got, FrameRun) and len(got) == 10
+    assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))
+    assert all(not a.flags.writeable for a in got.columns.values())
+
+
+def test_a_blob_laid_out_otherwise_is_not_taken_for_one_of_the_run() -> None:
+    """The same size, other bytes around the data (another key, or another shape):
+    frame by frame, each as it is."""
+    base = {"numbers": np.arange(3), "arrays.a": np.ones((3, 3))}
+    for odd in ({"numbers": np.arange(3), "arrays.b": np.ones((3, 3))},
+                {"numbers": np.arange(3), "arrays.a": np.ones((9, 1))}):
+        frames = [base] * 9 + [odd]
+        blobs = [codec.frame_to_bytes(f) for f in frames]
+        assert len({len(b) for b in blobs}) == 1
+        got = decode_blobs(blobs, [SlotWrite(slot=i, hash=frame_hash(f))
+                                   for i, f in enumerate(frames)], verify=True)
+        assert not isinstance(got, FrameRun)
+        assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))
+
+
+def test_strings_and_short_batches_decode_frame_by_frame() -> None:
+    named = [{"numbers": np.arange(3), "info.name": np.asarray("ab")}] * 10
+    plain = [{"numbers": np.arange(3)}] * 7
+    for frames in (named, plain):
+        blobs = [codec.frame_to_bytes(f) for f in frames]
+        got = decode_blobs(blobs, [SlotWrite(slot=i, hash=frame_hash(f))
+                                   for i, f in enumerate(frames)])
+        assert not isinstance(got, FrameRun)
+        assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))

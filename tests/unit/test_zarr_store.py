@@ -23,7 +23,7 @@ from zarr.storage import LocalStore
 
 from trajhub.shared import zarr_store
 from trajhub.shared.buffers import unexported
-from trajhub.shared.frames import Frame, SlotColumns, canonical_array, frames_equal
+from trajhub.shared.frames import Frame, FrameRun, SlotColumns, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.ports import FrameStore, ProjectionCommit
 from trajhub.shared.zarr_store import ProjectionError, ZarrFrameStore, open_store
@@ -995,3 +995,54 @@ def test_a_local_store_opens_arrays_from_their_metadata_files(
     reader = open_store(path)
     assert_frames(reader.read_slots(ROOM, [2, 0]), [frames[2], frames[0]])
     assert bool(opened) == (where == "memory")
+
+
+def run_of(frames: list[Frame]) -> FrameRun:
+    return FrameRun({k: np.stack([f[k] for f in frames]) for k in frames[0]}, len(frames))
+
+
+def write_run(store: ZarrFrameStore, run: FrameRun) -> None:
+    store.write_slots(ROOM, store.n_slots(ROOM), run, [f"{i:064x}" for i in range(len(run))])
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_frame_run_is_stored_byte_for_byte_as_its_frames(tmp_path: Path) -> None:
+    frames = [make_frame(4, i, {"info.z": np.zeros((0, 2)), "info.i": np.int16(i)})
+              for i in range(12)]
+    by_frame, by_run = open_store(str(tmp_path / "a")), open_store(str(tmp_path / "b"))
+    for store, batch in ((by_frame, frames[:8]), (by_run, run_of(frames[:8]))):
+        store.write_slots(ROOM, 0, batch, [frame_hash(f) for f in frames[:8]])
+    # A run that starts below n_slots: its written slots are skipped, as a list's are.
+    for store, batch in ((by_frame, frames[5:]), (by_run, run_of(frames[5:]))):
+        store.write_slots(ROOM, 5, batch, [frame_hash(f) for f in frames[5:]])
+    assert store_files(tmp_path / "a") == store_files(tmp_path / "b")
+    assert_frames(ZarrFrameStore(tmp_path / "b").read_slots(ROOM, range(12)), frames)
+
+
+def test_a_frame_run_that_needs_converting_goes_frame_by_frame(
+        store: ZarrFrameStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    plans: list[str] = []
+    real = zarr_store._plan_run
+
+    def counting(run: FrameRun, registry: Any) -> Any:
+        plans.append("run")
+        return real(run, registry)
+
+    monkeypatch.setattr(zarr_store, "_plan_run", counting)
+    frames = [make_frame(3, i) for i in range(4)]
+    big = run_of(frames)
+    big.columns["positions"] = big.columns["positions"].astype(">f8")
+    write_run(store, big)
+    assert plans == [], "big-endian columns are converted frame by frame"
+    write_run(store, run_of(frames))
+    assert plans == ["run"]
+    store.write_slots(ROOM, 8, run_of(frames), [frame_hash(f) for f in frames],
+                      layers=[None, (1, ("positions",)), None, None])
+    assert plans == ["run"], "a run with patch slots goes frame by frame"
+    assert_frames(store.read_slots(ROOM, range(12)), frames * 3)
+    with pytest.raises(ValueError, match="is not allowed"):
+        write_run(store, FrameRun({"bad key": np.zeros((2, 3))}, 2))

@@ -8,10 +8,10 @@ defines per atom (forces, charges, ...) have N rows. Validation is pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,38 @@ class SlotColumns:
     def frames(self) -> list[Frame]:
         return [{key: column[i, ...] for key, column in self.arrays.items()}
                 for i in range(self.count)]
+
+class FrameRun(Sequence[Frame]):
+    """Frames that hold the same keys, each key of one dtype and shape in all of them,
+    as columns (each ``(len, *shape)``, possibly strided views): frame ``i`` is
+    ``{key: column[i, ...] for key, column in columns.items()}``. A store can write the
+    columns whole instead of taking the frames apart one by one."""
+
+    __slots__ = ("columns", "n_frames")
+
+    def __init__(self, columns: dict[str, Array], count: int) -> None:
+        if any(column.shape[:1] != (count,) for column in columns.values()):
+            raise ValueError(f"every column of a run of {count} frames has {count} rows")
+        self.columns = columns
+        self.n_frames = count
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    @overload
+    def __getitem__(self, index: int) -> Frame: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> FrameRun: ...
+
+    def __getitem__(self, index: int | slice) -> Frame | FrameRun:
+        if isinstance(index, slice):
+            return FrameRun({k: c[index] for k, c in self.columns.items()},
+                            len(range(*index.indices(self.n_frames))))
+        if not -self.n_frames <= index < self.n_frames:
+            raise IndexError(f"frame {index} of a run of {self.n_frames}")
+        return {k: c[index, ...] for k, c in self.columns.items()}
+
 
 PER_ATOM_CALC = frozenset(
     {"forces", "stresses", "charges", "magmoms", "energies", "born_effective_charges"}

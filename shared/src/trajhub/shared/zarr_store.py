@@ -83,7 +83,17 @@ from zarr.storage import LocalStore, MemoryStore, StorePath
 
 from trajhub.shared.buffers import BlockPool
 from trajhub.shared.codec import decode_array, encode_array, packb, unpackb
-from trajhub.shared.frames import Array, Frame, SlotColumns, canonical_array, is_per_atom
+from trajhub.shared.frames import (
+    MAX_NDIM,
+    Array,
+    Frame,
+    FrameError,
+    FrameRun,
+    SlotColumns,
+    canonical_array,
+    check_dtype,
+    is_per_atom,
+)
 from trajhub.shared.gil import Breather
 from trajhub.shared.hashing import is_hash
 from trajhub.shared.names import InvalidName, check_key_name, check_room_name
@@ -913,11 +923,17 @@ class ZarrFrameStore:
             raise ValueError(f"not a sha256 hex digest: {str(bad[0])[:80]!r}")
         checked = _check_layers(start, len(frames), layers)
         projection = None if commit is None else _projection_arrays(commit)
-        canonical = []
-        breathe = Breather()
-        for frame in frames:
-            canonical.append(_canonical_frame(frame))
-            breathe()
+        run = _canonical_run(frames) if isinstance(frames, FrameRun) \
+            and (checked is None or all(layer is None for layer in checked)) else None
+        canonical: Sequence[Frame]
+        if run is not None:
+            canonical = run
+        else:
+            canonical = []
+            breathe = Breather()
+            for frame in frames:
+                canonical.append(_canonical_frame(frame))
+                breathe()
         with self._write_lock(room):
             _run(self._write_slots(room, start, canonical, list(hashes), checked,
                                    projection))
@@ -958,7 +974,7 @@ class ZarrFrameStore:
             await open_group(store=self.store, mode="a", zarr_format=3)
         return group
 
-    async def _write_slots(self, room: str, start: int, frames: list[Frame],
+    async def _write_slots(self, room: str, start: int, frames: Sequence[Frame],
                            hashes: list[str], layers: list[Layer | None] | None,
                            projection: _Projection | None = None) -> None:
         group = await self._open_group(room)
@@ -980,7 +996,8 @@ class ZarrFrameStore:
         stored, bases = await self._layered(
             room, info, frames, None if layers is None else layers[n - start:])
         registry = dict(info.registry)
-        plans = _plan(stored, registry)
+        plans = _plan_run(stored, registry) if isinstance(stored, FrameRun) \
+            else _plan(stored, registry)
         hash_block = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes),
                                    dtype=np.uint8).reshape(len(hashes), 32)
         jobs: list[Coroutine[Any, Any, Any]] = [
@@ -1012,9 +1029,9 @@ class ZarrFrameStore:
             if layered:
                 self._extend_rows(room, BASE_ARRAY, n, end, -1, not info.layered, bases)
 
-    async def _layered(self, room: str, info: _RoomInfo, frames: list[Frame],
+    async def _layered(self, room: str, info: _RoomInfo, frames: Sequence[Frame],
                        layers: list[Layer | None] | None
-                       ) -> tuple[list[Frame], Array | None]:
+                       ) -> tuple[Sequence[Frame], Array | None]:
         """What to store of ``frames`` (at slots ``info.n_slots ..``): each patch
         slot's kept keys only, and the ``_base`` rows (None: every slot is whole)."""
         if layers is None or all(layer is None for layer in layers):
@@ -1364,6 +1381,38 @@ def _canonical_frame(frame: Mapping[str, Any]) -> Frame:
     return out
 
 
+def _canonical_run(run: FrameRun) -> FrameRun | None:
+    """``run`` if its keys are valid names and its columns of allowed little-endian
+    dtypes (what ``_canonical_frame`` keeps as it is), else None (taken frame by frame,
+    which converts or raises)."""
+    for key, column in run.columns.items():
+        try:
+            check_key_name(key)
+        except InvalidName:
+            return None
+        try:
+            plain = check_dtype(column.dtype, key) == column.dtype
+        except FrameError:
+            return None
+        if not plain or column.dtype.kind == "U" or column.ndim - 1 > MAX_NDIM:
+            return None
+    return run
+
+
+def _plan_run(run: FrameRun, registry: Registry) -> list[_Plan]:
+    """``_plan`` of a run's frames, from its columns: one copy of each."""
+    plans = []
+    n = len(run)
+    for key in sorted(run.columns):
+        column = run.columns[key]
+        v = _variant_of(key, column[0, ...], registry)
+        shapes = np.zeros((n, max(v.ndim, 1)), dtype=np.int32)
+        shapes[:, :v.ndim] = column.shape[1:]
+        plans.append(_Plan(key, v, np.array(column, dtype=np.dtype(v.dtype), order="C"),
+                           shapes))
+    return plans
+
+
 def _variant_of(key: str, arr: Array, registry: Registry) -> _Variant:
     """The registered variant that can hold ``arr``, registering a new one if needed."""
     dtype = STRING_DTYPE if arr.dtype.kind == "U" else arr.dtype.str
@@ -1377,7 +1426,7 @@ def _variant_of(key: str, arr: Array, registry: Registry) -> _Variant:
     return v
 
 
-def _plan(frames: list[Frame], registry: Registry) -> list[_Plan]:
+def _plan(frames: Sequence[Frame], registry: Registry) -> list[_Plan]:
     """Padded blocks (one per array) for a batch of frames; extends ``registry``."""
     members: dict[tuple[str, _Variant], list[int]] = {}
     breathe = Breather()

@@ -43,7 +43,7 @@ from trajhub.shared.consumer import (
     stream_pairs,
 )
 from trajhub.shared.events import Event, SlotWrite
-from trajhub.shared.frames import Array, Frame
+from trajhub.shared.frames import Array, Frame, FrameRun
 from trajhub.shared.gil import Breather
 from trajhub.shared.hashing import frame_hash
 from trajhub.shared.history_reader import HistoryGone, HistoryReader
@@ -67,6 +67,10 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 call costs about a chunk per array beside the data (it rewrites the partly filled ones),
 so smaller chunks cost more CPU in all; the next chunk is fetched and decoded while one
 is being written, so about three chunks are in memory at a time."""
+
+
+RUN_MIN_FRAMES = 8
+"""Blobs decoded as one FrameRun when they are laid out alike (fewer: frame by frame)."""
 
 
 class ProjectionStore(FrameStore, Protocol):
@@ -308,24 +312,52 @@ class _Layout:
 
 
 def decode_blobs(blobs: Sequence[bytes], writes: Sequence[SlotWrite],
-                 verify: bool = False) -> list[Frame]:
-    """Decode staged blobs (zero-copy); with ``verify``, prove each matches the hash its
-    slot was assigned for (the gateway already did when it staged the blob)."""
-    frames = []
-    layout: _Layout | None = None
-    breathe = Breather()  # (the gateway's event loop shares the GIL, all-in-one)
-    for blob, write in zip(blobs, writes, strict=True):
-        frame = layout.view(blob) if layout is not None else None
-        if frame is None:  # another layout (or not one _frame_at reads)
-            frame, layout = _Layout.of(blob)
-        if verify:
+                 verify: bool = False) -> Sequence[Frame]:
+    """Decode staged blobs (zero-copy; a run of blobs laid out alike, as a FrameRun of
+    one copy); with ``verify``, prove each matches the hash its slot was assigned for
+    (the gateway already did when it staged the blob)."""
+    if len(blobs) != len(writes):
+        raise ValueError(f"{len(blobs)} blobs for {len(writes)} slots")
+    run = _as_run(blobs) if len(blobs) >= RUN_MIN_FRAMES else None
+    frames = run if run is not None else _decode_each(blobs)
+    if verify:
+        for frame, write in zip(frames, writes, strict=True):
             actual = frame_hash(frame)
             if actual != write.hash:
                 raise IntegrityError(f"slot {write.slot}: blob {write.hash} decodes to a "
                                      f"frame with hash {actual}")
+    return frames
+
+
+def _decode_each(blobs: Sequence[bytes]) -> list[Frame]:
+    frames = []
+    layout: _Layout | None = None
+    breathe = Breather()  # (the gateway's event loop shares the GIL, all-in-one)
+    for blob in blobs:
+        frame = layout.view(blob) if layout is not None else None
+        if frame is None:  # another layout (or not one _frame_at reads)
+            frame, layout = _Layout.of(blob)
         frames.append(frame)
         breathe()
     return frames
+
+
+def _as_run(blobs: Sequence[bytes]) -> FrameRun | None:
+    """The blobs as one FrameRun if all are laid out as the first (same size, the same
+    bytes around the arrays' data: checked for all at once), else None."""
+    try:
+        _, layout = _Layout.of(blobs[0])
+    except _NOT_AS_IS:
+        return None
+    if layout is None or any(dtype.kind == "U" for _, dtype, *_ in layout.arrays) \
+            or any(len(blob) != layout.size for blob in blobs):
+        return None
+    rows = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), layout.size)
+    for at, gap in layout.gaps:
+        if not (rows[:, at:at + len(gap)] == np.frombuffer(gap, dtype=np.uint8)).all():
+            return None
+    return FrameRun({key: rows[:, start:end].view(dtype).reshape(len(blobs), *shape)
+                     for key, dtype, shape, start, end in layout.arrays}, len(blobs))
 
 
 def _apply_events(proj: Projection, events: Sequence[Event], n_slots: int
