@@ -16,7 +16,7 @@ from trajhub.shared.consumer import IntegrityError
 from trajhub.shared.events import SlotWrite
 from trajhub.shared.frames import Frame, FrameRun, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
-from trajhub.storage.worker import decode_blobs, frame_view
+from trajhub.storage.worker import RUN_MAX_BLOB_BYTES, decode_blobs, frame_view
 
 DTYPES = st.sampled_from(["|b1", "|i1", "<u2", "<i4", ">i8", "<f2", "<f4", ">f8", "<c8",
                           "<c16", "<U1", ">U3"]).map(np.dtype)
@@ -173,10 +173,11 @@ def test_a_blob_laid_out_otherwise_is_not_taken_for_one_of_the_run() -> None:
         assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))
 
 
-def test_strings_and_short_batches_decode_frame_by_frame() -> None:
+def test_strings_short_batches_and_large_frames_decode_frame_by_frame() -> None:
     named = [{"numbers": np.arange(3), "info.name": np.asarray("ab")}] * 10
     plain = [{"numbers": np.arange(3)}] * 7
-    for frames in (named, plain):
+    large = [{"positions": np.ones((RUN_MAX_BLOB_BYTES // 24 + 1, 3))}] * 8
+    for frames in (named, plain, large):
         blobs = [codec.frame_to_bytes(f) for f in frames]
         got = decode_blobs(blobs, [SlotWrite(slot=i, hash=frame_hash(f))
                                    for i, f in enumerate(frames)])

@@ -71,6 +71,9 @@ is being written, so about three chunks are in memory at a time."""
 
 RUN_MIN_FRAMES = 8
 """Blobs decoded as one FrameRun when they are laid out alike (fewer: frame by frame)."""
+RUN_MAX_BLOB_BYTES = 64 * 1024
+"""Nor larger blobs: a run costs a copy of them, which pays where the work per frame
+outweighs its bytes (small frames), and only adds to the memory of large ones."""
 
 
 class ProjectionStore(FrameStore, Protocol):
@@ -349,7 +352,8 @@ def _as_run(blobs: Sequence[bytes]) -> FrameRun | None:
         _, layout = _Layout.of(blobs[0])
     except _NOT_AS_IS:
         return None
-    if layout is None or any(dtype.kind == "U" for _, dtype, *_ in layout.arrays) \
+    if layout is None or layout.size > RUN_MAX_BLOB_BYTES \
+            or any(dtype.kind == "U" for _, dtype, *_ in layout.arrays) \
             or any(len(blob) != layout.size for blob in blobs):
         return None
     rows = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), layout.size)
