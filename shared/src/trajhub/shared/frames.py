@@ -41,6 +41,7 @@ class SlotColumns:
         return [{key: column[i, ...] for key, column in self.arrays.items()}
                 for i in range(self.count)]
 
+
 class FrameRun(Sequence[Frame]):
     """Frames that hold the same keys, each key of one dtype and shape in all of them,
     as columns (each ``(len, *shape)``, possibly strided views): frame ``i`` is

@@ -67,8 +67,6 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 call costs about a chunk per array beside the data (it rewrites the partly filled ones),
 so smaller chunks cost more CPU in all; the next chunk is fetched and decoded while one
 is being written, so about three chunks are in memory at a time."""
-
-
 RUN_MIN_FRAMES = 8
 """Blobs decoded as one FrameRun when they are laid out alike (fewer: frame by frame)."""
 RUN_MAX_BLOB_BYTES = 64 * 1024
