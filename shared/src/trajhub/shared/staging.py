@@ -463,11 +463,11 @@ async def read_located(redis: aioredis.Redis, packs: StagingPacks | None, room: 
 
 
 async def unlink_staged(redis: aioredis.Redis, room: str, hashes: Sequence[str]) -> None:
-    """Unlink the staged blobs of ``hashes`` (freed in the background)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for i in range(0, len(hashes), 1000):
-            pipe.unlink(*(keys.blob(room, h) for h in hashes[i:i + 1000]))
-        await pipe.execute()
+    """Unlink the staged blobs of ``hashes`` (freed in the background), 1,000 keys a
+    command. (Not in a pipeline: redis-py's asyncio cluster pipeline does not queue
+    commands of several keys, it only makes a coroutine of each.)"""
+    for i in range(0, len(hashes), 1000):
+        await redis.unlink(*(keys.blob(room, h) for h in hashes[i:i + 1000]))
 
 
 def packs_of(frame_store: object, *, fsync: bool = True) -> StagingPacks | None:
