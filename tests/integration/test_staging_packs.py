@@ -275,13 +275,21 @@ async def test_stager_stages_a_pack_for_http_control(r: aioredis.Redis,
     assert len(packs.packs(ROOM)) == 1
 
 
-async def test_a_pack_is_released_only_once_no_marker_points_to_it(
-        r: aioredis.Redis, tmp_path: Path) -> None:
+async def staged_pack(r: aioredis.Redis, tmp_path: Path
+                      ) -> tuple[StagingPacks, list[str], list[bytes], str]:
+    """Three frames written as one pack, a marker in Redis for each: (packs, hashes,
+    blobs, the pack's name)."""
     packs = StagingPacks(LocalStore(tmp_path / "store"))
     hashes, blobs = frame_blobs(3)
     markers = packs.write(ROOM, hashes, blobs)
     (name,) = packs.packs(ROOM)
     await r.mset({keys.blob(ROOM, h): m for h, m in markers.items()})
+    return packs, hashes, blobs, name
+
+
+async def test_a_pack_is_released_only_once_no_marker_points_to_it(
+        r: aioredis.Redis, tmp_path: Path) -> None:
+    packs, hashes, blobs, name = await staged_pack(r, tmp_path)
     assert await release_packs(r, packs, ROOM, [name]) == []
     await r.delete(keys.blob(ROOM, hashes[0]), keys.blob(ROOM, hashes[1]))
     assert await release_packs(r, packs, ROOM, [name]) == [], "one frame still waits"
@@ -339,11 +347,7 @@ async def test_located_blobs_are_read_from_their_pack_or_from_redis(
 
 async def test_a_pack_whose_markers_were_all_unlinked_is_released_without_a_recheck(
         r: aioredis.Redis, tmp_path: Path) -> None:
-    packs = StagingPacks(LocalStore(tmp_path / "store"))
-    hashes, blobs = frame_blobs(3)
-    markers = packs.write(ROOM, hashes, blobs)
-    (name,) = packs.packs(ROOM)
-    await r.mset({keys.blob(ROOM, h): m for h, m in markers.items()})
+    packs, hashes, _, name = await staged_pack(r, tmp_path)
     # Told of only some of its frames, the markers are asked: one still points to it.
     assert await release_packs(r, packs, ROOM, [name], {h: name for h in hashes[:2]}) == []
     # Told of all of them (their markers read and unlinked), Redis is not asked again:
