@@ -14,6 +14,8 @@ from typing import Any
 import ase
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import wait_until
 from tests.unit.test_client_http import WRITE, Handler, Script, transport
@@ -225,3 +227,47 @@ def test_seen_versions_evict_the_least_recently_recorded() -> None:
     assert [seen.get(i) for i in range(6)] == [(10, 2), (11, 2), None, None, (14, 1), (16, 1)]
     seen.record(range(100, 110), range(10), [1] * 10)  # more than the limit at once
     assert len(seen) == 4 and seen.lookup_all([106, 107, 108, 109]) == ([6, 7, 8, 9], [1] * 4)
+
+
+class Counted(list[int]):
+    """A list that counts how often it is read through."""
+
+    reads = 0
+
+    def __iter__(self) -> Iterator[int]:
+        Counted.reads += 1
+        return super().__iter__()
+
+
+def test_seen_versions_take_in_a_recording_only_when_asked() -> None:
+    seen = SeenVersions(limit=10)
+    Counted.reads = 0
+    seen.record(Counted([0, 1, 2]), Counted([10, 11, 12]), Counted([1, 1, 1]))
+    assert Counted.reads == 0, "a read of many frames does not pay for it"
+    assert seen.get(1) == (11, 1) and Counted.reads > 0
+    for _ in range(4):  # more than the limit recorded: taken in without being asked
+        seen.record(list(range(3)), [20, 21, 22], [2, 2, 2])
+    assert len(seen._pending) == 0 and seen.get(0) == (20, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.lists(st.one_of(
+    st.lists(st.integers(0, 8), max_size=5),
+    st.sampled_from([[0, 1, 2], [3, 4, 5], [0, 1, 2, 3, 4, 5]])), max_size=12),
+    st.lists(st.integers(0, 12), max_size=12))
+def test_seen_versions_recorded_lazily_are_those_recorded_at_once(
+        limit: int, recordings: list[list[int]], asks: list[int]) -> None:
+    """Whatever is recorded (repeats, a range recorded again, more than the limit) and
+    whenever it is asked for, the map is the eager least-recently-recorded one."""
+    seen, eager = SeenVersions(limit), dict[int, tuple[int, int]]()
+    for n, indices in enumerate(recordings):
+        seen.record(indices, [100 * n + i for i in indices], [n] * len(indices))
+        for index in indices:  # (what record did at once before)
+            eager.pop(index, None)
+        eager.update((index, (100 * n + index, n)) for index in indices)
+        while len(eager) > limit:
+            del eager[next(iter(eager))]
+        if n in asks:
+            assert [seen.get(i) for i in range(10)] == [eager.get(i) for i in range(10)]
+    assert len(seen) == len(eager)
+    assert [seen.get(i) for i in range(10)] == [eager.get(i) for i in range(10)]
