@@ -14,7 +14,12 @@ from zarr.storage import MemoryStore
 
 from trajhub.shared import keys
 from trajhub.shared.events import Event, FrameEntry
-from trajhub.shared.history import decode_segment, encode_segment, encode_snapshot
+from trajhub.shared.history import (
+    decode_segment,
+    encode_segment,
+    encode_segment_json,
+    encode_snapshot,
+)
 from trajhub.shared.history_reader import (
     HistoryGone,
     HistoryReader,
@@ -279,3 +284,14 @@ def test_decode_segment_parses_only_the_asked_seqs(events: list[Event]) -> None:
     assert decode_segment(data, last=11) == events[9:11]
     assert decode_segment(data, first=1, last=99) == events[9:20]
     assert decode_segment(data, first=30) == []
+
+
+def test_a_segment_of_the_events_json_is_the_segment_of_the_events(
+        events: list[Event]) -> None:
+    """The snapshotter archives the JSON the stream holds (bytes) without parsing it."""
+    texts = [e.model_dump_json().encode() for e in events[9:20]]
+    data = encode_segment_json(ROOM, 10, texts)
+    assert data == encode_segment(ROOM, events[9:20])
+    assert decode_segment(data) == events[9:20]
+    with pytest.raises(ValueError, match="at least one event"):
+        encode_segment_json(ROOM, 10, [])

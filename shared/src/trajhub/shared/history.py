@@ -65,9 +65,19 @@ def encode_segment(room: str, events: Sequence[Event]) -> bytes:
     seqs = [e.seq for e in events]
     if seqs != list(range(seqs[0], seqs[0] + len(seqs))):
         raise ValueError(f"segment seqs are not contiguous: {seqs[0]}..{seqs[-1]}")
+    return encode_segment_json(room, seqs[0], [e.model_dump_json() for e in events])
+
+
+def encode_segment_json(room: str, first: int, texts: Sequence[str | bytes]) -> bytes:
+    """The events of seqs ``first ..`` given as their JSON (as the stream holds them) as
+    one segment: the same segment as ``encode_segment`` of those events, without
+    parsing them (what the caller read is what it archives)."""
+    if not texts:
+        raise ValueError("a segment holds at least one event")
     return _pack({
-        "format": FORMAT, "kind": "segment", "room": room, "first": seqs[0],
-        "last": seqs[-1], "events": [e.model_dump_json() for e in events],
+        "format": FORMAT, "kind": "segment", "room": room, "first": first,
+        "last": first + len(texts) - 1,
+        "events": [t.decode() if isinstance(t, bytes) else t for t in texts],
     })
 
 

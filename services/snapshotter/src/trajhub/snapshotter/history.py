@@ -24,15 +24,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
 from trajhub.control import IndexReader
 from trajhub.shared import keys
 from trajhub.shared.consumer import seq_of
-from trajhub.shared.events import Event
-from trajhub.shared.history import encode_segment, encode_snapshot
+from trajhub.shared.history import encode_segment_json, encode_snapshot
 from trajhub.shared.ports import HistoryStore
 
 SEGMENT_EVENTS = 1000
@@ -143,12 +142,13 @@ async def archive(redis: aioredis.Redis, history: HistoryStore, room: str, upto:
                   segment_events: int = SEGMENT_EVENTS,
                   segment_bytes: int = SEGMENT_BYTES) -> tuple[int, int]:
     """Archive events ``archived_seq+1 .. upto`` as segments, recording ``archived_seq``
-    after each. Returns (the recorded archived seq, segments written)."""
+    after each. Returns (the recorded archived seq, segments written). Events are
+    archived as the stream holds them (their JSON), not parsed: for a long history
+    that was most of the work, and it held the process's GIL."""
     nxt = (await read_progress(redis, room)).archived_seq + 1
     written = 0
     while nxt <= upto:
-        events, sizes = await _read_events(redis, room, nxt, upto,
-                                           max(PAGE, segment_events))
+        events = await _read_events(redis, room, nxt, upto, max(PAGE, segment_events))
         if not events or events[0].seq != nxt:
             # Another replica archived and trimmed meanwhile: go on after its archive.
             recorded = (await read_progress(redis, room)).archived_seq
@@ -157,11 +157,12 @@ async def archive(redis: aioredis.Redis, history: HistoryStore, room: str, upto:
                                  f"but only 1..{recorded} is archived")
             nxt = recorded + 1
             continue
-        chunks = _chunks(events, sizes, segment_events, segment_bytes)
+        chunks = _chunks(events, segment_events, segment_bytes)
         for i, chunk in enumerate(chunks):
             if i and i == len(chunks) - 1 and chunk[-1].seq < upto:
                 break  # cut short by the page, not by a limit: read it again in full
-            data = await asyncio.to_thread(encode_segment, room, chunk)
+            data = await asyncio.to_thread(encode_segment_json, room, chunk[0].seq,
+                                           [e.data for e in chunk])
             await asyncio.to_thread(history.put_segment, room, chunk[0].seq, chunk[-1].seq,
                                     data)
             await advance(redis, room, ARCHIVED_SEQ, chunk[-1].seq)
@@ -170,32 +171,42 @@ async def archive(redis: aioredis.Redis, history: HistoryStore, room: str, upto:
     return (await read_progress(redis, room)).archived_seq, written
 
 
+class _Stored(NamedTuple):
+    """An event as the stream holds it: its seq, its JSON and the entry's size."""
+
+    seq: int
+    data: bytes | str
+    size: int
+
+
 async def _read_events(redis: aioredis.Redis, room: str, first: int, last: int,
-                       count: int) -> tuple[list[Event], list[int]]:
-    """Contiguous events from ``first`` (stops at the first gap) and their sizes."""
+                       count: int) -> list[_Stored]:
+    """Contiguous events from ``first`` (stops at the first gap)."""
     entries: Any = await redis.xrange(keys.events(room), min=f"{first}-0",
                                       max=f"{last}-0", count=count)
-    events: list[Event] = []
-    sizes: list[int] = []
+    events: list[_Stored] = []
     for entry_id, fields in entries or ():
-        if events and seq_of(entry_id) != events[-1].seq + 1:
+        seq = seq_of(entry_id)
+        if events and seq != events[-1].seq + 1:
             break
-        events.append(Event.from_stream(fields))
-        sizes.append(sum(len(v) for v in fields.values()))
-    return events, sizes
+        data = fields.get(b"data", fields.get("data"))
+        if data is None:
+            raise ValueError(f"room {room!r}: stream entry {seq} has no data field")
+        events.append(_Stored(seq, data, sum(len(v) for v in fields.values())))
+    return events
 
 
-def _chunks(events: Sequence[Event], sizes: Sequence[int], max_events: int,
-            max_bytes: int) -> list[list[Event]]:
-    chunks: list[list[Event]] = []
-    current: list[Event] = []
+def _chunks(events: Sequence[_Stored], max_events: int,
+            max_bytes: int) -> list[list[_Stored]]:
+    chunks: list[list[_Stored]] = []
+    current: list[_Stored] = []
     current_bytes = 0
-    for event, size in zip(events, sizes, strict=True):
-        if current and (len(current) >= max_events or current_bytes + size > max_bytes):
+    for event in events:
+        if current and (len(current) >= max_events or current_bytes + event.size > max_bytes):
             chunks.append(current)
             current, current_bytes = [], 0
         current.append(event)
-        current_bytes += size
+        current_bytes += event.size
     if current:
         chunks.append(current)
     return chunks
