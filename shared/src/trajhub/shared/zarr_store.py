@@ -923,8 +923,8 @@ class ZarrFrameStore:
             raise ValueError(f"not a sha256 hex digest: {str(bad[0])[:80]!r}")
         checked = _check_layers(start, len(frames), layers)
         projection = None if commit is None else _projection_arrays(commit)
-        run = _canonical_run(frames) if isinstance(frames, FrameRun) \
-            and (checked is None or all(layer is None for layer in checked)) else None
+        run = _canonical_run(frames) if isinstance(frames, FrameRun) and checked is None \
+            else None
         canonical: Sequence[Frame]
         if run is not None:
             canonical = run
@@ -1354,7 +1354,8 @@ class _Plan:
 
 def _check_layers(start: int, count: int, layers: Sequence[Layer | None] | None
                   ) -> list[Layer | None] | None:
-    """``layers`` as a list of ``(int, tuple of str)``; raises if one does not fit."""
+    """``layers`` as a list of ``(int, tuple of str)``, None if no slot is a patch;
+    raises if one does not fit."""
     if layers is None:
         return None
     out: list[Layer | None] = list(layers)
@@ -1367,7 +1368,7 @@ def _check_layers(start: int, count: int, layers: Sequence[Layer | None] | None
         if not 0 <= base < start + i:
             raise ValueError(f"slot {start + i}: base slot {base} is not an earlier slot")
         out[i] = (base, keys)
-    return out
+    return out if any(layer is not None for layer in out) else None
 
 
 def _canonical_frame(frame: Mapping[str, Any]) -> Frame:
