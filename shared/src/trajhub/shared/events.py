@@ -134,7 +134,7 @@ class Event(_Model):
 
     @classmethod
     def from_stream(cls, fields: dict[bytes, bytes] | dict[str, str]) -> Event:
-        return cls.model_validate_json(_stream_data(fields))
+        return cls.model_validate_json(stream_data(fields))
 
     @property
     def hashes(self) -> list[str]:
@@ -162,12 +162,13 @@ class EventHead(BaseModel):
 
     @classmethod
     def from_stream(cls, fields: dict[bytes, bytes] | dict[str, str]) -> EventHead:
-        data = _stream_data(fields)
+        data = stream_data(fields)
         head = cls.model_validate_json(data)
         return head.model_copy(update={"json_bytes": len(data)})
 
 
-def _stream_data(fields: dict[bytes, bytes] | dict[str, str]) -> bytes | str:
+def stream_data(fields: dict[bytes, bytes] | dict[str, str]) -> bytes | str:
+    """The event JSON of a stream entry's fields (bytes or str keys)."""
     data = fields.get(b"data") if b"data" in fields else fields.get("data")  # type: ignore[call-overload]
     if data is None:
         raise ValueError("stream entry has no data field")

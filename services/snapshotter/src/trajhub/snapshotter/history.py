@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from trajhub.control import IndexReader
 from trajhub.shared import keys
 from trajhub.shared.consumer import seq_of
+from trajhub.shared.events import stream_data
 from trajhub.shared.history import encode_segment_json, encode_snapshot
 from trajhub.shared.ports import HistoryStore
 
@@ -189,10 +190,7 @@ async def _read_events(redis: aioredis.Redis, room: str, first: int, last: int,
         seq = seq_of(entry_id)
         if events and seq != events[-1].seq + 1:
             break
-        data = fields.get(b"data", fields.get("data"))
-        if data is None:
-            raise ValueError(f"room {room!r}: stream entry {seq} has no data field")
-        events.append(_Stored(seq, data, sum(len(v) for v in fields.values())))
+        events.append(_Stored(seq, stream_data(fields), sum(len(v) for v in fields.values())))
     return events
 
 
