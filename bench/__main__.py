@@ -7,8 +7,9 @@ Workloads (``--only`` names): bulk (upload, read-all, cold read-all at three sha
 upload beside its floor: the bare transfer plus one sha256 of the same bytes),
 frame (single frame fetch p50/p99), commit (latency, commits/s with 1 and 16 clients),
 fanout (room_frame and frames_changed to 50 sockets at 60 Hz), join (join time vs
-history length), rss (peak RSS of all server processes while uploading --rss-gb
-gigabytes; slow at full size), lag (storage apply lag vs a bare Zarr write).
+history length, beside joins of a room of 1,000 events timed in turn), rss (peak RSS of
+all server processes while uploading --rss-gb gigabytes; slow at full size),
+lag (storage apply lag vs a bare Zarr write).
 
 The server is ``trajhub serve`` on an embedded Redis (``--services``: trajhub-control,
 -storage, -snapshotter and -gateway as separate processes). Prints a table and writes
@@ -147,6 +148,8 @@ def plots(rows: list[Row], extra: dict[str, Any]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot([r["events"] for r in join], [r["value"] for r in join], "o-",
                 label="join p50 (GET index + join_room)")
+        ax.plot([r["events"] for r in join], [r["baseline"] for r in join], "s:",
+                label=f"beside it: a room of {join[0]['baseline_events']:,} events")
         ax.plot([r["events"] for r in join], [r["healthz_p50_ms"] for r in join], "k--",
                 label="GET /healthz p50")
         ax.set(xscale="log", xlabel="events in the room's history", ylabel="ms",

@@ -437,27 +437,41 @@ def bench_fanout(dep: Deployment, sizes: Sizes) -> list[Row]:
 
 
 # -- join vs history --------------------------------------------------------------------------
+JOIN_REFERENCE_ROOM = "history-1k"
+"""A room built like history.ROOM but kept at the first history length: each length's
+joins are timed beside joins of this room (history.joins)."""
+
+
 def bench_join(dep: Deployment, sizes: Sizes) -> list[Row]:
-    points: list[tuple[int, float, float]] = []
+    points: list[tuple[int, float, float, float]] = []
     with asyncio.Runner() as runner:
         r = aioredis.Redis.from_url(dep.redis_url)
         try:
+            reference = history.Builder(r, 1000, 500, room=JOIN_REFERENCE_ROOM)
+            runner.run(reference.create_room())
+            head = runner.run(history.head_seq(r, JOIN_REFERENCE_ROOM))
+            runner.run(reference.grow(sizes.history[0] - head))
+            runner.run(history.settle(r, trimmed=False, room=JOIN_REFERENCE_ROOM))
             builder = history.Builder(r, 1000, 500)
             runner.run(builder.create_room())
             for target in sizes.history:
                 runner.run(builder.grow(target - runner.run(history.head_seq(r))))
                 runner.run(history.settle(r, trimmed=False))
-                ms = history.joins(dep.port, sizes.joins, 10)
+                ms = history.joins(dep.port, sizes.joins, 10,
+                                   rooms=(history.ROOM, JOIN_REFERENCE_ROOM))
                 points.append((target, percentile(ms["join"], 0.5),
+                               percentile(ms[JOIN_REFERENCE_ROOM], 0.5),
                                percentile(ms["healthz"], 0.5)))
         finally:
             runner.run(r.aclose())
     first = points[0][1]
     rows = []
-    for events, join, healthz in points:
-        target, ok = at_most(join / first, history.JOIN_RATIO_AIM)
+    for events, join, beside, healthz in points:
+        target, ok = at_most(join / beside, history.JOIN_RATIO_AIM)
         rows.append(row("join vs history (1000 frames)", f"p50 at {events:,} events", join,
-                        "ms", first, join / first, target, ok, events=events,
+                        "ms", beside, join / beside, target, ok, events=events,
+                        baseline_events=sizes.history[0],
+                        first_point_ms=round(first, 3), x_first_point=round(join / first, 3),
                         healthz_p50_ms=round(healthz, 3)))
     return rows
 

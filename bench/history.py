@@ -133,10 +133,12 @@ class Sio:
 
 # -- building history ---------------------------------------------------------------------------
 class Builder:
-    """Commits single-frame replaces to ROOM as pipelined EVALSHAs of control's script."""
+    """Commits single-frame replaces to ``room`` as pipelined EVALSHAs of control's
+    script."""
 
-    def __init__(self, r: aioredis.Redis, n_frames: int, batch: int) -> None:
+    def __init__(self, r: aioredis.Redis, n_frames: int, batch: int, room: str = ROOM) -> None:
         self.r = r
+        self.room = room
         self.control = Control(r, undo_retention=UNDO_RETENTION)
         self.n_frames = n_frames
         self.batch = batch
@@ -147,7 +149,7 @@ class Builder:
         frames = [make_frame(i) for i in range(self.n_frames)]
         self.hashes = [hashing.frame_hash(f) for f in frames]
         stage = {h: codec.frame_to_bytes(f) for h, f in zip(self.hashes, frames, strict=True)}
-        result = await self.control.commit(InsertFrames(room=ROOM, hashes=self.hashes),
+        result = await self.control.commit(InsertFrames(room=self.room, hashes=self.hashes),
                                            stage=stage)
         if result.status != "ok":
             raise RuntimeError(f"insert: {result.reason}")
@@ -157,11 +159,12 @@ class Builder:
         # Another frame's content: it already has a slot, so nothing needs staging.
         h = self.hashes[(i + 1 + self.k // self.n_frames) % self.n_frames]
         self.k += 1
-        _, op_args = _op_args(ReplaceFrames(room=ROOM, indices=[i], hashes=[h], author=AUTHOR))
-        script_keys = [*keys.room_keys(ROOM), keys.undo_stack(ROOM, AUTHOR),
-                       keys.redo_stack(ROOM, AUTHOR), keys.idempotency(ROOM, ""),
-                       keys.blob(ROOM, h)]
-        args: list[str | int] = ["", uuid.uuid4().hex, repr(time.time()), AUTHOR, ROOM, "", "",
+        room = self.room
+        _, op_args = _op_args(ReplaceFrames(room=room, indices=[i], hashes=[h], author=AUTHOR))
+        script_keys = [*keys.room_keys(room), keys.undo_stack(room, AUTHOR),
+                       keys.redo_stack(room, AUTHOR), keys.idempotency(room, ""),
+                       keys.blob(room, h)]
+        args: list[str | int] = ["", uuid.uuid4().hex, repr(time.time()), AUTHOR, room, "", "",
                                  0, UNDO_RETENTION, *op_args]
         return script_keys, args
 
@@ -177,7 +180,7 @@ class Builder:
                 for _ in range(size):
                     script_keys, args = self._call()
                     pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-                pipe.xadd(keys.NOTIFY, {"room": ROOM}, maxlen=keys.NOTIFY_MAXLEN,
+                pipe.xadd(keys.NOTIFY, {"room": self.room}, maxlen=keys.NOTIFY_MAXLEN,
                           approximate=True)
                 replies = await pipe.execute(raise_on_error=True)
             bad = [a for a in replies[:-1] if b'"status":"ok"' not in bytes(a[1])]
@@ -203,29 +206,29 @@ async def xadd_baseline(r: aioredis.Redis, n: int, batch: int) -> float:
     return n / elapsed
 
 
-async def head_seq(r: aioredis.Redis) -> int:
-    return int(await r.hget(keys.meta(ROOM), "seq") or 0)
+async def head_seq(r: aioredis.Redis, room: str = ROOM) -> int:
+    return int(await r.hget(keys.meta(room), "seq") or 0)
 
 
-async def settle(r: aioredis.Redis, trimmed: bool) -> dict[str, Any]:
+async def settle(r: aioredis.Redis, trimmed: bool, room: str = ROOM) -> dict[str, Any]:
     """Wait until storage applied and the snapshotter saw the head (and, trimmed, its
     trim stopped moving); the seconds waited and where each stood."""
     t0 = time.perf_counter()
-    head = await head_seq(r)
+    head = await head_seq(r, room)
     last_trim, stable = -1, 0
     while time.perf_counter() - t0 < SETTLE_TIMEOUT_S:
-        applied = int(await r.hget(keys.applied(ROOM), "seq") or 0)
-        seen = int(await r.hget(keys.snapshotter_state(ROOM), "seq") or 0)
-        progress = await read_progress(r, ROOM)
+        applied = int(await r.hget(keys.applied(room), "seq") or 0)
+        seen = int(await r.hget(keys.snapshotter_state(room), "seq") or 0)
+        progress = await read_progress(r, room)
         if applied >= head and seen >= head:
             stable = stable + 1 if progress.trimmed_seq == last_trim else 0
             if not trimmed or stable >= 3:
                 break
         last_trim = progress.trimmed_seq
         await asyncio.sleep(0.1)
-    progress = await read_progress(r, ROOM)
+    progress = await read_progress(r, room)
     return {"settle_s": round(time.perf_counter() - t0, 2), "head": head,
-            "applied": int(await r.hget(keys.applied(ROOM), "seq") or 0),
+            "applied": int(await r.hget(keys.applied(room), "seq") or 0),
             "snapshot_seq": progress.snapshot_seq, "trimmed_seq": progress.trimmed_seq}
 
 
@@ -235,41 +238,50 @@ async def memory(r: aioredis.Redis) -> dict[str, int]:
 
 
 # -- joins and time travel ----------------------------------------------------------------------
-def joins(port: int, n: int, warmup: int) -> dict[str, list[float]]:
+def joins(port: int, n: int, warmup: int, rooms: tuple[str, ...] = (ROOM,)
+          ) -> dict[str, list[float]]:
+    """Milliseconds of ``n`` joins (after ``warmup``), each after a bare ``GET /healthz``:
+    ``out["join"]`` of ``rooms[0]``, ``out[room]`` of each room. With several rooms every
+    pass joins each of them in turn, starting from a different one each pass, so that
+    their joins are timed side by side: this machine's speed drifts by more than the
+    difference a history length makes (a bare request's p50 moved by up to 1.7x from one
+    minute to the next)."""
     conn, sio = Http(port, CALL_TIMEOUT_S), Sio(port)
-    path = f"/api/v1/rooms/{ROOM}/index"
 
-    def join() -> None:
-        conn.get_ok(path)
-        ack = sio.call("join_room", {"room": ROOM})
+    def join(room: str) -> None:
+        conn.get_ok(f"/api/v1/rooms/{room}/index")
+        ack = sio.call("join_room", {"room": room})
         if "error" in ack:
             raise RuntimeError(f"join_room: {ack}")
 
-    def leave() -> None:  # untimed: the next join starts from a socket not in the room
-        sio.call("leave_room", {"room": ROOM})
+    def leave(room: str) -> None:  # untimed: the next join starts from a socket not in it
+        sio.call("leave_room", {"room": room})
 
-    def timed_join() -> None:
+    def timed_join(room: str) -> None:
         t0 = time.perf_counter()
-        join()
-        out["join"].append((time.perf_counter() - t0) * 1e3)
-        leave()
+        join(room)
+        out[room].append((time.perf_counter() - t0) * 1e3)
+        leave(room)
 
     def healthz() -> None:
         t0 = time.perf_counter()
         conn.get_ok("/healthz")
         out["healthz"].append((time.perf_counter() - t0) * 1e3)
 
-    out: dict[str, list[float]] = {"join": [], "healthz": []}
+    out: dict[str, list[float]] = {}
     try:
         with no_gc():
             for i in range(warmup + n):
-                if i == warmup:
-                    out = {"join": [], "healthz": []}
-                healthz()
-                timed_join()
+                if i in (0, warmup):
+                    out = {"healthz": [], **{room: [] for room in rooms}}
+                k = i % len(rooms)
+                for room in rooms[k:] + rooms[:k]:
+                    healthz()
+                    timed_join(room)
     finally:
         sio.close()
         conn.close()
+    out["join"] = out[rooms[0]]
     return out
 
 
