@@ -1046,3 +1046,39 @@ def test_a_frame_run_that_needs_converting_goes_frame_by_frame(
     assert_frames(store.read_slots(ROOM, range(12)), frames * 3)
     with pytest.raises(ValueError, match="is not allowed"):
         write_run(store, FrameRun({"bad key": np.zeros((2, 3))}, 2))
+
+
+def test_appends_write_raw_chunks_in_place_byte_for_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append into a partly filled chunk of raw floats writes its rows into the file
+    (the file is not replaced); the files are those a whole-chunk rewrite gives."""
+    frames = [make_frame(5 + i % 3, i) for i in range(40)]
+    batches = [frames[:3], frames[3:4], frames[4:11], frames[11:12], frames[12:40]]
+    in_place = open_store(str(tmp_path / "a"))
+    chunk = tmp_path / "a" / ROOM / "positions" / "c" / "0" / "0" / "0"
+    inodes = set()
+    for batch in batches:
+        write(in_place, batch)
+        inodes.add(chunk.stat().st_ino)
+    assert len(inodes) == 1, "the positions chunk was replaced, not written in place"
+    monkeypatch.setattr(zarr_store, "_write_rows", lambda *_: False)
+    whole = open_store(str(tmp_path / "b"))
+    for batch in batches:
+        write(whole, batch)
+    assert store_files(tmp_path / "a") == store_files(tmp_path / "b")
+    assert_frames(open_store(str(tmp_path / "a")).read_slots(ROOM, range(40)), frames)
+
+
+def test_a_fork_appends_beside_its_parent_slots(tmp_path: Path) -> None:
+    """A fork's own arrays start at its parent's slot count, inside a chunk whose file
+    the fork does not have yet: that chunk is written whole (fill values below), and
+    the appends after it go in place."""
+    store = open_store(str(tmp_path / "zarr"))
+    frames = [make_frame(4, i) for i in range(9)]
+    write(store, frames[:5])
+    store.init_fork("fork", ROOM, 3)
+    write(store, frames[5:7], start=3, room="fork")
+    write(store, frames[7:9], room="fork")
+    got = open_store(str(tmp_path / "zarr")).read_slots("fork", range(7))
+    assert_frames(got, frames[:3] + frames[5:9])
+    assert_frames(open_store(str(tmp_path / "zarr")).read_slots(ROOM, range(5)), frames[:5])

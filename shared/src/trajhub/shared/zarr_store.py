@@ -1176,8 +1176,10 @@ class ZarrFrameStore:
         read back and no Zarr indexing, which is most of what a small append costs (a
         stream of edits appends a slot or a few at a time) and ~a third of a bulk write.
         Rows at or beyond ``n`` hold fill values, so a chunk starting there needs no
-        read either. False (nothing written) for an array chunked along another axis
-        too, or whose chunks are not plain (see ``_chunk_encoder``)."""
+        read either. The chunk holding slot ``n`` of an array of raw chunk files (see
+        ``_raw_chunks``) is not rewritten at all: the new slots' rows are written into
+        its file in place (``_write_rows``). False (nothing written) for an array chunked
+        along another axis too, or whose chunks are not plain (see ``_chunk_encoder``)."""
         with self._lock:
             tail = self._tails.pop((room, array.basename), None)
         per, chunks = array.chunks[0], array.chunks
@@ -1187,9 +1189,15 @@ class ZarrFrameStore:
         encode = _chunk_encoder(array)
         if encode is None:
             return False
+        raw = _raw_chunks(array, self.store)
+        in_place = raw if raw is not None and not raw.blosc else None
         inner = tuple(slice(0, d) for d in block.shape[1:])
         for c in range(n // per, (end - 1) // per + 1):
             first = c * per
+            if in_place is not None and first < n \
+                    and _write_rows(in_place, c, n - first, block[:first + per - n]):
+                tail = None
+                continue
             if tail is not None and tail.chunk == c and tail.end == n:
                 data = tail.data
             else:
@@ -1201,10 +1209,10 @@ class ZarrFrameStore:
             data[(slice(a - first, b - first), *inner)] = block[a - n:b - n]
             await self._put_chunk(array, (c, *(0 for _ in chunks[1:])), encode(data))
             tail = _Tail(c, end, data)
-        assert tail is not None  # end > n: at least one chunk was written
-        with self._lock:
-            self._tails[(room, array.basename)] = tail
-            _trim(self._tails, TAIL_CACHE_BYTES)
+        if tail is not None and in_place is None:  # (raw chunks need no copy: see above)
+            with self._lock:
+                self._tails[(room, array.basename)] = tail
+                _trim(self._tails, TAIL_CACHE_BYTES)
         return True
 
     async def _array_for_write(self, room: str, name: str, n: int) -> ZArray | None:
@@ -1682,6 +1690,42 @@ class _RawChunks:
                 finally:
                     os.close(fd)
         return out
+
+
+def _write_rows(raw: _RawChunks, chunk: int, row: int, rows: Array) -> bool:
+    """Write ``rows`` (slots of chunk ``chunk`` from its row ``row`` on, each padded to
+    the chunk's row with fill values) into the chunk's file in place; False (nothing
+    written) if there is no such file of the chunk's size.
+
+    Safe without a temporary file, which the file system charges for (see
+    ``trajhub.shared.files``): only the rows of slots not yet committed change, and no
+    reader reads those; a write cut off by a crash is written again before they are
+    committed. Rows beyond ``rows`` keep what they hold (fill values, unless a crashed
+    write left others there; they are not slots of the room either)."""
+    array = raw.array
+    chunks = tuple(array.chunks)
+    if rows.shape[1:] != chunks[1:] or rows.dtype != array.dtype \
+            or not rows.flags.c_contiguous:
+        padded = np.full((len(rows), *chunks[1:]), array.metadata.fill_value,
+                         dtype=array.dtype)
+        padded[(slice(None), *(slice(0, d) for d in rows.shape[1:]))] = rows
+        rows = padded
+    path = raw.directory / array.metadata.encode_chunk_key((chunk, *(0 for _ in chunks[1:])))
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.fstat(fd).st_size != math.prod(chunks) * array.dtype.itemsize:
+            return False
+        view = rows.data.cast("B")
+        offset = row * (view.nbytes // len(rows))
+        while view:
+            done = os.pwrite(fd, view, offset)
+            view, offset = view[done:], offset + done
+        return True
+    finally:
+        os.close(fd)
 
 
 _UNWRITTEN = np.empty(0)
