@@ -1082,3 +1082,33 @@ def test_a_fork_appends_beside_its_parent_slots(tmp_path: Path) -> None:
     got = open_store(str(tmp_path / "zarr")).read_slots("fork", range(7))
     assert_frames(got, frames[:3] + frames[5:9])
     assert_frames(open_store(str(tmp_path / "zarr")).read_slots(ROOM, range(5)), frames[:5])
+
+
+def test_bookkeeping_arrays_are_raw_and_old_compressed_ones_still_grow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new room's ``.shape`` and ``_hash`` arrays are not compressed (appends go into
+    their files in place); a room whose ones are (made before) is appended to as ever."""
+    frames = [make_frame(3 + i % 2, i) for i in range(8)]
+    new = open_store(str(tmp_path / "zarr"))
+    write(new, frames[:4])
+    group = plain_group(tmp_path)
+    assert group["positions.shape"].compressors == ()
+    assert group["_hash"].compressors == ()
+    assert group["numbers"].compressors != ()  # (data arrays follow CODEC)
+
+    real_create = ZarrFrameStore._create
+
+    async def compressed(self: ZarrFrameStore, *args: Any, raw: bool = False,
+                         **kwargs: Any) -> Any:
+        return await real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ZarrFrameStore, "_create", compressed)
+    old = open_store(str(tmp_path / "old"))
+    write(old, frames[:4], room="old")
+    monkeypatch.undo()
+    assert zarr.open_group(str(tmp_path / "old"))["old"]["positions.shape"].compressors != ()
+    again = open_store(str(tmp_path / "old"))
+    write(again, frames[4:], room="old")
+    write(new, frames[4:])
+    assert_frames(open_store(str(tmp_path / "old")).read_slots("old", range(8)), frames)
+    assert_frames(open_store(str(tmp_path / "zarr")).read_slots(ROOM, range(8)), frames)

@@ -121,7 +121,10 @@ CODEC = "auto"
 """Chunk compression: "lz4" (blosc lz4 + byte shuffle), "zstd" (zstd level 1), "none", or
 "auto": lz4 for integer, bool and string arrays (atomic numbers, shapes: they shrink
 several-fold), none for float and complex ones (simulation noise barely compresses, and
-decompressing costs every frame read a blosc call; see bench/zarr_store.py)."""
+decompressing costs every frame read a blosc call; see bench/zarr_store.py). The
+per-slot bookkeeping arrays (each key's ``.shape``, ``_hash``) are never compressed:
+they are small, every commit appends to them, and an append to a raw chunk is written
+into its file in place (``_write_rows``) where a compressed one is a new file."""
 CHUNK_TARGET_BYTES = 1024 * 1024
 """Uncompressed bytes per chunk; appending a frame rewrites one chunk per array. Smaller
 chunks read a single frame a little faster but write bulk markedly slower (more files;
@@ -1003,7 +1006,7 @@ class ZarrFrameStore:
         jobs: list[Coroutine[Any, Any, Any]] = [
             *(self._write_variant(group, room, n, end, p) for p in plans),
             self._write_block(group, room, n, end, HASH_ARRAY, hash_block,
-                              chunks=(MAX_SLOT_CHUNK, 32), fill=0)]
+                              chunks=(MAX_SLOT_CHUNK, 32), fill=0, raw=True)]
         if bases is not None:
             jobs.append(self._write_block(group, room, n, end, BASE_ARRAY, bases,
                                           chunks=(MAX_SLOT_CHUNK,), fill=-1))
@@ -1142,15 +1145,17 @@ class ZarrFrameStore:
                               chunks=data_chunks(plan.key, plan.data.shape[1:],
                                                  plan.data.itemsize), fill=0),
             self._write_block(group, room, n, end, v.shape_name, plan.shapes,
-                              chunks=(MAX_SLOT_CHUNK, plan.shapes.shape[1]), fill=-1))
+                              chunks=(MAX_SLOT_CHUNK, plan.shapes.shape[1]), fill=-1,
+                              raw=True))
 
     async def _write_block(self, group: AsyncGroup, room: str, n: int, end: int, name: str,
                            block: Array, *, chunks: tuple[int, ...], fill: Any,
-                           dtype: Any = None) -> None:
+                           dtype: Any = None, raw: bool = False) -> None:
         """Grow (or create) array ``name`` to hold ``block`` at slots ``n..end`` and write
         it with one call. Padded axes beyond ``block`` are left as they are. Rows grow a
         whole slot chunk at a time so that appending one frame rarely rewrites metadata;
-        rows at or beyond ``n_slots`` hold fill values."""
+        rows at or beyond ``n_slots`` hold fill values. ``raw``: a new array's chunks are
+        not compressed, whatever CODEC says."""
         array = await self._array_for_write(room, name, n)
         dims = block.shape[1:]
         stale = array is not None and (array.ndim != block.ndim or (
@@ -1159,7 +1164,7 @@ class ZarrFrameStore:
             # (stale: left by a write that crashed before registering it; never readable)
             array = await self._create(group, name, (_round_up(end, chunks[0]), *dims),
                                        block.dtype if dtype is None else dtype, chunks, fill,
-                                       overwrite=stale)
+                                       overwrite=stale, raw=raw)
         else:
             rows = array.shape[0] if end <= array.shape[0] else _round_up(end, array.chunks[0])
             shape = (rows, *(max(a, b) for a, b in zip(array.shape[1:], dims, strict=True)))
@@ -1224,10 +1229,11 @@ class ZarrFrameStore:
         return await self._array(room, name, n, n, force=True)
 
     async def _create(self, group: AsyncGroup, name: str, shape: tuple[int, ...], dtype: Any,
-                      chunks: tuple[int, ...], fill: Any, overwrite: bool = False) -> ZArray:
+                      chunks: tuple[int, ...], fill: Any, overwrite: bool = False,
+                      raw: bool = False) -> ZArray:
         return _exact(await group.create_array(
             name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill,
-            compressors=_compressors(dtype), overwrite=overwrite))
+            compressors=() if raw else _compressors(dtype), overwrite=overwrite))
 
     # -- projection -----------------------------------------------------------------------
 
