@@ -30,6 +30,7 @@ import history
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+import zarr
 from _deploy import Deployment, RssSampler, rss_by_process, tree_rss
 from _fanout import BareServer, bare_emit, trajhub_frames_changed, trajhub_room_frame
 from _measure import no_gc, percentile
@@ -39,7 +40,7 @@ from trajhub import Room
 from trajhub.client.convert import atoms_to_frame
 from trajhub.shared import codec, hashing, keys
 from trajhub.shared.frames import Frame
-from trajhub.shared.zarr_store import ZarrFrameStore
+from trajhub.shared.zarr_store import ZarrFrameStore, chunk_compressors, data_chunks
 
 HERE = Path(__file__).resolve().parent
 Row = dict[str, Any]
@@ -540,14 +541,45 @@ LAG_FRAMES = 10
 LAG_ATOMS = 1000
 
 
+class BareZarr:
+    """The baseline of storage lag: the same frames written with Zarr's own API, one
+    range write per key (``array[a:b] = values``), into arrays chunked and compressed
+    as trajhub's store chunks them (``data_chunks``, ``CODEC``), made beforehand with
+    room for every sample; none of the store's bookkeeping (shapes, hashes, projection,
+    commit point)."""
+
+    def __init__(self, root: Path, capacity: int) -> None:
+        self.group = zarr.open_group(str(root), mode="w")
+        self.capacity = capacity
+        self.arrays: dict[str, Any] = {}
+        self.slot = 0
+
+    def write(self, frames: list[Frame]) -> float:
+        """Milliseconds of the range writes of ``frames`` at the next slots."""
+        columns = {k: np.stack([np.asarray(f[k]) for f in frames]) for k in frames[0]}
+        for key, values in columns.items():
+            if key not in self.arrays:
+                self.arrays[key] = self.group.create_array(
+                    key, shape=(self.capacity, *values.shape[1:]), dtype=values.dtype,
+                    chunks=data_chunks(key, values.shape[1:], values.itemsize),
+                    compressors=chunk_compressors(values.dtype), fill_value=0)
+        a, b = self.slot, self.slot + len(frames)
+        t0 = time.perf_counter()
+        for key, values in columns.items():
+            self.arrays[key][a:b] = values
+        self.slot = b
+        return (time.perf_counter() - t0) * 1e3
+
+
 def bench_lag(dep: Deployment, sizes: Sizes) -> list[Row]:
     room = "lag"
     rng = np.random.default_rng(3)
     r = redis.Redis.from_url(dep.redis_url)
     conn = Http(dep.port)
-    lags, bare = [], []
+    lags, bare, ours = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        store = ZarrFrameStore(Path(tmp) / "bare")
+        zarr_bare = BareZarr(Path(tmp) / "zarr", (sizes.lag_samples + 2) * LAG_FRAMES)
+        store = ZarrFrameStore(Path(tmp) / "store")
         slot = 0
         for _ in range(sizes.lag_samples + 2):
             frames = [dict(atoms_to_frame(a)) for a in bulk.make_frames(LAG_FRAMES, LAG_ATOMS)]
@@ -563,18 +595,23 @@ def bench_lag(dep: Deployment, sizes: Sizes) -> list[Row]:
             while int(r.hget(keys.applied(room), "seq") or 0) < seq:  # type: ignore[arg-type]
                 time.sleep(0.0005)
             lags.append((time.perf_counter() - acked) * 1e3)
+            bare.append(zarr_bare.write(frames))
             hashes = [hashing.frame_hash(f) for f in frames]
-            bare.append(timed(store.write_slots, "bare", slot, frames, hashes) * 1e3)
+            ours.append(timed(store.write_slots, "bare", slot, frames, hashes) * 1e3)
             slot += len(frames)
     conn.close()
     r.close()
-    lags, bare = lags[2:], bare[2:]  # the first ones create the arrays
+    lags, bare, ours = lags[2:], bare[2:], ours[2:]  # the first ones create the arrays
+    workload = f"storage apply lag ({LAG_FRAMES}x{LAG_ATOMS} per commit)"
     rows = []
     for q, label in ((0.5, "p50"), (0.99, "p99")):
         value, b = percentile(lags, q), percentile(bare, q)
         target, ok = at_most(value / b, 2.0) if q == 0.5 else ("", None)
-        rows.append(row(f"storage apply lag ({LAG_FRAMES}x{LAG_ATOMS} per commit)", label,
-                        value, "ms", b, value / b, target, ok))
+        rows.append(row(workload, label, value, "ms", b, value / b, target, ok))
+    # Not a target: beside the store's own write of the same frames (its bookkeeping
+    # too, no commit), the baseline until the twenty-second #6 session.
+    value, b = percentile(lags, 0.5), percentile(ours, 0.5)
+    rows.append(row(workload, "p50 vs the store's own write_slots", value, "ms", b, value / b))
     return rows
 
 

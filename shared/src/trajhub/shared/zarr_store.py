@@ -271,7 +271,8 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def _compressors(dtype: Any) -> tuple[BytesBytesCodec, ...]:
+def chunk_compressors(dtype: Any) -> tuple[BytesBytesCodec, ...]:
+    """The compressors of a data array of ``dtype`` (see CODEC)."""
     itemsize = getattr(dtype, "itemsize", 1) or 1
     kind = getattr(dtype, "kind", "O")
     if CODEC == "none" or (CODEC == "auto" and kind in "fc"):
@@ -1233,7 +1234,7 @@ class ZarrFrameStore:
                       raw: bool = False) -> ZArray:
         return _exact(await group.create_array(
             name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill,
-            compressors=() if raw else _compressors(dtype), overwrite=overwrite))
+            compressors=() if raw else chunk_compressors(dtype), overwrite=overwrite))
 
     # -- projection -----------------------------------------------------------------------
 
