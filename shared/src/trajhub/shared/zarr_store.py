@@ -1266,7 +1266,11 @@ class ZarrFrameStore:
                                       ) -> tuple[ZArray, Array]:
         """Write projection array ``name``: the chunks whose values differ from those
         this store last committed, or all of them if the room's ``applied_seq`` is not
-        that commit's (another writer since)."""
+        that commit's (another writer since). The array grows a chunk at a time and does
+        not shrink (the group's ``n_frames`` says how many entries count), so a commit
+        rarely rewrites its metadata; entries appended to a raw chunk that holds
+        committed ones are written into its file in place (``_write_rows``: the
+        committed entries do not change, and a crash leaves the last commit whole)."""
         with self._lock:
             last = self._projection.pop((room, name), None)
         before: Array | None = None
@@ -1276,20 +1280,29 @@ class ZarrFrameStore:
             try:
                 array = await _open_array(group.store, f"{group.path}/{name}")
             except NodeNotFoundError:
-                array = await self._create(group, name, (len(values),), np.dtype("<i8"),
-                                           (PROJECTION_CHUNK,), 0)
-        if array.shape != (len(values),):
-            await self._resize_projection(array, len(values))
+                array = await self._create(group, name,
+                                           (_round_up(len(values), PROJECTION_CHUNK),),
+                                           np.dtype("<i8"), (PROJECTION_CHUNK,), 0, raw=True)
+        if array.shape[0] < len(values):
+            await self._resize_projection(array, _round_up(len(values), array.chunks[0]))
         encode = _chunk_encoder(array)
         if encode is None:
             if len(values):
                 await array.setitem(slice(0, len(values)), values)
             return array, values
+        raw = _raw_chunks(array, self.store)
+        in_place = raw if raw is not None and not raw.blosc else None
         per = array.chunks[0]
         for k in range(-(-len(values) // per)):
             part = values[k * per:(k + 1) * per]
             if before is not None and np.array_equal(part, before[k * per:(k + 1) * per]):
                 continue
+            if before is not None and in_place is not None:
+                held = min(max(len(before) - k * per, 0), len(part))
+                if held and np.array_equal(part[:held], before[k * per:k * per + held]) \
+                        and (held == len(part)  # (shrunk: what counts is as it was)
+                             or _write_rows(in_place, k, held, part[held:])):
+                    continue
             data = np.full(per, array.metadata.fill_value, dtype=array.dtype)
             data[:len(part)] = part
             await self._put_chunk(array, (k,), encode(data))
@@ -1298,7 +1311,7 @@ class ZarrFrameStore:
     async def _resize_projection(self, array: ZArray, length: int) -> None:
         """Give a projection array ``length`` entries. Growing a local one rewrites just
         its metadata document here (as zarr's resize would, less its serialization and
-        thread hop: it is done at every commit that adds frames)."""
+        thread hop)."""
         if length < array.shape[0] or not isinstance(self.store, LocalStore):
             await array.resize((length,))  # also deletes chunks now outside it
             return
