@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from gateway_server import (  # noqa: F401  (fixtures)
@@ -29,6 +30,7 @@ from tests.helpers import eventually
 from tests.s3_fixture import new_s3_url
 from trajhub.gateway.staging import Stager
 from trajhub.shared import codec, keys
+from trajhub.shared.buffers import BlockPool
 from trajhub.shared.events import Event
 from trajhub.shared.frames import Frame, frames_equal, validate_frame
 from trajhub.shared.hashing import frame_hash
@@ -440,3 +442,25 @@ def test_packs_are_read_from_worker_threads(any_packs: StagingPacks) -> None:
         return await asyncio.to_thread(resolve, any_packs, ROOM, list(markers.values()))
 
     assert asyncio.run(in_a_thread()) == blobs
+
+
+def test_frames_read_into_a_pool_are_views_of_its_memory(tmp_path: Path) -> None:
+    """Storage's reads: the same bytes as ``read``, back to back in one block of the
+    pool, whose memory the next read gets again once the frames are gone."""
+    packs = StagingPacks(LocalStore(tmp_path / "store"))
+    hashes, blobs = frame_blobs(6)
+    markers = packs.write(ROOM, hashes, blobs)
+    refs = [parse_marker(markers[h]) for h in hashes]
+    assert all(ref is not None for ref in refs)
+    pool = BlockPool(64 * 2**20, min_bytes=1)
+    got = packs.read_into(ROOM, refs, pool)  # type: ignore[arg-type]
+    assert [bytes(b) for b in got if b is not None] == blobs == packs.read(ROOM, refs)  # type: ignore[arg-type]
+    assert all(isinstance(b, memoryview) for b in got)
+    owner = got[0].obj  # type: ignore[union-attr]
+    assert all(b.obj is owner for b in got)  # type: ignore[union-attr]
+    address = np.frombuffer(owner, np.uint8).ctypes.data
+    del got, owner
+    again = packs.read_into(ROOM, refs[2:], pool)  # type: ignore[arg-type]
+    assert np.frombuffer(again[0].obj, np.uint8).ctypes.data == address  # type: ignore[union-attr]
+    packs.delete(ROOM, refs[0].pack)  # type: ignore[union-attr]
+    assert packs.read_into(ROOM, refs[:1], pool) == [None]  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from trajhub.shared.consumer import IntegrityError
 from trajhub.shared.events import SlotWrite
 from trajhub.shared.frames import Frame, FrameRun, canonical_array, frames_equal
 from trajhub.shared.hashing import frame_hash
+from trajhub.shared.staging import views_in_a_row
 from trajhub.storage.worker import RUN_MAX_BLOB_BYTES, decode_blobs, frame_view
 
 DTYPES = st.sampled_from(["|b1", "|i1", "<u2", "<i4", ">i8", "<f2", "<f4", ">f8", "<c8",
@@ -183,3 +184,41 @@ def test_strings_short_batches_and_large_frames_decode_frame_by_frame() -> None:
                                    for i, f in enumerate(frames)])
         assert not isinstance(got, FrameRun)
         assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))
+
+
+def test_frames_that_follow_each_other_in_one_buffer_run_without_a_copy() -> None:
+    """Frames read from a pack in one go (memoryviews, back to back in one buffer) are
+    a run of views of that buffer, large ones too; apart, or out of order, they are
+    decoded as before."""
+    large = [{"positions": np.full((RUN_MAX_BLOB_BYTES // 24 + 1, 3), float(i))}
+             for i in range(8)]
+    small = [{"numbers": np.arange(3) + i, "positions": np.ones((3, 3)) * i}
+             for i in range(10)]
+    for frames in (large, small):
+        blobs = [codec.frame_to_bytes(f) for f in frames]
+        buffer = bytearray(b"".join(blobs))
+        size = len(blobs[0])
+        views = [memoryview(buffer)[i * size:(i + 1) * size] for i in range(len(blobs))]
+        writes = [SlotWrite(slot=i, hash=frame_hash(f)) for i, f in enumerate(frames)]
+        got = decode_blobs(views, writes, verify=True)
+        assert isinstance(got, FrameRun)
+        assert all(blob_owner(a) is buffer for a in got.columns.values())
+        assert all(frames_equal(g, canonical(f)) for g, f in zip(got, frames, strict=True))
+        shuffled = views[1:] + views[:1]  # (not in a row: each is where it is)
+        got = decode_blobs(shuffled, writes[1:] + writes[:1], verify=True)
+        assert all(blob_owner(a) is not buffer for f in got for a in f.values())
+        assert all(frames_equal(g, canonical(f))
+                   for g, f in zip(got, frames[1:] + frames[:1], strict=True))
+
+
+def test_views_in_a_row_needs_one_buffer_and_no_gaps() -> None:
+    buffer = bytearray(range(40))
+    view = memoryview(buffer)
+    rows = views_in_a_row([view[0:10], view[10:20], view[20:30]], 10)
+    assert rows is not None and rows.shape == (3, 10)
+    assert np.shares_memory(rows, np.frombuffer(buffer, np.uint8))
+    assert rows[2, 0] == 20
+    assert views_in_a_row([view[0:10], view[11:21]], 10) is None  # a gap
+    assert views_in_a_row([view[0:10], memoryview(bytearray(40))[10:20]], 10) is None
+    assert views_in_a_row([bytes(view[0:10]), view[10:20]], 10) is None
+    assert views_in_a_row([view[0:10], view[10:19]], 10) is None  # another size

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 from zarr.abc.store import RangeByteRequest, Store
 from zarr.core.buffer import default_buffer_prototype
@@ -39,6 +41,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from trajhub.shared import keys
+from trajhub.shared.buffers import BlockPool
 from trajhub.shared.names import check_room_name
 
 MARKER = b"\xc1"
@@ -230,10 +233,20 @@ class StagingPacks:
 
     # -- reading --------------------------------------------------------------------------
 
+    def read_into(self, room: str, refs: Sequence[PackRef], pool: BlockPool
+                  ) -> Sequence[bytes | memoryview | None]:
+        """``read``; a local pack's frames as memoryviews into one block of ``pool``,
+        back to back in the order of ``refs``: no copy of each frame, frames that a run
+        can view in place (``views_in_a_row``), and memory the pool hands out again once
+        nothing refers to it."""
+        if self._root is not None:
+            return self._read_files(room, refs, pool)
+        return self.read(room, refs)
+
     def read(self, room: str, refs: Sequence[PackRef]) -> list[bytes | None]:
         """Each ref's bytes (None where its pack is gone or too short)."""
         if self._root is not None:
-            return self._read_files(room, refs)
+            return [None if b is None else bytes(b) for b in self._read_files(room, refs)]
         proto = default_buffer_prototype()
 
         async def get(ref: PackRef) -> bytes | None:
@@ -248,14 +261,18 @@ class StagingPacks:
 
         return sync(run())
 
-    def _read_files(self, room: str, refs: Sequence[PackRef]) -> list[bytes | None]:
+    def _read_files(self, room: str, refs: Sequence[PackRef], pool: BlockPool | None = None
+                    ) -> list[bytes | memoryview | None]:
         """One ``pread`` per run of refs that follow each other in a pack (a bulk
-        upload's frames do, in the order they were staged), up to READ_RUN_BYTES."""
+        upload's frames do, in the order they were staged), up to READ_RUN_BYTES; with
+        ``pool``, all into one block, the frames back to back in the order of ``refs``
+        (from one pack or several)."""
         assert self._root is not None
-        out: list[bytes | None] = [None] * len(refs)
+        out: list[bytes | memoryview | None] = [None] * len(refs)
+        block = None if pool is None else pool.empty((sum(r.size for r in refs),), np.uint8).data
         fds: dict[str, int | None] = {}
         try:
-            i = 0
+            i = at_block = 0
             while i < len(refs):
                 first = refs[i]
                 if first.pack not in fds:
@@ -269,14 +286,16 @@ class StagingPacks:
                        and refs[j].offset == end and end - first.offset < READ_RUN_BYTES):
                     end, j = end + refs[j].size, j + 1
                 fd = fds[first.pack]
+                size = end - first.offset
                 if fd is not None:
-                    data = os.pread(fd, end - first.offset, first.offset)
+                    data = os.pread(fd, size, first.offset) if block is None else \
+                        _pread_into(fd, block[at_block:at_block + size], first.offset)
                     at = 0
                     for k in range(i, j):
                         piece = data[at:at + refs[k].size]  # (all of data: no copy)
                         out[k] = piece if len(piece) == refs[k].size else None
                         at += refs[k].size
-                i = j
+                i, at_block = j, at_block + size
         finally:
             for fd in fds.values():
                 if fd is not None:
@@ -345,6 +364,37 @@ class StagingPacks:
             (self._root / self.key(room, pack)).unlink(missing_ok=True)
             return
         sync(self.store.delete(self.key(room, pack)))
+
+
+def _pread_into(fd: int, target: memoryview, offset: int) -> memoryview:
+    """``target`` filled from ``fd`` at ``offset``: as much of it as the file holds."""
+    got = 0
+    while got < len(target):
+        n = os.preadv(fd, [target[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    return target[:got]
+
+
+def views_in_a_row(blobs: Sequence[bytes | memoryview], size: int) -> npt.NDArray[np.uint8] | None:
+    """``blobs`` as the rows of one array, without a copy, when each is a memoryview of
+    ``size`` bytes that directly follows the one before in the same buffer (frames a
+    pooled ``StagingPacks.read`` read in one go); else None."""
+    if not blobs or not all(isinstance(b, memoryview) and b.nbytes == size for b in blobs):
+        return None
+    owner: Any = blobs[0].obj  # type: ignore[union-attr]
+    if any(b.obj is not owner for b in blobs):  # type: ignore[union-attr]
+        return None
+    base = np.frombuffer(owner, np.uint8)
+    start = np.frombuffer(blobs[0], np.uint8).ctypes.data - base.ctypes.data
+    if start < 0 or start + size * len(blobs) > base.size:
+        return None
+    rows = base[start:start + size * len(blobs)].reshape(len(blobs), size)
+    for i, b in enumerate(blobs):  # (addresses only: no bytes are compared)
+        if np.frombuffer(b, np.uint8).ctypes.data != rows[i].ctypes.data:
+            return None
+    return rows
 
 
 # -- the Redis side: which packs are still referenced -------------------------------------
@@ -443,20 +493,23 @@ async def locate_staged(redis: aioredis.Redis, room: str, hashes: Sequence[str]
 
 
 async def read_located(redis: aioredis.Redis, packs: StagingPacks | None, room: str,
-                       hashes: Sequence[str], located: Sequence[Located]
-                       ) -> list[bytes | None]:
+                       hashes: Sequence[str], located: Sequence[Located],
+                       pool: BlockPool | None = None) -> list[bytes | memoryview | None]:
     """The blobs of ``hashes``, ``located`` by ``locate_staged``: frames in packs read
-    from there (in a thread), only the others from Redis (one MGET)."""
+    from there (in a thread; with ``pool``, see ``StagingPacks.read``), only the others
+    from Redis (one MGET)."""
     in_redis = [i for i, at in enumerate(located) if at.ref is None]
-    out: list[bytes | None] = [None] * len(hashes)
+    out: list[bytes | memoryview | None] = [None] * len(hashes)
     if in_redis:
         values: list[Any] = await redis.mget([keys.blob(room, hashes[i]) for i in in_redis])
         for i, v in zip(in_redis, values, strict=True):
             out[i] = v
     refs = [(i, at.ref) for i, at in enumerate(located) if at.ref is not None]
     if refs:
-        got = await asyncio.to_thread(packs.read, room, [r for _, r in refs]) \
-            if packs is not None else [None] * len(refs)
+        wanted = [r for _, r in refs]
+        got = [None] * len(refs) if packs is None else \
+            await asyncio.to_thread(packs.read, room, wanted) if pool is None else \
+            await asyncio.to_thread(packs.read_into, room, wanted, pool)
         for (i, _), blob in zip(refs, got, strict=True):
             out[i] = blob
     return out

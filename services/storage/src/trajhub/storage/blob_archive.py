@@ -42,7 +42,8 @@ class BlobArchive:
             raise ValueError(f"not a sha256 hex digest: {content_hash[:80]!r}")
         return f"{room}/{HISTORY_DIR}/{BLOB_DIR}/{content_hash}"
 
-    def put_many(self, room: str, hashes: Sequence[str], blobs: Sequence[bytes]) -> None:
+    def put_many(self, room: str, hashes: Sequence[str],
+                 blobs: Sequence[bytes | memoryview]) -> None:
         """Store ``blobs[i]`` under ``hashes[i]`` (concurrently, one object each)."""
         if len(hashes) != len(blobs):
             raise ValueError(f"{len(hashes)} hashes but {len(blobs)} blobs")

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from trajhub.shared import codec, keys
+from trajhub.shared.buffers import BlockPool
 from trajhub.shared.consumer import (
     BATCH_FRAMES,
     IntegrityError,
@@ -56,6 +57,7 @@ from trajhub.shared.staging import (
     read_located,
     release_packs,
     unlink_staged,
+    views_in_a_row,
 )
 from trajhub.shared.zarr_store import ProjectionError
 from trajhub.storage.blob_archive import BlobArchive
@@ -70,8 +72,13 @@ is being written, so about three chunks are in memory at a time."""
 RUN_MIN_FRAMES = 8
 """Blobs decoded as one FrameRun when they are laid out alike (fewer: frame by frame)."""
 RUN_MAX_BLOB_BYTES = 64 * 1024
-"""Nor larger blobs: a run costs a copy of them, which pays where the work per frame
-outweighs its bytes (small frames), and only adds to the memory of large ones."""
+"""Nor larger blobs, unless they follow each other in one buffer (see
+``views_in_a_row``): a run of others costs a copy of them, which pays where the work per
+frame outweighs its bytes (small frames), and only adds to the memory of large ones."""
+PACK_READS = BlockPool(48 * 2**20)
+"""Memory of the pack frames storage reads (see ``StagingPacks.read_into``): two chunks
+of MAX_CHUNK_BYTES are in flight at a time (one fetched while the other is written),
+and the next reads reuse their memory instead of faulting in new memory."""
 
 
 class ProjectionStore(FrameStore, Protocol):
@@ -312,15 +319,17 @@ class _Layout:
                 for key, dtype, shape, start, _ in self.arrays}
 
 
-def decode_blobs(blobs: Sequence[bytes], writes: Sequence[SlotWrite],
+def decode_blobs(blobs: Sequence[bytes | memoryview], writes: Sequence[SlotWrite],
                  verify: bool = False) -> Sequence[Frame]:
-    """Decode staged blobs (zero-copy; a run of blobs laid out alike, as a FrameRun of
-    one copy); with ``verify``, prove each matches the hash its slot was assigned for
-    (the gateway already did when it staged the blob)."""
+    """Decode staged blobs (zero-copy; a run of blobs laid out alike, as a FrameRun:
+    views of the buffer they are in when they follow each other in one, else of one
+    copy); with ``verify``, prove each matches the hash its slot was assigned for (the
+    gateway already did when it staged the blob)."""
     if len(blobs) != len(writes):
         raise ValueError(f"{len(blobs)} blobs for {len(writes)} slots")
     run = _as_run(blobs) if len(blobs) >= RUN_MIN_FRAMES else None
-    frames = run if run is not None else _decode_each(blobs)
+    frames = run if run is not None else _decode_each(
+        [bytes(b) if isinstance(b, memoryview) else b for b in blobs])
     if verify:
         for frame, write in zip(frames, writes, strict=True):
             actual = frame_hash(frame)
@@ -343,18 +352,21 @@ def _decode_each(blobs: Sequence[bytes]) -> list[Frame]:
     return frames
 
 
-def _as_run(blobs: Sequence[bytes]) -> FrameRun | None:
+def _as_run(blobs: Sequence[bytes | memoryview]) -> FrameRun | None:
     """The blobs as one FrameRun if all are laid out as the first (same size, the same
     bytes around the arrays' data: checked for all at once), else None."""
     try:
-        _, layout = _Layout.of(blobs[0])
+        _, layout = _Layout.of(bytes(blobs[0]))
     except _NOT_AS_IS:
         return None
-    if layout is None or layout.size > RUN_MAX_BLOB_BYTES \
-            or any(dtype.kind == "U" for _, dtype, *_ in layout.arrays) \
+    if layout is None or any(dtype.kind == "U" for _, dtype, *_ in layout.arrays) \
             or any(len(blob) != layout.size for blob in blobs):
         return None
-    rows = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), layout.size)
+    rows = views_in_a_row(blobs, layout.size)
+    if rows is None:
+        if layout.size > RUN_MAX_BLOB_BYTES:
+            return None
+        rows = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), layout.size)
     for at, gap in layout.gaps:
         if not (rows[:, at:at + len(gap)] == np.frombuffer(gap, dtype=np.uint8)).all():
             return None
@@ -591,7 +603,8 @@ class StorageWorker(RoomConsumer[Event]):
             for start, end in chunks:
                 await self.yield_to_foreground()
                 blobs: list[Any] = await read_located(self.redis, self.packs, room,
-                                                      hashes[start:end], located[start:end])
+                                                      hashes[start:end], located[start:end],
+                                                      PACK_READS)
                 got = next((i for i, b in enumerate(blobs) if b is None), len(blobs))
                 chunk = writes[start:start + got]
                 if self.archive is not None and chunk:
