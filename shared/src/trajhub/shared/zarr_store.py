@@ -1195,8 +1195,7 @@ class ZarrFrameStore:
         encode = _chunk_encoder(array)
         if encode is None:
             return False
-        raw = _raw_chunks(array, self.store)
-        in_place = raw if raw is not None and not raw.blosc else None
+        in_place = _in_place(array, self.store)
         inner = tuple(slice(0, d) for d in block.shape[1:])
         for c in range(n // per, (end - 1) // per + 1):
             first = c * per
@@ -1290,8 +1289,7 @@ class ZarrFrameStore:
             if len(values):
                 await array.setitem(slice(0, len(values)), values)
             return array, values
-        raw = _raw_chunks(array, self.store)
-        in_place = raw if raw is not None and not raw.blosc else None
+        in_place = _in_place(array, self.store)
         per = array.chunks[0]
         for k in range(-(-len(values) // per)):
             part = values[k * per:(k + 1) * per]
@@ -1309,11 +1307,11 @@ class ZarrFrameStore:
         return array, values
 
     async def _resize_projection(self, array: ZArray, length: int) -> None:
-        """Give a projection array ``length`` entries. Growing a local one rewrites just
-        its metadata document here (as zarr's resize would, less its serialization and
-        thread hop)."""
-        if length < array.shape[0] or not isinstance(self.store, LocalStore):
-            await array.resize((length,))  # also deletes chunks now outside it
+        """Grow a projection array to ``length`` entries. A local one's metadata document
+        is rewritten here (as zarr's resize would, less its serialization and thread
+        hop)."""
+        if not isinstance(self.store, LocalStore):
+            await array.resize((length,))
             return
         meta = array.metadata.update_shape((length,))
         document = json.dumps(meta.to_dict(), allow_nan=True,
@@ -1710,6 +1708,13 @@ class _RawChunks:
                 finally:
                     os.close(fd)
         return out
+
+
+def _in_place(array: ZArray, store: Store) -> _RawChunks | None:
+    """``array``'s chunk files, if they hold its raw values (``_write_rows`` can write
+    into them); else None."""
+    raw = _raw_chunks(array, store)
+    return raw if raw is not None and not raw.blosc else None
 
 
 def _write_rows(raw: _RawChunks, chunk: int, row: int, rows: Array) -> bool:
