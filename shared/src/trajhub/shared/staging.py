@@ -380,7 +380,7 @@ def _pread_into(fd: int, target: memoryview, offset: int) -> memoryview:
 def views_in_a_row(blobs: Sequence[bytes | memoryview], size: int) -> npt.NDArray[np.uint8] | None:
     """``blobs`` as the rows of one array, without a copy, when each is a memoryview of
     ``size`` bytes that directly follows the one before in the same buffer (frames a
-    pooled ``StagingPacks.read`` read in one go); else None."""
+    pooled ``StagingPacks.read_into`` read in one go); else None."""
     if not blobs or not all(isinstance(b, memoryview) and b.nbytes == size for b in blobs):
         return None
     owner: Any = blobs[0].obj  # type: ignore[union-attr]
@@ -496,8 +496,8 @@ async def read_located(redis: aioredis.Redis, packs: StagingPacks | None, room: 
                        hashes: Sequence[str], located: Sequence[Located],
                        pool: BlockPool | None = None) -> list[bytes | memoryview | None]:
     """The blobs of ``hashes``, ``located`` by ``locate_staged``: frames in packs read
-    from there (in a thread; with ``pool``, see ``StagingPacks.read``), only the others
-    from Redis (one MGET)."""
+    from there (in a thread; with ``pool``, see ``StagingPacks.read_into``), only the
+    others from Redis (one MGET)."""
     in_redis = [i for i, at in enumerate(located) if at.ref is None]
     out: list[bytes | memoryview | None] = [None] * len(hashes)
     if in_redis:
@@ -507,9 +507,11 @@ async def read_located(redis: aioredis.Redis, packs: StagingPacks | None, room: 
     refs = [(i, at.ref) for i, at in enumerate(located) if at.ref is not None]
     if refs:
         wanted = [r for _, r in refs]
-        got = [None] * len(refs) if packs is None else \
-            await asyncio.to_thread(packs.read, room, wanted) if pool is None else \
-            await asyncio.to_thread(packs.read_into, room, wanted, pool)
+        got: Sequence[bytes | memoryview | None] = [None] * len(refs)
+        if packs is not None and pool is not None:
+            got = await asyncio.to_thread(packs.read_into, room, wanted, pool)
+        elif packs is not None:
+            got = await asyncio.to_thread(packs.read, room, wanted)
         for (i, _), blob in zip(refs, got, strict=True):
             out[i] = blob
     return out
