@@ -1074,6 +1074,87 @@ def test_appends_write_raw_chunks_in_place_byte_for_byte(
     assert_frames(open_store(str(tmp_path / "a")).read_slots(ROOM, range(40)), frames)
 
 
+def interleaved(frames: list[Frame]) -> FrameRun:
+    """A run whose columns are strided views of one buffer holding the frames back to
+    back, each frame's arrays one after another, as storage reads them from a pack."""
+    keys = sorted(frames[0])
+    frame_bytes = sum(np.asarray(frames[0][k]).nbytes for k in keys)
+    buf = bytearray(frame_bytes * len(frames))
+    columns, at = {}, 0
+    for key in keys:
+        first = np.asarray(frames[0][key])
+        column: np.ndarray[Any, Any] = np.ndarray(
+            (len(frames), *first.shape), first.dtype, buffer=buf, offset=at,
+            strides=(frame_bytes, *first.strides))
+        for i, frame in enumerate(frames):
+            column[i] = frame[key]
+        columns[key] = column
+        at += first.nbytes
+    return FrameRun(columns, len(frames))
+
+
+def test_large_slots_go_into_chunk_files_from_where_they_are(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots of large rows (frames apart, or a run's strided columns as storage reads
+    them) are written into a raw chunk file as views of their values with fill bytes
+    between, no padded copy; the files are those a whole-chunk rewrite gives."""
+    frames = [make_frame(400, i) for i in range(12)]  # 9,600 bytes of positions a slot
+    batches: list[list[Frame] | FrameRun] = [
+        frames[:1], interleaved(frames[1:3]), frames[3:4], interleaved(frames[4:12])]
+    views: list[int] = []
+    real = zarr_store._slot_bytes
+
+    def spy(rows: np.ndarray[Any, Any], *args: Any) -> list[memoryview]:
+        out = real(rows, *args)
+        if rows.shape[1:] == (400, 3):
+            views.append(sum(np.shares_memory(rows, np.frombuffer(b, np.uint8))
+                             for b in out))
+        return out
+
+    monkeypatch.setattr(zarr_store, "_slot_bytes", spy)
+    in_place = open_store(str(tmp_path / "a"))
+    chunk = tmp_path / "a" / ROOM / "positions" / "c" / "0" / "0" / "0"
+    inodes = set()
+    for batch in batches:
+        in_place.write_slots(ROOM, in_place.n_slots(ROOM), batch,
+                             [frame_hash(f) for f in batch])
+        inodes.add(chunk.stat().st_ino)
+    assert len(inodes) == 1, "the positions chunk was replaced, not written in place"
+    # positions and forces, batch by batch (the first batch makes the chunk whole)
+    assert views == [2, 2, 1, 1, 8, 8], "each slot written from its own values"
+    monkeypatch.setattr(zarr_store, "_write_rows", lambda *_: False)
+    whole = open_store(str(tmp_path / "b"))
+    for batch in batches:
+        write(whole, list(batch))
+    assert store_files(tmp_path / "a") == store_files(tmp_path / "b")
+    assert_frames(open_store(str(tmp_path / "a")).read_slots(ROOM, range(12)), frames)
+
+
+def test_a_short_vectored_write_goes_on_where_it_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    buffers = [memoryview(bytes([i]) * (i * 3 + 1)) for i in range(10)]
+    real = os.pwritev
+    calls = []
+
+    def short(fd: int, bufs: list[memoryview], offset: int) -> int:
+        calls.append(len(bufs))
+        assert len(bufs) <= 4
+        return real(fd, bufs, offset) if sum(map(len, bufs)) <= 7 else \
+            real(fd, [b"".join(bytes(b) for b in bufs)[:7]], offset)
+
+    monkeypatch.setattr(zarr_store, "IOV_BATCH", 4)
+    monkeypatch.setattr(os, "pwritev", short)
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 5)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        zarr_store._pwrite_all(fd, list(buffers), 2)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"xx" + b"".join(bytes(b) for b in buffers)
+    assert len(calls) > 10
+
+
 def test_a_fork_appends_beside_its_parent_slots(tmp_path: Path) -> None:
     """A fork's own arrays start at its parent's slot count, inside a chunk whose file
     the fork does not have yet: that chunk is written whole (fill values below), and
