@@ -61,6 +61,20 @@ def test_the_pool_keeps_few_buffers_and_none_too_small_or_large() -> None:
     assert len(pool.take(MB // 4)) == MB // 4, "small bodies are never pooled"
 
 
+def test_a_short_last_body_does_not_push_out_a_full_sized_buffer() -> None:
+    """An upload's bodies are full-sized but for its last: the pool keeps the full-sized
+    buffers, which the next upload's bodies all fit in."""
+    pool = BodyBuffers(keep=2, min_bytes=MB, max_bytes=64 * MB)
+    full = [bytearray(16 * MB) for _ in range(2)]
+    for buf in (*full, bytearray(4 * MB)):
+        pool.give(buf)
+    assert [id(b) for b in pool._free] == [id(b) for b in full]
+    del full
+    assert len(pool.take(12 * MB)) == 12 * MB and len(pool._free) == 1, "one reused"
+    pool.give(bytearray(3 * MB))
+    assert [len(b) for b in pool._free] == [3 * MB, 16 * MB], "room for a smaller one"
+
+
 def test_take_at_least_hands_out_the_smallest_free_buffer_that_holds_the_size() -> None:
     pool = BodyBuffers(keep=3, min_bytes=MB, max_bytes=64 * MB)
     for size in (16 * MB, 6 * MB, 10 * MB):

@@ -75,10 +75,14 @@ class BodyBuffers:
         return unzeroed_bytearray(size) if buf is None else buf
 
     def give(self, buf: bytearray) -> None:
-        """Keep ``buf`` for a later request, once nothing refers to it any more."""
+        """Keep ``buf`` for a later request, once nothing refers to it any more. The
+        ``keep`` largest are kept (the most recent of equal ones): an upload's last,
+        shorter body would otherwise push out a full-sized buffer, and the next upload's
+        full bodies would each take new memory while the short one sat unused."""
         if (self.min_bytes <= buf.__alloc__() <= self.max_bytes
                 and all(b is not buf for b in self._free)):
             self._free.append(buf)
+            self._free.sort(key=bytearray.__alloc__)  # (stable: equal ones stay in order)
             del self._free[:-self.keep]
 
 
