@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trajhub.gateway import ingest
 from trajhub.gateway.errors import ApiError
 from trajhub.gateway.ingest import (
     HASH_BLOCK_BYTES,
@@ -50,25 +51,44 @@ def test_a_run_is_hashed_and_staged_frame_by_frame() -> None:
     assert got[3] == [frame_to_bytes(f) for f in frames]
 
 
+def count_pool_use(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    used: list[int] = []
+    real = ingest._hash_pool
+
+    def counted() -> Any:
+        used.append(1)
+        return real()
+
+    monkeypatch.setattr(ingest, "_hash_pool", counted)
+    return used
+
+
 @pytest.mark.parametrize("count", [2, 3, 9])
-def test_a_large_run_hashed_on_two_threads_gives_every_frame_its_hash(count: int) -> None:
+def test_a_large_run_hashed_on_two_threads_gives_every_frame_its_hash(
+        count: int, monkeypatch: pytest.MonkeyPatch) -> None:
     n_atoms = PARALLEL_HASH_BYTES // (count * 24) + 1  # the run just passes the threshold
     frames = [frame(i, n_atoms) for i in range(count)]
     body = frames_to_bytes(frames)
     assert len(body) > PARALLEL_HASH_BYTES
+    used = count_pool_use(monkeypatch)
     got = outcome(parse_upload, body)
+    assert used, "hashed on the second thread too"
     assert got[2] == [frame_hash(f) for f in frames]
     assert got == outcome(parse_upload_generic, body)
 
 
-def test_small_frames_are_hashed_block_by_block_on_two_threads() -> None:
-    """Small frames are hashed as rows of a reused block: runs over several blocks
-    (the last one part full) on each thread, every frame its own hash."""
+def test_small_frames_are_hashed_block_by_block_on_one_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small frames are hashed as rows of a reused block: a run over several blocks
+    (the last one part full), every frame its own hash; on the request's thread only,
+    however large the run (two threads taking the GIL in turn per frame were slower)."""
     frames = [frame(i, 100) for i in range(3_001)]
     body = frames_to_bytes(frames)
-    assert len(body) > PARALLEL_HASH_BYTES and len(body) // 2 > 2 * HASH_BLOCK_BYTES
+    assert len(body) > PARALLEL_HASH_BYTES and len(body) > 2 * HASH_BLOCK_BYTES
+    used = count_pool_use(monkeypatch)
     got = outcome(parse_upload, body)
     assert got[2] == [frame_hash(f) for f in frames]
+    assert not used, "small frames went to the second thread"
 
 
 def test_layout_changes_start_new_runs() -> None:

@@ -158,7 +158,8 @@ def run_hashes(view: memoryview, run: FrameRun, valid: Frame) -> list[str]:
         off, size = where[key]
         parts.append((array_header(key, arr.dtype.str, arr.shape, arr.nbytes), off, size))
     starts = range(run.first.start, run.end, run.stride)
-    if run.end - run.first.start < PARALLEL_HASH_BYTES or len(starts) < 2:
+    if run.end - run.first.start < PARALLEL_HASH_BYTES or len(starts) < 2 \
+            or run.stride < PARALLEL_HASH_FRAME_BYTES:
         return _hashes(view, starts, parts)
     half = len(starts) // 2
     other = _hash_pool().submit(_hashes, view, starts[half:], parts)
@@ -166,8 +167,13 @@ def run_hashes(view: memoryview, run: FrameRun, valid: Frame) -> list[str]:
 
 
 PARALLEL_HASH_BYTES = 4 << 20
-"""Runs from this size on are hashed on two threads (this machine's CPU has no SHA
-instructions: sha256 runs at 0.25-0.4 GB/s, the largest cost of an upload)."""
+"""Runs from this size on are hashed on two threads (sha256 runs at 0.25-0.4 GB/s on
+this project's VMs without SHA instructions, ~1.1 GB/s on those with them: one of an
+upload's largest costs)..."""
+PARALLEL_HASH_FRAME_BYTES = 32 << 10
+"""... if their frames are this large: each small frame's hash lets go of the GIL and
+takes it back, and two threads doing that in turn took longer than one (5,600-byte
+frames: 50 against 36 ms for 10,000 of them; 56,000-byte ones: 27 against 41 ms)."""
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
