@@ -784,6 +784,37 @@ def test_raw_reads_of_part_of_each_slot_come_in_batches_of_records(
         assert block is not None and np.array_equal(block, arr[a:b, :d1]), (a, b, d1)
 
 
+def test_a_strided_read_skips_into_one_kept_scratch_and_one_record_needs_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a read skips between records lands in the thread's scratch buffer, kept
+    from one read to the next (a new one each time was fresh memory); a single record
+    (a 100,000-atom frame, its chunk to itself) skips nothing and takes none."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(40)))
+    fd = os.open(path, os.O_RDONLY)
+    taken: list[int] = []
+    real = zarr_store._scratch
+
+    def scratch(size: int) -> memoryview:
+        taken.append(size)
+        return real(size)
+
+    monkeypatch.setattr(zarr_store, "_scratch", scratch)
+    try:
+        out = bytearray(6)
+        assert zarr_store._pread_rows(fd, memoryview(out), [0], 6, 10, 3)
+        assert out == bytes(range(3, 9)) and taken == []
+        first = real(7)
+        for _ in range(2):
+            out = bytearray(9)
+            assert zarr_store._pread_rows(fd, memoryview(out), [0, 3, 6], 3, 10, 0)
+            assert out == bytes([0, 1, 2, 10, 11, 12, 20, 21, 22])
+        assert taken == [7, 7]
+        assert real(7).obj is first.obj, "the same scratch buffer again"
+    finally:
+        os.close(fd)
+
+
 def test_strided_preads_say_when_the_file_ends(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(bytes(range(40)))
