@@ -8,8 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trajhub.shared import frame_encoder
 from trajhub.shared.codec import frame_to_bytes
-from trajhub.shared.frame_encoder import empty_slab, encode_columns, encode_frames, encode_slab
+from trajhub.shared.frame_encoder import (
+    LAYOUT_MAX_BYTES,
+    empty_slab,
+    encode_columns,
+    encode_frames,
+    encode_slab,
+)
 from trajhub.shared.frames import SlotColumns
 
 
@@ -97,3 +104,17 @@ def test_an_empty_slab_filled_column_by_column_is_the_encoded_slab(
     assert (slab.view(), slab.stride) == encode_slab(columns)
     assert slab.view().readonly
     assert empty_slab({"big": (np.dtype("<f8"), (5000, 3))}, 2) is None  # as encode_slab
+
+
+def test_no_empty_slab_of_large_frames_and_no_frame_made_to_learn_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames too large for a slab are known so from their shapes: no frame of zeros is
+    made and encoded (for 100,000 atoms that was 11 MB of fresh memory per request)."""
+    def encoded(_: Any) -> bytes:
+        raise AssertionError("a frame was encoded to learn its layout")
+
+    monkeypatch.setattr(frame_encoder, "frame_to_bytes", encoded)
+    big = {"numbers": (np.dtype("<i8"), (100_000,)), "positions": (np.dtype("<f8"), (100_000, 3))}
+    assert empty_slab(big, 5) is None
+    assert empty_slab({"x": (np.dtype("<f8"), (3,))}, 0) is None
+    assert empty_slab({"x": (np.dtype("<f8"), (LAYOUT_MAX_BYTES // 8 + 1,))}, 2) is None

@@ -225,8 +225,11 @@ def empty_slab(layout: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]], coun
     dtypes and shapes, but for their values, which its columns take (so a reader can
     read them straight in: no block of their own, no copy from it). None when frames
     of this layout are not encoded so (too large, or no such layout)."""
+    data = sum(math.prod(shape) * np.dtype(dtype).itemsize for dtype, shape in layout.values())
+    if count <= 0 or data > LAYOUT_MAX_BYTES:  # (before a frame of zeros is made and
+        return None  # encoded to learn so: 11 MB of fresh memory for 100,000 atoms)
     first = {key: np.zeros(shape, dtype) for key, (dtype, shape) in layout.items()}
-    made = Layout.of(first, frame_to_bytes(first)) if count > 0 else None
+    made = Layout.of(first, frame_to_bytes(first))
     return None if made is None else made.empty_slab(count)
 
 
