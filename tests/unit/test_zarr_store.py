@@ -1186,6 +1186,31 @@ def test_a_short_vectored_write_goes_on_where_it_stopped(
     assert len(calls) > 10
 
 
+def test_compressed_chunks_are_in_small_blosc_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New arrays compress in blocks of BLOSC_BLOCK_BYTES (Blosc's own choice was the
+    whole chunk, and as much scratch memory, fresh, per read of it); a room whose chunks
+    are of the old kind is still read."""
+    frames = [make_frame(3_000, i) for i in range(3)]
+    store = open_store(str(tmp_path / "zarr"))
+    write(store, frames)
+    chunk = (tmp_path / "zarr" / ROOM / "numbers" / "c" / "0" / "0").read_bytes()
+    assert int.from_bytes(chunk[4:8], "little") > zarr_store.BLOSC_BLOCK_BYTES
+    assert int.from_bytes(chunk[8:12], "little") == zarr_store.BLOSC_BLOCK_BYTES
+    assert_frames(open_store(str(tmp_path / "zarr")).read_slots(ROOM, range(3)), frames)
+
+    def before(dtype: Any) -> tuple[Any, ...]:
+        return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
+                                       typesize=dtype.itemsize),)
+
+    monkeypatch.setattr(zarr_store, "chunk_compressors", before)
+    write(open_store(str(tmp_path / "old")), frames, room="old")
+    monkeypatch.undo()
+    old = (tmp_path / "old" / "old" / "numbers" / "c" / "0" / "0").read_bytes()
+    assert int.from_bytes(old[8:12], "little") == int.from_bytes(old[4:8], "little")
+    assert_frames(open_store(str(tmp_path / "old")).read_slots("old", range(3)), frames)
+
+
 def test_a_fork_appends_beside_its_parent_slots(tmp_path: Path) -> None:
     """A fork's own arrays start at its parent's slot count, inside a chunk whose file
     the fork does not have yet: that chunk is written whole (fill values below), and

@@ -280,7 +280,17 @@ def chunk_compressors(dtype: Any) -> tuple[BytesBytesCodec, ...]:
         return ()
     if CODEC == "zstd":
         return (ZstdCodec(level=1),)
-    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize),)
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=itemsize,
+                       blocksize=max(1, BLOSC_BLOCK_BYTES // itemsize)),)
+
+
+BLOSC_BLOCK_BYTES = 64 * 2**10
+"""Blosc's blocks in new arrays (its own choice was the whole chunk, up to 1 MiB). Each
+decompression and compression takes about two blocks of scratch memory, which at 1 MiB
+was fresh memory every time (past the mmap threshold, ``memory.tune_malloc``): a
+100,000-atom frame's ``numbers`` decompressed in 0.47 ms, 0.15 ms in 64 KiB blocks, and
+compressed in 0.46 against 0.20 ms, for 1% more bytes (Blosc multiplies the blocksize
+it is given by the item size for shuffled lz4: hence the division)."""
 
 
 def _slot_chunk(bytes_per_slot: int) -> int:
