@@ -167,13 +167,14 @@ def run_hashes(view: memoryview, run: FrameRun, valid: Frame) -> list[str]:
 
 
 PARALLEL_HASH_BYTES = 4 << 20
-"""Runs from this size on are hashed on two threads (sha256 runs at 0.25-0.4 GB/s on
-this project's VMs without SHA instructions, ~1.1 GB/s on those with them: one of an
-upload's largest costs)..."""
+"""Runs from this size on, of frames of PARALLEL_HASH_FRAME_BYTES or more, are hashed on
+two threads (sha256 runs at 0.25-0.4 GB/s on this project's VMs without SHA
+instructions, ~1.1 GB/s on those with them: one of an upload's largest costs)."""
 PARALLEL_HASH_FRAME_BYTES = 32 << 10
-"""... if their frames are this large: each small frame's hash lets go of the GIL and
-takes it back, and two threads doing that in turn took longer than one (5,600-byte
-frames: 50 against 36 ms for 10,000 of them; 56,000-byte ones: 27 against 41 ms)."""
+"""Smaller frames are hashed on one thread, however many: each one's hash lets go of the
+GIL and takes it back, and two threads doing that in turn took longer than one
+(5,600-byte frames: 50 against 36 ms for 10,000 of them; 56,000-byte ones: 27 against
+41 ms)."""
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
