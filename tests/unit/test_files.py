@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -70,3 +71,21 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         files.atomic_put(target, None)  # (not bytes: the write fails)
     assert target.read_bytes() == b"kept"
     assert [p.name for p in tmp_path.iterdir()] == ["chunk"]
+
+
+def test_pread_into_fills_as_much_as_the_file_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(20)))
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, at: real(fd, [bufs[0][:3]], at))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = bytearray(8)
+        assert files.pread_into(fd, memoryview(out), 5) == 8  # in reads of 3 bytes
+        assert out == bytes(range(5, 13))
+        out = bytearray(8)
+        assert files.pread_into(fd, memoryview(out), 16) == 4, "the file ends"
+        assert out[:4] == bytes(range(16, 20))
+    finally:
+        os.close(fd)

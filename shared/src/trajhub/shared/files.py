@@ -64,3 +64,15 @@ def atomic_put(path: Path, data: Any) -> None:
     if swapped:
         with contextlib.suppress(OSError):  # (a stray old file costs only its space)
             tmp.unlink()
+
+
+def pread_into(fd: int, target: memoryview, offset: int) -> int:
+    """Fill byte view ``target`` from ``fd`` at ``offset``, as much of it as the file
+    holds (a read may come back short); returns how many bytes were read."""
+    got = 0
+    while got < len(target):
+        n = os.preadv(fd, [target[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    return got

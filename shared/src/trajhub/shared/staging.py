@@ -42,6 +42,7 @@ from zarr.storage import LocalStore
 
 from trajhub.shared import keys
 from trajhub.shared.buffers import BlockPool
+from trajhub.shared.files import pread_into
 from trajhub.shared.names import check_room_name
 
 MARKER = b"\xc1"
@@ -289,8 +290,11 @@ class StagingPacks:
                 fd = fds[first.pack]
                 size = end - first.offset
                 if fd is not None:
-                    data = os.pread(fd, size, first.offset) if block is None else \
-                        _pread_into(fd, block[at_block:at_block + size], first.offset)
+                    if block is None:
+                        data: bytes | memoryview = os.pread(fd, size, first.offset)
+                    else:
+                        data = block[at_block:at_block + size]
+                        data = data[:pread_into(fd, data, first.offset)]
                     at = 0
                     for k in range(i, j):
                         piece = data[at:at + refs[k].size]  # (all of data: no copy)
@@ -365,17 +369,6 @@ class StagingPacks:
             (self._root / self.key(room, pack)).unlink(missing_ok=True)
             return
         sync(self.store.delete(self.key(room, pack)))
-
-
-def _pread_into(fd: int, target: memoryview, offset: int) -> memoryview:
-    """``target`` filled from ``fd`` at ``offset``: as much of it as the file holds."""
-    got = 0
-    while got < len(target):
-        n = os.preadv(fd, [target[got:]], offset + got)
-        if n <= 0:
-            break
-        got += n
-    return target[:got]
 
 
 def views_in_a_row(blobs: Sequence[bytes | memoryview], size: int) -> npt.NDArray[np.uint8] | None:

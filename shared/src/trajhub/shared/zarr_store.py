@@ -83,7 +83,7 @@ from zarr.storage import LocalStore, MemoryStore, StorePath
 
 from trajhub.shared.buffers import BlockPool
 from trajhub.shared.codec import decode_array, encode_array, packb, unpackb
-from trajhub.shared.files import atomic_put
+from trajhub.shared.files import atomic_put, pread_into
 from trajhub.shared.frames import (
     MAX_NDIM,
     Array,
@@ -1708,7 +1708,8 @@ class _RawChunks:
                     at = (s0 - k0 * c0) * c1 * row_bytes
                     if contiguous and r1 - r0 == c1 == d1:  # whole chunk rows: the
                         # slots are contiguous in the file and in the block
-                        done = _pread_into(fd, rows[s0 - a:s1 - a], at)
+                        target = rows[s0 - a:s1 - a].data.cast("B")
+                        done = pread_into(fd, target, at) == len(target)
                     else:  # the first rows of each slot's chunk rows (a trajectory's
                         # atoms short of the chunk), or a slot apart from the next in
                         # ``out``: one preadv per run of slots
@@ -1856,17 +1857,6 @@ def _decompressed(path: Path, chunks: tuple[int, ...], dtype: np.dtype[Any]
 
 
 BLOSC_HEADER = 16
-
-
-def _pread_into(fd: int, target: Array, offset: int) -> bool:
-    """Fill C-contiguous ``target`` from ``fd`` at ``offset``; False if the file ends."""
-    view = target.data.cast("B")
-    while view:
-        got = os.preadv(fd, [view], offset)
-        if got <= 0:
-            return False
-        view, offset = view[got:], offset + got
-    return True
 
 
 def _pread_rows(fd: int, flat: memoryview, starts: list[int], size: int, stride: int,
